@@ -1,0 +1,342 @@
+//! Credentials: which headers carry them, the sidecar's own fallback token, and the credential
+//! partition (a keyed hash) that keeps one caller's cached answers away from another's.
+//! A raw secret never leaves this module except as a header value on the upstream request: it is
+//! never a cache key, never formatted by `Debug`, never logged.
+
+use std::fmt;
+
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::HeaderMap;
+
+use crate::error::ApiError;
+
+/// The headers Cloudflare accepts credentials in, in the fixed order used for hashing.
+pub const CREDENTIAL_HEADERS: [(&str, &str); 4] = [
+    ("authorization", "Authorization"),
+    ("x-auth-email", "X-Auth-Email"),
+    ("x-auth-key", "X-Auth-Key"),
+    ("x-auth-user-service-key", "X-Auth-User-Service-Key"),
+];
+
+/// A secret string (the sidecar's API token). `Debug` and `Display` print a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The secret itself. Call sites are few and reviewed: building the upstream header, and
+    /// nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The credential partition: the first 128 bits of a BLAKE3 keyed hash of the credential headers.
+/// The key is random per process, so a partition value means nothing outside this process and
+/// cannot be used to test guesses of a token offline. 128 bits make an accidental collision between
+/// two credentials (which would cross-serve answers) practically impossible.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Partition(u128);
+
+impl fmt::Debug for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Short and non-reversible; enough to tell partitions apart in a debug log.
+        write!(f, "Partition({:08x})", (self.0 >> 96) as u32)
+    }
+}
+
+/// The per-process hashing key for partitions.
+#[derive(Clone)]
+pub struct PartitionKey([u8; 32]);
+
+impl PartitionKey {
+    pub fn random() -> PartitionKey {
+        PartitionKey(rand::random())
+    }
+
+    fn partition_of(&self, headers: &[(HeaderName, HeaderValue)]) -> Partition {
+        let mut hasher = blake3::Hasher::new_keyed(&self.0);
+        for (name, value) in headers {
+            // Lengths make the encoding unambiguous: no two header lists hash the same input.
+            hasher.update(&(name.as_str().len() as u64).to_le_bytes());
+            hasher.update(name.as_str().as_bytes());
+            hasher.update(&(value.len() as u64).to_le_bytes());
+            hasher.update(value.as_bytes());
+        }
+        let digest = hasher.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest.as_bytes()[..16]);
+        Partition(u128::from_le_bytes(first))
+    }
+}
+
+impl fmt::Debug for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PartitionKey(<redacted>)")
+    }
+}
+
+/// The credential headers to forward for one request, and their partition.
+#[derive(Clone)]
+pub struct Credentials {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    partition: Partition,
+}
+
+impl Credentials {
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
+    /// Header pairs for the upstream request, each marked sensitive so that hyper's HTTP/2 encoder
+    /// never puts them in its compression table and `Debug` prints `Sensitive`.
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.headers
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("Credentials")
+            .field("headers", &names)
+            .field("partition", &self.partition)
+            .finish()
+    }
+}
+
+/// The sidecar's own credential, used for requests that carry none.
+#[derive(Clone)]
+pub struct FallbackToken {
+    header: HeaderValue,
+}
+
+impl FallbackToken {
+    /// Builds `Authorization: Bearer <token>`. The error message never contains the token.
+    pub fn new(token: &Secret) -> Result<FallbackToken, String> {
+        let token = token.expose().trim();
+        if token.is_empty() {
+            return Err("the API token is empty".to_owned());
+        }
+        let mut header = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            "the API token contains characters that cannot be sent in an HTTP header".to_owned()
+        })?;
+        header.set_sensitive(true);
+        Ok(FallbackToken { header })
+    }
+}
+
+impl fmt::Debug for FallbackToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FallbackToken(<redacted>)")
+    }
+}
+
+/// Takes the credential headers a request carries, or the fallback token when it carries none.
+///
+/// Every credential header present is forwarded and hashed, so two callers share a partition only
+/// when they send exactly the same credential headers. A repeated credential header is rejected:
+/// which copy Cloudflare would honour is not documented, and guessing could cross partitions.
+pub fn extract(
+    request_headers: &HeaderMap,
+    fallback: Option<&FallbackToken>,
+    key: &PartitionKey,
+) -> Result<Credentials, ApiError> {
+    let mut headers = Vec::with_capacity(2);
+    for (lower, display) in CREDENTIAL_HEADERS {
+        let mut values = request_headers.get_all(lower).iter();
+        let Some(value) = values.next() else {
+            continue;
+        };
+        if values.next().is_some() {
+            return Err(ApiError::InvalidCredentialHeaders { header: display });
+        }
+        let mut value = value.clone();
+        value.set_sensitive(true);
+        headers.push((HeaderName::from_static(lower), value));
+    }
+    if headers.is_empty() {
+        let Some(fallback) = fallback else {
+            return Err(ApiError::MissingCredentials);
+        };
+        headers.push((AUTHORIZATION, fallback.header.clone()));
+    }
+    let partition = key.partition_of(&headers);
+    Ok(Credentials { headers, partition })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).expect("valid header"));
+        }
+        map
+    }
+
+    fn partition(pairs: &[(&'static str, &str)], key: &PartitionKey) -> Partition {
+        extract(&headers(pairs), None, key)
+            .expect("credentials present")
+            .partition()
+    }
+
+    #[test]
+    fn same_credential_same_partition_different_credential_different_partition() {
+        let key = PartitionKey::random();
+        let a = partition(&[("authorization", "Bearer token-a")], &key);
+        assert_eq!(a, partition(&[("authorization", "Bearer token-a")], &key));
+        assert_ne!(a, partition(&[("authorization", "Bearer token-b")], &key));
+        let email_key = partition(
+            &[("x-auth-email", "a@example.com"), ("x-auth-key", "k1")],
+            &key,
+        );
+        assert_ne!(
+            email_key,
+            partition(
+                &[("x-auth-email", "a@example.com"), ("x-auth-key", "k2")],
+                &key
+            )
+        );
+        assert_ne!(
+            email_key,
+            partition(
+                &[("x-auth-email", "b@example.com"), ("x-auth-key", "k1")],
+                &key
+            )
+        );
+        // The same key with a bearer token added is a different credential set.
+        assert_ne!(
+            email_key,
+            partition(
+                &[
+                    ("x-auth-email", "a@example.com"),
+                    ("x-auth-key", "k1"),
+                    ("authorization", "Bearer t")
+                ],
+                &key
+            )
+        );
+    }
+
+    #[test]
+    fn header_boundaries_are_unambiguous() {
+        let key = PartitionKey::random();
+        let split_one = partition(&[("x-auth-email", "ab"), ("x-auth-key", "c")], &key);
+        let split_two = partition(&[("x-auth-email", "a"), ("x-auth-key", "bc")], &key);
+        assert_ne!(split_one, split_two);
+        // The same value under another header name is another partition.
+        assert_ne!(
+            partition(&[("x-auth-key", "same")], &key),
+            partition(&[("x-auth-user-service-key", "same")], &key)
+        );
+    }
+
+    #[test]
+    fn partitions_depend_on_the_process_key() {
+        let pairs = [("authorization", "Bearer token-a")];
+        assert_ne!(
+            partition(&pairs, &PartitionKey::random()),
+            partition(&pairs, &PartitionKey::random())
+        );
+    }
+
+    #[test]
+    fn unrelated_headers_do_not_change_the_partition() {
+        let key = PartitionKey::random();
+        let plain = partition(&[("authorization", "Bearer t")], &key);
+        let mut with_extras = headers(&[("authorization", "Bearer t")]);
+        with_extras.insert("x-stainless-retry-count", HeaderValue::from_static("1"));
+        with_extras.insert("api-version", HeaderValue::from_static("2026-11-28"));
+        with_extras.insert("user-agent", HeaderValue::from_static("Cloudflare/JS 5.0"));
+        let extracted = extract(&with_extras, None, &key).expect("credentials");
+        assert_eq!(extracted.partition(), plain);
+        assert_eq!(extracted.headers().len(), 1);
+    }
+
+    #[test]
+    fn missing_credentials_use_the_fallback_or_fail() {
+        let key = PartitionKey::random();
+        assert_eq!(
+            extract(&HeaderMap::new(), None, &key).map(|c| c.partition()),
+            Err(ApiError::MissingCredentials)
+        );
+        let fallback = FallbackToken::new(&Secret::new("sidecar-token".into())).expect("valid");
+        let used = extract(&HeaderMap::new(), Some(&fallback), &key).expect("fallback");
+        assert_eq!(used.headers()[0].0, AUTHORIZATION);
+        assert_eq!(used.headers()[0].1.as_bytes(), b"Bearer sidecar-token");
+        // A caller that sends the same bearer token explicitly shares the partition: same credential.
+        assert_eq!(
+            used.partition(),
+            partition(&[("authorization", "Bearer sidecar-token")], &key)
+        );
+        // A caller's own credential wins over the fallback.
+        let own = extract(
+            &headers(&[("authorization", "Bearer mine")]),
+            Some(&fallback),
+            &key,
+        )
+        .expect("own");
+        assert_eq!(own.headers()[0].1.as_bytes(), b"Bearer mine");
+    }
+
+    #[test]
+    fn repeated_credential_headers_are_rejected() {
+        let key = PartitionKey::random();
+        let repeated = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(
+            extract(&repeated, None, &key).map(|c| c.partition()),
+            Err(ApiError::InvalidCredentialHeaders {
+                header: "Authorization"
+            })
+        );
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let key = PartitionKey::random();
+        let secret = Secret::new("super-secret-token".into());
+        let fallback = FallbackToken::new(&secret).expect("valid");
+        let credentials = extract(
+            &headers(&[("authorization", "Bearer super-secret-token")]),
+            None,
+            &key,
+        )
+        .expect("credentials");
+        for text in [
+            format!("{secret:?}"),
+            format!("{secret}"),
+            format!("{fallback:?}"),
+            format!("{credentials:?}"),
+            format!("{key:?}"),
+            format!("{:?}", credentials.headers()),
+        ] {
+            assert!(!text.contains("super-secret-token"), "{text}");
+        }
+    }
+
+    #[test]
+    fn fallback_token_errors_do_not_echo_the_token() {
+        let error =
+            FallbackToken::new(&Secret::new("bad\ntoken-value".into())).expect_err("invalid");
+        assert!(!error.contains("token-value"));
+        assert!(FallbackToken::new(&Secret::new("   ".into())).is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! The sidecar's own error answers: the one place that knows Cloudflare's JSON failure envelope,
+//! which HTTP status and numeric code each failure gets, and how it becomes a response.
+//! Answers relayed from Cloudflare never pass through here: their status and bytes are untouched.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use crate::server::ResponseBody;
+
+/// Every failure the request path can produce by itself. Each variant knows its HTTP status and its
+/// Cloudflare-style numeric code. Codes Cloudflare is seen to use (7000, 7003, 9106, 6003, 971) are
+/// reused with their meaning; failures that only a proxy can have use the 10500 range, which no public
+/// Cloudflare report shows in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// The path is not a route this sidecar serves.
+    NoRoute,
+    /// The path is a served route, the method is not one of `allow`.
+    MethodNotAllowed { allow: &'static str },
+    /// The account id is not Cloudflare's identifier format. `path` is the request path as received.
+    InvalidAccountId { path: String },
+    /// The reference id failed decoding or validation; `reason` says which rule.
+    InvalidReferenceId { reason: &'static str },
+    /// No credential header and no sidecar token to fall back on.
+    MissingCredentials,
+    /// A credential header was repeated or unusable.
+    InvalidCredentialHeaders { header: &'static str },
+    /// Cloudflare could not be reached (connection refused or reset, TLS failure, protocol error).
+    UpstreamUnreachable,
+    /// Cloudflare did not answer within the configured time.
+    UpstreamTimeout,
+    /// Cloudflare answered with something the sidecar must not relay (a body over the size bound).
+    UpstreamInvalidResponse,
+    /// A bug in the sidecar. The cause is logged where it happens, never sent to the caller.
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::InvalidAccountId { .. }
+            | ApiError::InvalidReferenceId { .. }
+            | ApiError::MissingCredentials
+            | ApiError::InvalidCredentialHeaders { .. } => StatusCode::BAD_REQUEST,
+            ApiError::UpstreamUnreachable | ApiError::UpstreamInvalidResponse => {
+                StatusCode::BAD_GATEWAY
+            }
+            ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> u32 {
+        match self {
+            ApiError::NoRoute => 7000,
+            ApiError::MethodNotAllowed { .. } => 10405,
+            ApiError::InvalidAccountId { .. } | ApiError::InvalidReferenceId { .. } => 7003,
+            ApiError::MissingCredentials => 9106,
+            ApiError::InvalidCredentialHeaders { .. } => 6003,
+            ApiError::UpstreamUnreachable => 10502,
+            ApiError::UpstreamTimeout => 10504,
+            ApiError::UpstreamInvalidResponse => 10503,
+            ApiError::Internal => 10500,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::NoRoute => "No route for that URI".to_owned(),
+            ApiError::MethodNotAllowed { .. } => "Method not allowed".to_owned(),
+            ApiError::InvalidAccountId { path } => {
+                format!("Could not route to {path}, perhaps your object identifier is invalid?")
+            }
+            ApiError::InvalidReferenceId { reason } => format!("Invalid reference_id: {reason}"),
+            ApiError::MissingCredentials => {
+                "Missing X-Auth-Key, X-Auth-Email or Authorization headers".to_owned()
+            }
+            ApiError::InvalidCredentialHeaders { header } => {
+                format!("Invalid request headers: {header} must appear at most once")
+            }
+            ApiError::UpstreamUnreachable => {
+                "zt-risk-sidecar could not reach the Cloudflare API".to_owned()
+            }
+            ApiError::UpstreamTimeout => {
+                "zt-risk-sidecar timed out waiting for the Cloudflare API".to_owned()
+            }
+            ApiError::UpstreamInvalidResponse => {
+                "zt-risk-sidecar received an unusable answer from the Cloudflare API".to_owned()
+            }
+            ApiError::Internal => "zt-risk-sidecar internal error".to_owned(),
+        }
+    }
+
+    /// The one conversion from an error to what the caller sees.
+    pub fn to_response(&self) -> Response<ResponseBody> {
+        let body = envelope_bytes(self.code(), &self.message());
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = self.status();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let ApiError::MethodNotAllowed { allow } = self {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+/// Serialises Cloudflare's failure envelope:
+/// `{"success":false,"errors":[{"code":N,"message":"..."}],"messages":[],"result":null}`.
+pub fn envelope_bytes(code: u32, message: &str) -> Bytes {
+    let envelope = serde_json::json!({
+        "success": false,
+        "errors": [{ "code": code, "message": message }],
+        "messages": [],
+        "result": null,
+    });
+    Bytes::from(envelope.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(error: ApiError, status: u16, code: u32) {
+        let response = error.to_response();
+        assert_eq!(response.status().as_u16(), status, "{error:?}");
+        assert_eq!(
+            response
+                .headers()
+                .get(CONTENT_TYPE)
+                .map(HeaderValue::as_bytes),
+            Some(&b"application/json"[..])
+        );
+        let body = envelope_bytes(error.code(), &error.message());
+        let parsed: serde_json::Value = serde_json::from_slice(&body).expect("valid json");
+        assert_eq!(parsed["success"], false);
+        assert_eq!(parsed["result"], serde_json::Value::Null);
+        assert_eq!(parsed["messages"], serde_json::json!([]));
+        assert_eq!(parsed["errors"][0]["code"], code);
+    }
+
+    #[test]
+    fn every_error_has_its_status_and_code() {
+        check(ApiError::NoRoute, 404, 7000);
+        check(
+            ApiError::MethodNotAllowed { allow: "GET, HEAD" },
+            405,
+            10405,
+        );
+        check(ApiError::InvalidAccountId { path: "/x".into() }, 400, 7003);
+        check(ApiError::InvalidReferenceId { reason: "empty" }, 400, 7003);
+        check(ApiError::MissingCredentials, 400, 9106);
+        check(
+            ApiError::InvalidCredentialHeaders {
+                header: "Authorization",
+            },
+            400,
+            6003,
+        );
+        check(ApiError::UpstreamUnreachable, 502, 10502);
+        check(ApiError::UpstreamTimeout, 504, 10504);
+        check(ApiError::UpstreamInvalidResponse, 502, 10503);
+        check(ApiError::Internal, 500, 10500);
+    }
+
+    #[test]
+    fn method_not_allowed_names_the_allowed_methods() {
+        let response = ApiError::MethodNotAllowed { allow: "GET, HEAD" }.to_response();
+        assert_eq!(
+            response.headers().get(ALLOW).map(HeaderValue::as_bytes),
+            Some(&b"GET, HEAD"[..])
+        );
+    }
+
+    #[test]
+    fn messages_with_quotes_stay_valid_json() {
+        let body = envelope_bytes(7003, "Could not route to /a\"b\\c, perhaps");
+        let parsed: serde_json::Value = serde_json::from_slice(&body).expect("valid json");
+        assert_eq!(
+            parsed["errors"][0]["message"],
+            "Could not route to /a\"b\\c, perhaps"
+        );
+    }
+}
