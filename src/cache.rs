@@ -1,0 +1,366 @@
+//! The answer cache: keys, what may be stored and for how long (pure functions of the answer and
+//! the time), and the store behind a small trait so that a shared second tier can slot in later.
+//! It never sees a raw credential: keys carry the credential partition only.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use moka::future::Cache;
+use moka::Expiry;
+use tokio::time::Instant;
+
+use crate::credentials::Partition;
+use crate::routes::{AccountId, Lookup, ReferenceId};
+use crate::upstream::UpstreamAnswer;
+
+/// What a cached answer is filed under. Two requests share an entry only if they carry the same
+/// credentials, name the same account and the same decoded reference id.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct CacheKey {
+    pub partition: Partition,
+    pub account_id: AccountId,
+    pub reference_id: ReferenceId,
+}
+
+impl CacheKey {
+    pub fn new(partition: Partition, lookup: &Lookup) -> CacheKey {
+        CacheKey {
+            partition,
+            account_id: lookup.account_id,
+            reference_id: lookup.reference_id.clone(),
+        }
+    }
+}
+
+/// A stored answer and its timing. Cloning is cheap (the answer is shared).
+#[derive(Clone, Debug)]
+pub struct CacheEntry {
+    pub answer: Arc<UpstreamAnswer>,
+    pub stored_at: Instant,
+    /// How long after `stored_at` the entry may be served as fresh.
+    pub fresh_for: Duration,
+}
+
+impl CacheEntry {
+    /// The entry's standing at `now`.
+    pub fn freshness(&self, now: Instant) -> Freshness {
+        freshness(self.stored_at, self.fresh_for, now)
+    }
+
+    /// Bytes charged against the cache bound: the body, the relayed headers, and a fixed
+    /// allowance for the key, the entry and moka's own bookkeeping.
+    pub fn weight(&self, key: &CacheKey) -> u32 {
+        const FIXED_OVERHEAD: usize = 256;
+        let headers: usize = self
+            .answer
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        let total =
+            self.answer.body.len() + headers + key.reference_id.as_str().len() + FIXED_OVERHEAD;
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+}
+
+/// Fresh with time left, or stale since some time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    Fresh { remaining: Duration },
+    Stale { expired_ago: Duration },
+}
+
+/// Pure: whether an entry stored at `stored_at`, fresh for `fresh_for`, is still fresh at `now`.
+pub fn freshness(stored_at: Instant, fresh_for: Duration, now: Instant) -> Freshness {
+    let age = now.saturating_duration_since(stored_at);
+    if age < fresh_for {
+        Freshness::Fresh {
+            remaining: fresh_for - age,
+        }
+    } else {
+        Freshness::Stale {
+            expired_ago: age - fresh_for,
+        }
+    }
+}
+
+/// How long answers stay fresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtlPolicy {
+    /// For a found integration.
+    pub positive: Duration,
+    /// For "not found": a 404 envelope, or a 200 whose `result` is null.
+    pub negative: Duration,
+}
+
+/// Whether an upstream answer may be stored, and why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storability {
+    /// A found integration, stored for the positive TTL.
+    Positive,
+    /// A "not found" answer, stored for the negative TTL.
+    Negative,
+    /// Not stored; the reason is a stable label for logs.
+    No(&'static str),
+}
+
+impl Storability {
+    /// How long to keep the answer fresh, or `None` when it must not be stored (including a zero
+    /// TTL, which turns that kind of caching off).
+    pub fn fresh_for(self, policy: &TtlPolicy) -> Option<Duration> {
+        let ttl = match self {
+            Storability::Positive => policy.positive,
+            Storability::Negative => policy.negative,
+            Storability::No(_) => return None,
+        };
+        (!ttl.is_zero()).then_some(ttl)
+    }
+}
+
+/// Pure: decides from status and body whether an answer is cacheable. Only 200 and 404 are, and
+/// only with a valid Cloudflare envelope: 401, 403, 429 and 5xx depend on the moment or the
+/// credential, and a body that is not an envelope is no answer to keep.
+pub fn storability(status: StatusCode, body: &[u8]) -> Storability {
+    if status != StatusCode::OK && status != StatusCode::NOT_FOUND {
+        return Storability::No("status");
+    }
+    let Ok(serde_json::Value::Object(envelope)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
+        return Storability::No("not-an-envelope");
+    };
+    let success = envelope.get("success").and_then(serde_json::Value::as_bool);
+    let lists_present = envelope
+        .get("errors")
+        .is_some_and(serde_json::Value::is_array)
+        && envelope
+            .get("messages")
+            .is_some_and(serde_json::Value::is_array);
+    let result = envelope.get("result");
+    if !lists_present {
+        return Storability::No("not-an-envelope");
+    }
+    match (status, success, result) {
+        (StatusCode::OK, Some(true), Some(serde_json::Value::Object(_))) => Storability::Positive,
+        // The Python SDK types this result as Optional: a 200 with a null (or absent) result is
+        // how "nothing under that reference id" can look.
+        (StatusCode::OK, Some(true), None | Some(serde_json::Value::Null)) => Storability::Negative,
+        (StatusCode::NOT_FOUND, Some(false), None | Some(serde_json::Value::Null)) => {
+            Storability::Negative
+        }
+        _ => Storability::No("unexpected-envelope"),
+    }
+}
+
+/// The cache interface the request path uses. The in-process moka store implements it; a shared
+/// tier (Redis) would implement it too, usually wrapping the local store as its first level.
+pub trait AnswerStore: Send + Sync + 'static {
+    fn get(&self, key: &CacheKey) -> impl Future<Output = Option<CacheEntry>> + Send;
+    fn insert(&self, key: CacheKey, entry: CacheEntry) -> impl Future<Output = ()> + Send;
+}
+
+/// The in-process store: a moka cache bounded by weighted bytes, each entry dropped once it can no
+/// longer be served.
+#[derive(Clone)]
+pub struct LocalStore {
+    cache: Cache<CacheKey, CacheEntry>,
+}
+
+/// Moka removes an entry once its freshness lifetime is over. Freshness itself is always decided by
+/// [`freshness`] on read, so serving never depends on when moka's housekeeping runs.
+struct RetainUntilStale;
+
+impl Expiry<CacheKey, CacheEntry> for RetainUntilStale {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        entry: &CacheEntry,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(entry.fresh_for)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        entry: &CacheEntry,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.fresh_for)
+    }
+}
+
+impl LocalStore {
+    pub fn new(max_bytes: u64) -> LocalStore {
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &CacheKey, entry: &CacheEntry| entry.weight(key))
+            .expire_after(RetainUntilStale)
+            .build();
+        LocalStore { cache }
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    /// Applies pending housekeeping so counts are current (tests and stats).
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+}
+
+impl AnswerStore for LocalStore {
+    async fn get(&self, key: &CacheKey) -> Option<CacheEntry> {
+        self.cache.get(key).await
+    }
+
+    async fn insert(&self, key: CacheKey, entry: CacheEntry) {
+        self.cache.insert(key, entry).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(status: u16, body: &str, expected: Storability) {
+        let status = StatusCode::from_u16(status).expect("valid status");
+        assert_eq!(
+            storability(status, body.as_bytes()),
+            expected,
+            "{status} {body}"
+        );
+    }
+
+    const FOUND: &str = r#"{"errors":[],"messages":[],"success":true,"result":{"id":"182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e","reference_id":"r"}}"#;
+    const NOT_FOUND: &str = r#"{"success":false,"errors":[{"code":1000,"message":"not found"}],"messages":[],"result":null}"#;
+
+    #[test]
+    fn storability_table() {
+        check(200, FOUND, Storability::Positive);
+        check(
+            200,
+            r#"{"errors":[],"messages":[],"success":true,"result":null}"#,
+            Storability::Negative,
+        );
+        check(
+            200,
+            r#"{"errors":[],"messages":[],"success":true}"#,
+            Storability::Negative,
+        );
+        check(404, NOT_FOUND, Storability::Negative);
+        check(
+            404,
+            r#"{"success":false,"errors":[{"code":7000,"message":"x"}],"messages":[]}"#,
+            Storability::Negative,
+        );
+        for status in [400, 401, 403, 405, 409, 429, 500, 502, 503, 504] {
+            check(status, NOT_FOUND, Storability::No("status"));
+        }
+        check(200, "", Storability::No("not-an-envelope"));
+        check(
+            200,
+            "<html>bad gateway</html>",
+            Storability::No("not-an-envelope"),
+        );
+        check(
+            200,
+            r#"{"errors":[],"messages":[],"success":true,"result":{"id":"#,
+            Storability::No("not-an-envelope"),
+        );
+        check(200, r#"[1,2,3]"#, Storability::No("not-an-envelope"));
+        check(
+            200,
+            r#"{"success":true,"result":{}}"#,
+            Storability::No("not-an-envelope"),
+        );
+        check(
+            200,
+            r#"{"errors":{},"messages":[],"success":true,"result":{}}"#,
+            Storability::No("not-an-envelope"),
+        );
+        check(
+            200,
+            r#"{"errors":[],"messages":[],"success":false,"result":{}}"#,
+            Storability::No("unexpected-envelope"),
+        );
+        check(
+            200,
+            r#"{"errors":[],"messages":[],"success":true,"result":[1]}"#,
+            Storability::No("unexpected-envelope"),
+        );
+        check(
+            200,
+            r#"{"errors":[],"messages":[],"success":"true","result":{}}"#,
+            Storability::No("unexpected-envelope"),
+        );
+        check(
+            404,
+            r#"{"errors":[],"messages":[],"success":true,"result":{}}"#,
+            Storability::No("unexpected-envelope"),
+        );
+    }
+
+    #[test]
+    fn fresh_for_follows_the_policy() {
+        let policy = TtlPolicy {
+            positive: Duration::from_secs(60),
+            negative: Duration::from_secs(10),
+        };
+        assert_eq!(
+            Storability::Positive.fresh_for(&policy),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            Storability::Negative.fresh_for(&policy),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(Storability::No("status").fresh_for(&policy), None);
+        let no_negative = TtlPolicy {
+            negative: Duration::ZERO,
+            ..policy
+        };
+        assert_eq!(Storability::Negative.fresh_for(&no_negative), None);
+    }
+
+    #[test]
+    fn freshness_table() {
+        let stored = Instant::now();
+        let ttl = Duration::from_secs(60);
+        let at = |secs: u64| stored + Duration::from_secs(secs);
+        assert_eq!(
+            freshness(stored, ttl, at(0)),
+            Freshness::Fresh { remaining: ttl }
+        );
+        assert_eq!(
+            freshness(stored, ttl, at(59)),
+            Freshness::Fresh {
+                remaining: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(
+            freshness(stored, ttl, at(60)),
+            Freshness::Stale {
+                expired_ago: Duration::ZERO
+            }
+        );
+        assert_eq!(
+            freshness(stored, ttl, at(95)),
+            Freshness::Stale {
+                expired_ago: Duration::from_secs(35)
+            }
+        );
+        // A clock reading before the store (should not happen) counts as age zero.
+        assert_eq!(
+            freshness(at(10), ttl, stored),
+            Freshness::Fresh { remaining: ttl }
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! Request coalescing: at most one fetch in flight per key, and every concurrent caller of that key
+//! gets the same outcome. It owns only the in-flight table; what a fetch does, and whether its
+//! outcome is cached, is the caller's business.
+//!
+//! The fetch runs in its own task, not in the first caller's request future, so a caller that
+//! disconnects cannot cancel the answer the others are waiting for (cloudflare/pingora#931).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
+
+/// Whether a caller started the fetch or joined one already in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+/// The fetch ended without an outcome: its task panicked or was aborted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchAbandoned;
+
+/// One fetch in flight: where its outcome will appear, and how many callers joined it.
+struct InFlight<V> {
+    receiver: watch::Receiver<Option<V>>,
+    followers: usize,
+}
+
+type Table<K, V> = Mutex<HashMap<K, InFlight<V>>>;
+
+/// The in-flight table. Cheap to clone.
+pub struct Coalescer<K, V> {
+    in_flight: Arc<Table<K, V>>,
+}
+
+impl<K, V> Clone for Coalescer<K, V> {
+    fn clone(&self) -> Self {
+        Coalescer {
+            in_flight: Arc::clone(&self.in_flight),
+        }
+    }
+}
+
+impl<K, V> Default for Coalescer<K, V> {
+    fn default() -> Self {
+        Coalescer {
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+impl<K, V> Coalescer<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// Joins the fetch in flight for `key`, or starts `fetch` in a new task when there is none.
+    /// `fetch` is only called (and only spawned) by the leader.
+    pub async fn run<F, Fut>(&self, key: K, fetch: F) -> (Role, Result<V, FetchAbandoned>)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = V> + Send + 'static,
+    {
+        let (role, mut receiver) = {
+            let mut table = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match table.get_mut(&key) {
+                Some(in_flight) => {
+                    in_flight.followers += 1;
+                    (Role::Follower, in_flight.receiver.clone())
+                }
+                None => {
+                    let (sender, receiver) = watch::channel(None);
+                    let in_flight = InFlight {
+                        receiver: receiver.clone(),
+                        followers: 0,
+                    };
+                    table.insert(key.clone(), in_flight);
+                    let flight = Flight {
+                        table: Arc::clone(&self.in_flight),
+                        key,
+                        sender: Some(sender),
+                    };
+                    let future = fetch();
+                    tokio::spawn(async move {
+                        let outcome = future.await;
+                        flight.complete(outcome);
+                    });
+                    (Role::Leader, receiver)
+                }
+            }
+        };
+        let outcome = match receiver.wait_for(Option::is_some).await {
+            Ok(value) => value.clone().ok_or(FetchAbandoned),
+            Err(_sender_dropped) => Err(FetchAbandoned),
+        };
+        (role, outcome)
+    }
+
+    /// How many callers joined the fetch in flight for `key` (0 when there is none).
+    pub fn followers(&self, key: &K) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .map_or(0, |in_flight| in_flight.followers)
+    }
+
+    /// How many callers, across all keys, are waiting on a fetch someone else started.
+    pub fn total_followers(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|in_flight| in_flight.followers)
+            .sum()
+    }
+
+    /// How many keys have a fetch in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// The leader's side of one fetch. Completing it, or dropping it (the task panicked or was
+/// aborted), removes the key from the table, so the next caller starts a fresh fetch.
+struct Flight<K: Hash + Eq, V> {
+    table: Arc<Table<K, V>>,
+    key: K,
+    sender: Option<watch::Sender<Option<V>>>,
+}
+
+impl<K: Hash + Eq, V> Flight<K, V> {
+    fn complete(mut self, outcome: V) {
+        self.remove_from_table();
+        if let Some(sender) = self.sender.take() {
+            // Nobody listening is fine: every caller may have gone away.
+            let _ = sender.send(Some(outcome));
+        }
+    }
+
+    fn remove_from_table(&self) {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+impl<K: Hash + Eq, V> Drop for Flight<K, V> {
+    fn drop(&mut self) {
+        if self.sender.is_some() {
+            self.remove_from_table();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::{oneshot, Barrier};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_fetch() {
+        let coalescer: Coalescer<&'static str, u32> = Coalescer::default();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (release, released) = oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let barrier = Arc::new(Barrier::new(51));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let coalescer = coalescer.clone();
+            let fetches = Arc::clone(&fetches);
+            let released = Arc::clone(&released);
+            let barrier = Arc::clone(&barrier);
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                coalescer
+                    .run("key", move || async move {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        let gate = released.lock().await.take();
+                        if let Some(gate) = gate {
+                            let _ = gate.await;
+                        }
+                        7
+                    })
+                    .await
+            }));
+        }
+        barrier.wait().await;
+        // The one fetch is held until the 49 other callers have joined it.
+        while coalescer.followers(&"key") < 49 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).expect("fetch waiting");
+        let mut leaders = 0;
+        for task in tasks {
+            let (role, outcome) = task.await.expect("task");
+            assert_eq!(outcome, Ok(7));
+            if role == Role::Leader {
+                leaders += 1;
+            }
+        }
+        assert_eq!(leaders, 1);
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert_eq!(coalescer.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_does_not_cancel_the_fetch() {
+        let coalescer: Coalescer<u8, &'static str> = Coalescer::default();
+        let (release, released) = oneshot::channel::<()>();
+        let leader = {
+            let coalescer = coalescer.clone();
+            tokio::spawn(async move {
+                coalescer
+                    .run(1, move || async move {
+                        let _ = released.await;
+                        "answer"
+                    })
+                    .await
+            })
+        };
+        while coalescer.in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let follower = {
+            let coalescer = coalescer.clone();
+            tokio::spawn(async move { coalescer.run(1, || async { "second fetch" }).await })
+        };
+        while coalescer.followers(&1) == 0 {
+            tokio::task::yield_now().await;
+        }
+        leader.abort();
+        assert!(leader.await.expect_err("aborted").is_cancelled());
+        release.send(()).expect("fetch still running");
+        assert_eq!(
+            follower.await.expect("follower"),
+            (Role::Follower, Ok("answer"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_fetch_releases_its_waiters_and_the_key() {
+        let coalescer: Coalescer<u8, u8> = Coalescer::default();
+        let (role, outcome) = coalescer
+            .run(1, || async {
+                panic!("fetch failed hard");
+            })
+            .await;
+        assert_eq!((role, outcome), (Role::Leader, Err(FetchAbandoned)));
+        assert_eq!(coalescer.in_flight(), 0);
+        let (role, outcome) = coalescer.run(1, || async { 9 }).await;
+        assert_eq!((role, outcome), (Role::Leader, Ok(9)));
+    }
+
+    #[tokio::test]
+    async fn different_keys_do_not_coalesce() {
+        let coalescer: Coalescer<u8, u8> = Coalescer::default();
+        let (a, b) = tokio::join!(
+            coalescer.run(1, || async { 1 }),
+            coalescer.run(2, || async { 2 })
+        );
+        assert_eq!(a, (Role::Leader, Ok(1)));
+        assert_eq!(b, (Role::Leader, Ok(2)));
+    }
+}
