@@ -71,7 +71,7 @@ where
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let connection = builder
-            .serve_connection(TokioIo::new(stream), service_fn(move |request| handler(request)))
+            .serve_connection(TokioIo::new(stream), service_fn(handler))
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -1,0 +1,541 @@
+//! Configuration: command-line flags, `ZT_SIDECAR_*` environment variables and a TOML file, merged
+//! with precedence flags > environment > file > defaults, then validated into types that can only
+//! hold valid values. Errors name the key and the problem; secrets are never printed.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+use crate::cache::TtlPolicy;
+use crate::credentials::Secret;
+use crate::upstream::{UpstreamBase, DEFAULT_UPSTREAM};
+
+/// Environment variable holding the sidecar's own Cloudflare API token.
+pub const TOKEN_ENV: &str = "CLOUDFLARE_API_TOKEN";
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Command-line flags. Every value flag can also come from its `ZT_SIDECAR_*` variable; none has a
+/// clap default, so that an unset flag falls through to the file and then to the built-in default.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "zt-risk-sidecar",
+    version,
+    about = "Loopback caching sidecar for Cloudflare's Zero Trust risk-score integration lookups",
+    after_help = "The sidecar's own token comes from CLOUDFLARE_API_TOKEN or token_file; \
+                  callers' own credential headers take precedence."
+)]
+pub struct Cli {
+    /// TOML configuration file (see config/sidecar.toml).
+    #[arg(long, env = "ZT_SIDECAR_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Run against a built-in simulated Cloudflare API: no token, no network needed.
+    #[arg(long)]
+    pub dev: bool,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ZT_SIDECAR_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Cloudflare API base URL [default: https://api.cloudflare.com/client/v4].
+    #[arg(long, env = "ZT_SIDECAR_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Allow a plain http:// upstream on a non-loopback host.
+    #[arg(long, env = "ZT_SIDECAR_ALLOW_INSECURE_UPSTREAM", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_insecure_upstream: Option<bool>,
+    /// How long a found integration stays fresh [default: 60s].
+    #[arg(long, env = "ZT_SIDECAR_CACHE_TTL", value_name = "DURATION")]
+    pub cache_ttl: Option<String>,
+    /// How long "not found" stays fresh [default: 10s].
+    #[arg(long, env = "ZT_SIDECAR_NEGATIVE_TTL", value_name = "DURATION")]
+    pub negative_ttl: Option<String>,
+    /// Bound of the cache in bytes (64MiB, 1048576, ...) [default: 64MiB].
+    #[arg(long, env = "ZT_SIDECAR_CACHE_MAX_BYTES", value_name = "BYTES")]
+    pub cache_max_bytes: Option<String>,
+    /// Upstream connect timeout [default: 5s].
+    #[arg(long, env = "ZT_SIDECAR_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+    /// Whole upstream request timeout [default: 15s].
+    #[arg(long, env = "ZT_SIDECAR_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// File holding the sidecar's API token (e.g. a mounted secret).
+    #[arg(long, env = "ZT_SIDECAR_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// How long in-flight requests may take to finish on shutdown [default: 10s].
+    #[arg(long, env = "ZT_SIDECAR_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
+    /// Log format [default: pretty].
+    #[arg(long, env = "ZT_SIDECAR_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The configuration file. Every key is optional; an unknown key is an error.
+#[derive(Deserialize, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub allow_insecure_upstream: Option<bool>,
+    pub cache_ttl: Option<String>,
+    pub negative_ttl: Option<String>,
+    pub cache_max_bytes: Option<ByteCount>,
+    pub connect_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub shutdown_grace: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// A byte count written as an integer or a string with a unit (`"64MiB"`).
+#[derive(Deserialize, Debug, PartialEq, Clone)]
+#[serde(untagged)]
+pub enum ByteCount {
+    Number(u64),
+    Text(String),
+}
+
+/// The validated configuration the program runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: UpstreamBase,
+    pub ttl: TtlPolicy,
+    pub cache_max_bytes: NonZeroU64,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub dev: bool,
+}
+
+/// A configuration error: which key, and what is wrong with it. Never contains a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "configuration error in `{}`: {}", self.key, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads the file named by the flags (if any), the token, and validates everything.
+/// `token_env` is the value of `CLOUDFLARE_API_TOKEN`, passed in so tests need not touch the
+/// process environment.
+pub fn load(cli: &Cli, token_env: Option<String>) -> Result<Config, ConfigError> {
+    let file = match &cli.config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    resolve(cli, file, token_env)
+}
+
+/// Parses a configuration file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError::new("config", format!("cannot read {}: {error}", path.display()))
+    })?;
+    parse_file(&text).map_err(|error| ConfigError {
+        problem: format!("{} (in {})", error.problem, path.display()),
+        ..error
+    })
+}
+
+/// Parses configuration file text.
+pub fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|error| {
+        let message = error.message().to_owned();
+        let start = error.span().map_or(0, |span| span.start.min(text.len()));
+        let before = text.get(..start).unwrap_or("");
+        let line_number = before.matches('\n').count() + 1;
+        // The key is the one on the line the error points at; an unknown key is also named in
+        // backticks in toml's message.
+        let line_start = before.rfind('\n').map_or(0, |index| index + 1);
+        let line = text
+            .get(line_start..)
+            .and_then(|rest| rest.lines().next())
+            .unwrap_or("");
+        let key = match line.split_once('=') {
+            Some((key, _)) if !key.trim().is_empty() => key.trim().trim_matches('"').to_owned(),
+            _ => key_named_in(&message).unwrap_or_else(|| "config".to_owned()),
+        };
+        ConfigError::new(&key, format!("{message} at line {line_number}"))
+    })
+}
+
+fn key_named_in(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let length = message[start..].find('`')?;
+    Some(message[start..start + length].to_owned())
+}
+
+/// Merges flags (which clap already merged with the environment) over the file over defaults.
+pub fn resolve(
+    cli: &Cli,
+    file: FileConfig,
+    token_env: Option<String>,
+) -> Result<Config, ConfigError> {
+    let listen_text = pick(cli.listen.clone(), file.listen, DEFAULT_LISTEN.to_owned());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        ConfigError::new(
+            "listen",
+            format!("{listen_text:?} is not an IP address and port (e.g. 127.0.0.1:8080)"),
+        )
+    })?;
+
+    let allow_insecure_upstream = pick(
+        cli.allow_insecure_upstream,
+        file.allow_insecure_upstream,
+        false,
+    );
+    let upstream_text = pick(
+        cli.upstream.clone(),
+        file.upstream,
+        DEFAULT_UPSTREAM.to_owned(),
+    );
+    let upstream = UpstreamBase::parse(&upstream_text, allow_insecure_upstream)
+        .map_err(|problem| ConfigError::new("upstream", format!("{upstream_text:?}: {problem}")))?;
+
+    let duration =
+        |key: &str, flag: &Option<String>, file: Option<String>, default: Duration| match flag
+            .clone()
+            .or(file)
+        {
+            Some(text) => parse_duration(key, &text),
+            None => Ok(default),
+        };
+    let positive = duration(
+        "cache_ttl",
+        &cli.cache_ttl,
+        file.cache_ttl,
+        DEFAULT_CACHE_TTL,
+    )?;
+    let negative = duration(
+        "negative_ttl",
+        &cli.negative_ttl,
+        file.negative_ttl,
+        DEFAULT_NEGATIVE_TTL,
+    )?;
+    let connect_timeout = duration(
+        "connect_timeout",
+        &cli.connect_timeout,
+        file.connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT,
+    )?;
+    let request_timeout = duration(
+        "request_timeout",
+        &cli.request_timeout,
+        file.request_timeout,
+        DEFAULT_REQUEST_TIMEOUT,
+    )?;
+    let shutdown_grace = duration(
+        "shutdown_grace",
+        &cli.shutdown_grace,
+        file.shutdown_grace,
+        DEFAULT_SHUTDOWN_GRACE,
+    )?;
+    if connect_timeout.is_zero() {
+        return Err(ConfigError::new(
+            "connect_timeout",
+            "must be greater than 0s",
+        ));
+    }
+    if request_timeout.is_zero() {
+        return Err(ConfigError::new(
+            "request_timeout",
+            "must be greater than 0s",
+        ));
+    }
+    if connect_timeout > request_timeout {
+        return Err(ConfigError::new(
+            "connect_timeout",
+            format!(
+                "{} is longer than request_timeout ({}), which bounds the whole request",
+                humantime::format_duration(connect_timeout),
+                humantime::format_duration(request_timeout)
+            ),
+        ));
+    }
+
+    let cache_max_bytes = match (cli.cache_max_bytes.clone(), file.cache_max_bytes) {
+        (Some(text), _) => parse_bytes("cache_max_bytes", &text)?,
+        (None, Some(ByteCount::Number(number))) => number,
+        (None, Some(ByteCount::Text(text))) => parse_bytes("cache_max_bytes", &text)?,
+        (None, None) => DEFAULT_CACHE_MAX_BYTES,
+    };
+    let cache_max_bytes = NonZeroU64::new(cache_max_bytes)
+        .ok_or_else(|| ConfigError::new("cache_max_bytes", "must be greater than 0"))?;
+
+    let token_file = cli.token_file.clone().or(file.token_file);
+    let token = match &token_file {
+        Some(path) => Some(read_token_file(path)?),
+        None => token_env
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| Secret::new(value.trim().to_owned())),
+    };
+    if let Some(token) = &token {
+        crate::credentials::FallbackToken::new(token)
+            .map_err(|problem| ConfigError::new(token_source(&token_file), problem))?;
+    }
+
+    Ok(Config {
+        listen,
+        upstream,
+        ttl: TtlPolicy { positive, negative },
+        cache_max_bytes,
+        connect_timeout,
+        request_timeout,
+        token,
+        token_file,
+        shutdown_grace,
+        log_format: pick(cli.log_format, file.log_format, LogFormat::Pretty),
+        dev: cli.dev,
+    })
+}
+
+fn token_source(token_file: &Option<PathBuf>) -> &'static str {
+    if token_file.is_some() {
+        "token_file"
+    } else {
+        TOKEN_ENV
+    }
+}
+
+/// Reads the token from a file (a mounted secret), without its trailing newline. The error names
+/// the file, never its content.
+pub fn read_token_file(path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError::new(
+            "token_file",
+            format!("cannot read {}: {error}", path.display()),
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::new(
+            "token_file",
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(Secret::new(token.to_owned()))
+}
+
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
+/// Durations are written like `500ms`, `60s`, `24h`, `1h 30m`.
+pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|error| {
+        ConfigError::new(
+            key,
+            format!("{text:?} is not a duration like 500ms, 60s or 24h ({error})"),
+        )
+    })
+}
+
+/// Byte counts are a plain integer or a number with a unit: B, KB, MB, GB (powers of 1000) or
+/// KiB, MiB, GiB (powers of 1024).
+pub fn parse_bytes(key: &str, text: &str) -> Result<u64, ConfigError> {
+    let invalid = || {
+        ConfigError::new(
+            key,
+            format!("{text:?} is not a byte count like 67108864 or 64MiB"),
+        )
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(invalid()),
+    };
+    number.checked_mul(multiplier).ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["zt-risk-sidecar"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("valid flags")
+    }
+
+    #[test]
+    fn defaults() {
+        let config = resolve(&Cli::default(), FileConfig::default(), None).expect("valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.upstream.to_string(), DEFAULT_UPSTREAM);
+        assert_eq!(config.ttl.positive, Duration::from_secs(60));
+        assert_eq!(config.ttl.negative, Duration::from_secs(10));
+        assert_eq!(config.cache_max_bytes.get(), 64 * 1024 * 1024);
+        assert_eq!(config.connect_timeout, Duration::from_secs(5));
+        assert_eq!(config.request_timeout, Duration::from_secs(15));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.log_format, LogFormat::Pretty);
+        assert!(config.token.is_none());
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let file =
+            parse_file("cache_ttl = \"5m\"\nnegative_ttl = \"3s\"\ncache_max_bytes = \"1MiB\"\n")
+                .expect("valid file");
+        let config = resolve(&cli(&["--cache-ttl", "90s"]), file, None).expect("valid");
+        assert_eq!(config.ttl.positive, Duration::from_secs(90));
+        assert_eq!(config.ttl.negative, Duration::from_secs(3));
+        assert_eq!(config.cache_max_bytes.get(), 1 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = parse_file("cache_tll = \"5m\"\n").expect_err("unknown key");
+        assert_eq!(error.key, "cache_tll");
+        assert!(error.problem.contains("line 1"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        fn check(file: &str, key: &str, fragment: &str) {
+            let error = parse_file(file)
+                .and_then(|file| resolve(&Cli::default(), file, None))
+                .expect_err(file);
+            assert_eq!(error.key, key, "{file}: {error}");
+            assert!(error.problem.contains(fragment), "{file}: {error}");
+        }
+        check("cache_ttl = \"soon\"", "cache_ttl", "not a duration");
+        check("negative_ttl = 10", "negative_ttl", "invalid type");
+        check("listen = \"localhost\"", "listen", "not an IP address");
+        check(
+            "upstream = \"http://api.cloudflare.com\"",
+            "upstream",
+            "loopback",
+        );
+        check(
+            "cache_max_bytes = \"lots\"",
+            "cache_max_bytes",
+            "byte count",
+        );
+        check("cache_max_bytes = 0", "cache_max_bytes", "greater than 0");
+        check(
+            "connect_timeout = \"20s\"",
+            "connect_timeout",
+            "longer than request_timeout",
+        );
+        check(
+            "request_timeout = \"0s\"",
+            "request_timeout",
+            "greater than 0s",
+        );
+        check("log_format = \"xml\"", "log_format", "unknown variant");
+        check(
+            "token_file = \"/nonexistent/token\"",
+            "token_file",
+            "cannot read",
+        );
+    }
+
+    #[test]
+    fn durations_and_bytes() {
+        assert_eq!(parse_duration("k", "500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("k", "24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("k", "0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("k", "-1s").is_err());
+        assert_eq!(parse_bytes("k", "67108864"), Ok(67_108_864));
+        assert_eq!(parse_bytes("k", "64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("k", "64 MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("k", "2GB"), Ok(2_000_000_000));
+        assert!(parse_bytes("k", "64XB").is_err());
+        assert!(parse_bytes("k", "").is_err());
+        assert!(parse_bytes("k", "99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn token_comes_from_env_or_file_and_is_never_printed() {
+        let dir = std::env::temp_dir().join(format!("zt-sidecar-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("token");
+        std::fs::write(&path, "file-secret-token\n").expect("write token");
+        let from_env = resolve(
+            &Cli::default(),
+            FileConfig::default(),
+            Some("env-secret".into()),
+        )
+        .expect("valid");
+        assert_eq!(
+            from_env.token.as_ref().map(Secret::expose),
+            Some("env-secret")
+        );
+        let file = FileConfig {
+            token_file: Some(path.clone()),
+            ..FileConfig::default()
+        };
+        let from_file = resolve(&Cli::default(), file, Some("env-secret".into())).expect("valid");
+        assert_eq!(
+            from_file.token.as_ref().map(Secret::expose),
+            Some("file-secret-token")
+        );
+        let printed = format!("{from_file:?} {from_env:?}");
+        assert!(
+            !printed.contains("file-secret-token") && !printed.contains("env-secret"),
+            "{printed}"
+        );
+        let bad = resolve(
+            &Cli::default(),
+            FileConfig::default(),
+            Some("bad\u{7f}secret".into()),
+        )
+        .expect_err("invalid token");
+        assert!(!bad.to_string().contains("secret"), "{bad}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn the_documented_example_file_parses() {
+        let text = include_str!("../config/sidecar.toml");
+        let file = parse_file(text).expect("config/sidecar.toml is valid");
+        resolve(&Cli::default(), file, None).expect("config/sidecar.toml resolves");
+    }
+}

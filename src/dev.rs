@@ -1,0 +1,82 @@
+//! `--dev` mode: starts the simulated Cloudflare API in-process on a loopback port, seeds it,
+//! points the configuration at it and prints ready-to-paste commands. Nothing here runs unless
+//! `--dev` is given.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use crate::config::Config;
+use crate::credentials::Secret;
+use crate::simulator::{DevSeed, SimConfig, SimulatedCloudflare};
+use crate::upstream::UpstreamBase;
+
+/// The running simulator and what it was seeded with.
+pub struct DevMode {
+    simulator: SimulatedCloudflare,
+    seed: DevSeed,
+}
+
+impl DevMode {
+    /// Starts the simulator and rewrites `config` to use it, with its dev token as the sidecar's
+    /// own token so that plain `curl` needs no credentials.
+    pub async fn start(config: &mut Config) -> Result<DevMode, String> {
+        let simulator = SimulatedCloudflare::start(SimConfig::default())
+            .await
+            .map_err(|error| format!("could not start the simulated Cloudflare API: {error}"))?;
+        let seed = simulator.handle().seed_dev();
+        config.upstream = UpstreamBase::parse(&simulator.base_url(), false)?;
+        config.token = Some(Secret::new(seed.token.clone()));
+        Ok(DevMode { simulator, seed })
+    }
+
+    pub fn simulator(&self) -> &SimulatedCloudflare {
+        &self.simulator
+    }
+
+    /// Ready-to-paste instructions for a sidecar listening on `listen`.
+    pub fn instructions(&self, listen: SocketAddr) -> String {
+        let base = format!("http://{listen}/client/v4");
+        let account = &self.seed.account_id;
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "zt-risk-sidecar --dev: simulated Cloudflare API at {}",
+            self.simulator.base_url()
+        );
+        let _ = writeln!(text, "Point Cloudflare's SDKs at the sidecar with:");
+        let _ = writeln!(text, "  export CLOUDFLARE_BASE_URL={base}");
+        let _ = writeln!(text, "  export CLOUDFLARE_API_TOKEN={}", self.seed.token);
+        let _ = writeln!(
+            text,
+            "Try (run a line twice: the second answer is a cache hit, see Cache-Status):"
+        );
+        for integration in &self.seed.integrations {
+            let segment = crate::routes::ReferenceId::decode(
+                &percent_encoding::utf8_percent_encode(
+                    &integration.reference_id,
+                    percent_encoding::NON_ALPHANUMERIC,
+                )
+                .to_string(),
+            )
+            .map(|id| id.to_path_segment())
+            .unwrap_or_default();
+            let _ = writeln!(
+                text,
+                "  curl -i {base}/accounts/{account}/zt_risk_scoring/integrations/reference_id/{segment}"
+            );
+        }
+        let _ = writeln!(
+            text,
+            "  curl -i {base}/accounts/{account}/zt_risk_scoring/integrations/reference_id/does-not-exist"
+        );
+        let _ = writeln!(
+            text,
+            "  curl -i -H 'Authorization: Bearer wrong-token' {base}/accounts/{account}/zt_risk_scoring/integrations/reference_id/does-not-exist"
+        );
+        text
+    }
+
+    pub async fn shutdown(self) {
+        self.simulator.shutdown().await;
+    }
+}
