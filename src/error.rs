@@ -115,13 +115,32 @@ impl ApiError {
 /// Serialises Cloudflare's failure envelope:
 /// `{"success":false,"errors":[{"code":N,"message":"..."}],"messages":[],"result":null}`.
 pub fn envelope_bytes(code: u32, message: &str) -> Bytes {
-    let envelope = serde_json::json!({
-        "success": false,
-        "errors": [{ "code": code, "message": message }],
-        "messages": [],
-        "result": null,
-    });
-    Bytes::from(envelope.to_string())
+    // A struct rather than `json!`, so the keys keep Cloudflare's order.
+    #[derive(serde::Serialize)]
+    struct Failure<'a> {
+        success: bool,
+        errors: [Message<'a>; 1],
+        messages: [Message<'a>; 0],
+        result: Option<()>,
+    }
+    #[derive(serde::Serialize)]
+    struct Message<'a> {
+        code: u32,
+        message: &'a str,
+    }
+    let envelope = Failure {
+        success: false,
+        errors: [Message { code, message }],
+        messages: [],
+        result: None,
+    };
+    match serde_json::to_vec(&envelope) {
+        Ok(bytes) => Bytes::from(bytes),
+        // Serialising plain strings and numbers cannot fail; keep a valid envelope regardless.
+        Err(_) => Bytes::from_static(
+            br#"{"success":false,"errors":[{"code":10500,"message":"internal error"}],"messages":[],"result":null}"#,
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +195,16 @@ mod tests {
         assert_eq!(
             response.headers().get(ALLOW).map(HeaderValue::as_bytes),
             Some(&b"GET, HEAD"[..])
+        );
+    }
+
+    #[test]
+    fn envelope_keys_are_in_cloudflares_order() {
+        assert_eq!(
+            envelope_bytes(7000, "No route for that URI"),
+            Bytes::from_static(
+                br#"{"success":false,"errors":[{"code":7000,"message":"No route for that URI"}],"messages":[],"result":null}"#
+            )
         );
     }
 
