@@ -41,6 +41,8 @@ pub struct CacheEntry {
     pub stored_at: Instant,
     /// How long after `stored_at` the entry may be served as fresh.
     pub fresh_for: Duration,
+    /// How long after `stored_at` the entry is kept at all: freshness plus the longest stale window.
+    pub retain_for: Duration,
 }
 
 impl CacheEntry {
@@ -86,13 +88,46 @@ pub fn freshness(stored_at: Instant, fresh_for: Duration, now: Instant) -> Fresh
     }
 }
 
-/// How long answers stay fresh.
+/// How long answers stay fresh, and how long past that a stale answer may still be served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TtlPolicy {
     /// For a found integration.
     pub positive: Duration,
     /// For "not found": a 404 envelope, or a 200 whose `result` is null.
     pub negative: Duration,
+    /// Past expiry, serve the stale entry at once and refresh it in the background (0: off).
+    pub stale_while_revalidate: Duration,
+    /// Past expiry, serve the stale entry when a refresh fails (0: off).
+    pub stale_if_error: Duration,
+}
+
+impl TtlPolicy {
+    /// How long an entry fresh for `fresh_for` is worth keeping.
+    pub fn retain_for(&self, fresh_for: Duration) -> Duration {
+        fresh_for.saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
+    }
+
+    /// Pure: what a stale entry, expired `expired_ago`, may still be used for.
+    pub fn stale_use(&self, expired_ago: Duration) -> StaleUse {
+        if expired_ago < self.stale_while_revalidate {
+            StaleUse::ServeAndRevalidate
+        } else if expired_ago < self.stale_if_error {
+            StaleUse::FallbackOnError
+        } else {
+            StaleUse::Unusable
+        }
+    }
+}
+
+/// What a stale entry is good for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StaleUse {
+    /// Serve it now; refresh in the background.
+    ServeAndRevalidate,
+    /// Serve it only if the refresh fails.
+    FallbackOnError,
+    /// Too old: a miss.
+    Unusable,
 }
 
 /// Whether an upstream answer may be stored, and why not.
@@ -153,6 +188,16 @@ pub fn storability(status: StatusCode, body: &[u8]) -> Storability {
     }
 }
 
+/// Pure: whether an upstream answer means the refresh failed, so that a stale entry may stand in
+/// for it: a 429, any 5xx, or a 200/404 whose body is not a usable envelope. Other 4xx answers
+/// (401, 403, 400) say something true about the credential or the request and are relayed.
+pub fn is_refresh_failure(status: StatusCode, storability: Storability) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+        || ((status == StatusCode::OK || status == StatusCode::NOT_FOUND)
+            && matches!(storability, Storability::No(_)))
+}
+
 /// The cache interface the request path uses. The in-process moka store implements it; a shared
 /// tier (Redis) would implement it too, usually wrapping the local store as its first level.
 pub trait AnswerStore: Send + Sync + 'static {
@@ -167,18 +212,18 @@ pub struct LocalStore {
     cache: Cache<CacheKey, CacheEntry>,
 }
 
-/// Moka removes an entry once its freshness lifetime is over. Freshness itself is always decided by
-/// [`freshness`] on read, so serving never depends on when moka's housekeeping runs.
-struct RetainUntilStale;
+/// Moka removes an entry once it can no longer be served even as stale. Freshness itself is always
+/// decided by [`freshness`] on read, so serving never depends on when moka's housekeeping runs.
+struct RetainUntilUnusable;
 
-impl Expiry<CacheKey, CacheEntry> for RetainUntilStale {
+impl Expiry<CacheKey, CacheEntry> for RetainUntilUnusable {
     fn expire_after_create(
         &self,
         _key: &CacheKey,
         entry: &CacheEntry,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(entry.fresh_for)
+        Some(entry.retain_for)
     }
 
     fn expire_after_update(
@@ -188,7 +233,7 @@ impl Expiry<CacheKey, CacheEntry> for RetainUntilStale {
         _updated_at: std::time::Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(entry.fresh_for)
+        Some(entry.retain_for)
     }
 }
 
@@ -197,7 +242,7 @@ impl LocalStore {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &CacheKey, entry: &CacheEntry| entry.weight(key))
-            .expire_after(RetainUntilStale)
+            .expire_after(RetainUntilUnusable)
             .build();
         LocalStore { cache }
     }
@@ -308,12 +353,81 @@ mod tests {
         );
     }
 
+    const POLICY: TtlPolicy = TtlPolicy {
+        positive: Duration::from_secs(60),
+        negative: Duration::from_secs(10),
+        stale_while_revalidate: Duration::from_secs(30),
+        stale_if_error: Duration::from_secs(86_400),
+    };
+
+    #[test]
+    fn refresh_failures() {
+        let check = |status: u16, body: &str, expected: bool| {
+            let status = StatusCode::from_u16(status).expect("status");
+            let decision = storability(status, body.as_bytes());
+            assert_eq!(
+                is_refresh_failure(status, decision),
+                expected,
+                "{status} {body}"
+            );
+        };
+        check(200, FOUND, false);
+        check(404, NOT_FOUND, false);
+        check(200, "<html>", true);
+        check(
+            200,
+            r#"{"errors":[],"messages":[],"success":false,"result":{}}"#,
+            true,
+        );
+        check(404, "not json", true);
+        for status in [429, 500, 502, 503, 504] {
+            check(status, NOT_FOUND, true);
+        }
+        for status in [400, 401, 403, 405, 409] {
+            check(status, NOT_FOUND, false);
+        }
+    }
+
+    #[test]
+    fn stale_use_table() {
+        let check = |policy: &TtlPolicy, secs: u64, expected| {
+            assert_eq!(
+                policy.stale_use(Duration::from_secs(secs)),
+                expected,
+                "{secs}s past expiry"
+            );
+        };
+        check(&POLICY, 0, StaleUse::ServeAndRevalidate);
+        check(&POLICY, 29, StaleUse::ServeAndRevalidate);
+        check(&POLICY, 30, StaleUse::FallbackOnError);
+        check(&POLICY, 86_399, StaleUse::FallbackOnError);
+        check(&POLICY, 86_400, StaleUse::Unusable);
+        let both_off = TtlPolicy {
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            ..POLICY
+        };
+        check(&both_off, 0, StaleUse::Unusable);
+        let swr_longer = TtlPolicy {
+            stale_while_revalidate: Duration::from_secs(60),
+            stale_if_error: Duration::from_secs(10),
+            ..POLICY
+        };
+        check(&swr_longer, 59, StaleUse::ServeAndRevalidate);
+        check(&swr_longer, 60, StaleUse::Unusable);
+        assert_eq!(
+            POLICY.retain_for(Duration::from_secs(60)),
+            Duration::from_secs(86_460)
+        );
+        assert_eq!(
+            both_off.retain_for(Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+    }
+
     #[test]
     fn fresh_for_follows_the_policy() {
-        let policy = TtlPolicy {
-            positive: Duration::from_secs(60),
-            negative: Duration::from_secs(10),
-        };
+        let policy = POLICY;
         assert_eq!(
             Storability::Positive.fresh_for(&policy),
             Some(Duration::from_secs(60))

@@ -64,42 +64,62 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V> + Send + 'static,
     {
-        let (role, mut receiver) = {
-            let mut table = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match table.get_mut(&key) {
-                Some(in_flight) => {
-                    in_flight.followers += 1;
-                    (Role::Follower, in_flight.receiver.clone())
-                }
-                None => {
-                    let (sender, receiver) = watch::channel(None);
-                    let in_flight = InFlight {
-                        receiver: receiver.clone(),
-                        followers: 0,
-                    };
-                    table.insert(key.clone(), in_flight);
-                    let flight = Flight {
-                        table: Arc::clone(&self.in_flight),
-                        key,
-                        sender: Some(sender),
-                    };
-                    let future = fetch();
-                    tokio::spawn(async move {
-                        let outcome = future.await;
-                        flight.complete(outcome);
-                    });
-                    (Role::Leader, receiver)
-                }
-            }
-        };
+        let (role, mut receiver) = self.join_or_start(key, fetch, true);
         let outcome = match receiver.wait_for(Option::is_some).await {
             Ok(value) => value.clone().ok_or(FetchAbandoned),
             Err(_sender_dropped) => Err(FetchAbandoned),
         };
         (role, outcome)
+    }
+
+    /// Starts `fetch` in a new task unless one is already in flight for `key`, and does not wait
+    /// for it (a background refresh). Returns whether it started one.
+    pub fn start_if_idle<F, Fut>(&self, key: K, fetch: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = V> + Send + 'static,
+    {
+        let (role, _receiver) = self.join_or_start(key, fetch, false);
+        role == Role::Leader
+    }
+
+    fn join_or_start<F, Fut>(
+        &self,
+        key: K,
+        fetch: F,
+        wait: bool,
+    ) -> (Role, watch::Receiver<Option<V>>)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = V> + Send + 'static,
+    {
+        let mut table = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(in_flight) = table.get_mut(&key) {
+            if wait {
+                in_flight.followers += 1;
+            }
+            return (Role::Follower, in_flight.receiver.clone());
+        }
+        let (sender, receiver) = watch::channel(None);
+        let in_flight = InFlight {
+            receiver: receiver.clone(),
+            followers: 0,
+        };
+        table.insert(key.clone(), in_flight);
+        let flight = Flight {
+            table: Arc::clone(&self.in_flight),
+            key,
+            sender: Some(sender),
+        };
+        let future = fetch();
+        tokio::spawn(async move {
+            let outcome = future.await;
+            flight.complete(outcome);
+        });
+        (Role::Leader, receiver)
     }
 
     /// How many callers joined the fetch in flight for `key` (0 when there is none).
@@ -261,6 +281,34 @@ mod tests {
         assert_eq!(coalescer.in_flight(), 0);
         let (role, outcome) = coalescer.run(1, || async { 9 }).await;
         assert_eq!((role, outcome), (Role::Leader, Ok(9)));
+    }
+
+    #[tokio::test]
+    async fn a_background_start_is_joined_and_never_doubled() {
+        let coalescer: Coalescer<u8, u8> = Coalescer::default();
+        let (release, released) = oneshot::channel::<()>();
+        assert!(coalescer.start_if_idle(1, move || async move {
+            let _ = released.await;
+            5
+        }));
+        assert!(
+            !coalescer.start_if_idle(1, || async { 6 }),
+            "already in flight"
+        );
+        assert_eq!(
+            coalescer.followers(&1),
+            0,
+            "a background start waits for nothing"
+        );
+        let joined = {
+            let coalescer = coalescer.clone();
+            tokio::spawn(async move { coalescer.run(1, || async { 7 }).await })
+        };
+        while coalescer.followers(&1) == 0 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).expect("fetch waiting");
+        assert_eq!(joined.await.expect("joined"), (Role::Follower, Ok(5)));
     }
 
     #[tokio::test]

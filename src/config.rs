@@ -4,15 +4,17 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::budget::BudgetPolicy;
 use crate::cache::TtlPolicy;
 use crate::credentials::Secret;
+use crate::resilience::BreakerPolicy;
 use crate::upstream::{UpstreamBase, DEFAULT_UPSTREAM};
 
 /// Environment variable holding the sidecar's own Cloudflare API token.
@@ -25,6 +27,15 @@ const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::from_secs(30);
+const DEFAULT_BUDGET_REQUESTS: u32 = 1000;
+const DEFAULT_BUDGET_PERIOD: Duration = Duration::from_secs(300);
+const DEFAULT_BUDGET_BURST: u32 = 50;
+const DEFAULT_UPSTREAM_RETRIES: u32 = 2;
+const MAX_UPSTREAM_RETRIES: u32 = 2;
+const DEFAULT_BREAKER_FAILURES: u32 = 5;
+const DEFAULT_BREAKER_COOL_DOWN: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +94,39 @@ pub struct Cli {
     /// Log format [default: pretty].
     #[arg(long, env = "ZT_SIDECAR_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Serve an expired entry when a refresh fails, up to this long past expiry; 0s: off [default: 24h].
+    #[arg(long, env = "ZT_SIDECAR_STALE_IF_ERROR", value_name = "DURATION")]
+    pub stale_if_error: Option<String>,
+    /// Serve an expired entry at once and refresh it in the background, up to this long past
+    /// expiry; 0s: off [default: 30s].
+    #[arg(
+        long,
+        env = "ZT_SIDECAR_STALE_WHILE_REVALIDATE",
+        value_name = "DURATION"
+    )]
+    pub stale_while_revalidate: Option<String>,
+    /// Upstream calls each credential may make per budget period [default: 1000].
+    #[arg(long, env = "ZT_SIDECAR_UPSTREAM_BUDGET_REQUESTS", value_name = "N")]
+    pub upstream_budget_requests: Option<u32>,
+    /// The budget period [default: 300s].
+    #[arg(
+        long,
+        env = "ZT_SIDECAR_UPSTREAM_BUDGET_PERIOD",
+        value_name = "DURATION"
+    )]
+    pub upstream_budget_period: Option<String>,
+    /// Upstream calls a credential may make in a burst [default: 50].
+    #[arg(long, env = "ZT_SIDECAR_UPSTREAM_BUDGET_BURST", value_name = "N")]
+    pub upstream_budget_burst: Option<u32>,
+    /// Retries after a connection failure or a 502/503/504, 0 to 2 [default: 2].
+    #[arg(long, env = "ZT_SIDECAR_UPSTREAM_RETRIES", value_name = "N")]
+    pub upstream_retries: Option<u32>,
+    /// Consecutive upstream failures that open the circuit breaker; 0: off [default: 5].
+    #[arg(long, env = "ZT_SIDECAR_BREAKER_FAILURES", value_name = "N")]
+    pub breaker_failures: Option<u32>,
+    /// How long the open breaker fails fast before letting one probe through [default: 10s].
+    #[arg(long, env = "ZT_SIDECAR_BREAKER_COOL_DOWN", value_name = "DURATION")]
+    pub breaker_cool_down: Option<String>,
 }
 
 /// The configuration file. Every key is optional; an unknown key is an error.
@@ -100,6 +144,14 @@ pub struct FileConfig {
     pub token_file: Option<PathBuf>,
     pub shutdown_grace: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub stale_if_error: Option<String>,
+    pub stale_while_revalidate: Option<String>,
+    pub upstream_budget_requests: Option<u32>,
+    pub upstream_budget_period: Option<String>,
+    pub upstream_budget_burst: Option<u32>,
+    pub upstream_retries: Option<u32>,
+    pub breaker_failures: Option<u32>,
+    pub breaker_cool_down: Option<String>,
 }
 
 /// A byte count written as an integer or a string with a unit (`"64MiB"`).
@@ -124,6 +176,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub dev: bool,
+    pub budget: BudgetPolicy,
+    pub upstream_retries: u32,
+    pub breaker: BreakerPolicy,
 }
 
 /// A configuration error: which key, and what is wrong with it. Never contains a secret.
@@ -265,6 +320,82 @@ pub fn resolve(
         file.shutdown_grace,
         DEFAULT_SHUTDOWN_GRACE,
     )?;
+    let stale_if_error = duration(
+        "stale_if_error",
+        &cli.stale_if_error,
+        file.stale_if_error,
+        DEFAULT_STALE_IF_ERROR,
+    )?;
+    let stale_while_revalidate = duration(
+        "stale_while_revalidate",
+        &cli.stale_while_revalidate,
+        file.stale_while_revalidate,
+        DEFAULT_STALE_WHILE_REVALIDATE,
+    )?;
+    let budget_period = duration(
+        "upstream_budget_period",
+        &cli.upstream_budget_period,
+        file.upstream_budget_period,
+        DEFAULT_BUDGET_PERIOD,
+    )?;
+    if budget_period.is_zero() {
+        return Err(ConfigError::new(
+            "upstream_budget_period",
+            "must be greater than 0s",
+        ));
+    }
+    let non_zero = |key: &str, value: u32| {
+        NonZeroU32::new(value).ok_or_else(|| ConfigError::new(key, "must be at least 1"))
+    };
+    let budget = BudgetPolicy {
+        requests: non_zero(
+            "upstream_budget_requests",
+            pick(
+                cli.upstream_budget_requests,
+                file.upstream_budget_requests,
+                DEFAULT_BUDGET_REQUESTS,
+            ),
+        )?,
+        period: budget_period,
+        burst: non_zero(
+            "upstream_budget_burst",
+            pick(
+                cli.upstream_budget_burst,
+                file.upstream_budget_burst,
+                DEFAULT_BUDGET_BURST,
+            ),
+        )?,
+    };
+    let upstream_retries = pick(
+        cli.upstream_retries,
+        file.upstream_retries,
+        DEFAULT_UPSTREAM_RETRIES,
+    );
+    if upstream_retries > MAX_UPSTREAM_RETRIES {
+        return Err(ConfigError::new(
+            "upstream_retries",
+            format!("{upstream_retries} is more than {MAX_UPSTREAM_RETRIES}: each retry spends budget and time"),
+        ));
+    }
+    let breaker = BreakerPolicy {
+        failure_threshold: pick(
+            cli.breaker_failures,
+            file.breaker_failures,
+            DEFAULT_BREAKER_FAILURES,
+        ),
+        cool_down: duration(
+            "breaker_cool_down",
+            &cli.breaker_cool_down,
+            file.breaker_cool_down,
+            DEFAULT_BREAKER_COOL_DOWN,
+        )?,
+    };
+    if breaker.failure_threshold > 0 && breaker.cool_down.is_zero() {
+        return Err(ConfigError::new(
+            "breaker_cool_down",
+            "must be greater than 0s while the breaker is on",
+        ));
+    }
     if connect_timeout.is_zero() {
         return Err(ConfigError::new(
             "connect_timeout",
@@ -312,7 +443,12 @@ pub fn resolve(
     Ok(Config {
         listen,
         upstream,
-        ttl: TtlPolicy { positive, negative },
+        ttl: TtlPolicy {
+            positive,
+            negative,
+            stale_while_revalidate,
+            stale_if_error,
+        },
         cache_max_bytes,
         connect_timeout,
         request_timeout,
@@ -321,6 +457,9 @@ pub fn resolve(
         shutdown_grace,
         log_format: pick(cli.log_format, file.log_format, LogFormat::Pretty),
         dev: cli.dev,
+        budget,
+        upstream_retries,
+        breaker,
     })
 }
 
@@ -416,6 +555,14 @@ mod tests {
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
         assert_eq!(config.log_format, LogFormat::Pretty);
         assert!(config.token.is_none());
+        assert_eq!(config.ttl.stale_if_error, Duration::from_secs(86_400));
+        assert_eq!(config.ttl.stale_while_revalidate, Duration::from_secs(30));
+        assert_eq!(config.budget.requests.get(), 1000);
+        assert_eq!(config.budget.period, Duration::from_secs(300));
+        assert_eq!(config.budget.burst.get(), 50);
+        assert_eq!(config.upstream_retries, 2);
+        assert_eq!(config.breaker.failure_threshold, 5);
+        assert_eq!(config.breaker.cool_down, Duration::from_secs(10));
     }
 
     #[test]
@@ -427,6 +574,26 @@ mod tests {
         assert_eq!(config.ttl.positive, Duration::from_secs(90));
         assert_eq!(config.ttl.negative, Duration::from_secs(3));
         assert_eq!(config.cache_max_bytes.get(), 1 << 20);
+    }
+
+    #[test]
+    fn zero_turns_the_stale_windows_and_the_breaker_off() {
+        let config = resolve(
+            &cli(&[
+                "--stale-if-error",
+                "0s",
+                "--stale-while-revalidate",
+                "0s",
+                "--breaker-failures",
+                "0",
+            ]),
+            FileConfig::default(),
+            None,
+        )
+        .expect("valid");
+        assert_eq!(config.ttl.stale_if_error, Duration::ZERO);
+        assert_eq!(config.ttl.stale_while_revalidate, Duration::ZERO);
+        assert_eq!(config.breaker.failure_threshold, 0);
     }
 
     #[test]

@@ -33,6 +33,14 @@ pub enum ApiError {
     UpstreamTimeout,
     /// Cloudflare answered with something the sidecar must not relay (a body over the size bound).
     UpstreamInvalidResponse,
+    /// This credential may not call Cloudflare now (its budget is spent, or Cloudflare answered it
+    /// 429 and the cool-down runs), and nothing stale can stand in. `reason` is a stable label.
+    RateLimited {
+        retry_after_secs: u64,
+        reason: &'static str,
+    },
+    /// Cloudflare is considered down (the circuit breaker is open), and nothing stale can stand in.
+    UpstreamDown { retry_after_secs: u64 },
     /// A bug in the sidecar. The cause is logged where it happens, never sent to the caller.
     Internal,
 }
@@ -50,6 +58,8 @@ impl ApiError {
                 StatusCode::BAD_GATEWAY
             }
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UpstreamDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -63,7 +73,9 @@ impl ApiError {
             ApiError::InvalidCredentialHeaders { .. } => 6003,
             ApiError::UpstreamUnreachable => 10502,
             ApiError::UpstreamTimeout => 10504,
-            ApiError::UpstreamInvalidResponse => 10503,
+            ApiError::UpstreamInvalidResponse => 10506,
+            ApiError::RateLimited { .. } => 971,
+            ApiError::UpstreamDown { .. } => 10503,
             ApiError::Internal => 10500,
         }
     }
@@ -91,6 +103,12 @@ impl ApiError {
             ApiError::UpstreamInvalidResponse => {
                 "zt-risk-sidecar received an unusable answer from the Cloudflare API".to_owned()
             }
+            ApiError::RateLimited { .. } => {
+                "Please wait and consider throttling your request speed".to_owned()
+            }
+            ApiError::UpstreamDown { .. } => {
+                "zt-risk-sidecar considers the Cloudflare API unavailable; retry later".to_owned()
+            }
             ApiError::Internal => "zt-risk-sidecar internal error".to_owned(),
         }
     }
@@ -103,12 +121,40 @@ impl ApiError {
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let ApiError::MethodNotAllowed { allow } = self {
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
+        match self {
+            ApiError::MethodNotAllowed { allow } => {
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            }
+            | ApiError::UpstreamDown { retry_after_secs } => {
+                set_retry_after(response.headers_mut(), *retry_after_secs);
+            }
+            _ => {}
         }
         response
+    }
+}
+
+/// SDK retries honour `Retry-After` only up to 60 s (Python) and otherwise retry within seconds,
+/// which would extend a Cloudflare block; past 60 s the sidecar tells them not to retry at all.
+pub const SDK_RETRY_AFTER_LIMIT_SECS: u64 = 60;
+
+/// `x-should-retry`, read first by Cloudflare's (Stainless-generated) SDKs.
+pub const X_SHOULD_RETRY: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-should-retry");
+
+/// Sets `Retry-After`, and `x-should-retry: false` when the wait is longer than SDKs honour.
+pub fn set_retry_after(headers: &mut http::HeaderMap, retry_after_secs: u64) {
+    headers.insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(retry_after_secs),
+    );
+    if retry_after_secs > SDK_RETRY_AFTER_LIMIT_SECS {
+        headers.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
     }
 }
 
@@ -185,7 +231,22 @@ mod tests {
         );
         check(ApiError::UpstreamUnreachable, 502, 10502);
         check(ApiError::UpstreamTimeout, 504, 10504);
-        check(ApiError::UpstreamInvalidResponse, 502, 10503);
+        check(ApiError::UpstreamInvalidResponse, 502, 10506);
+        check(
+            ApiError::RateLimited {
+                retry_after_secs: 5,
+                reason: "budget-exhausted",
+            },
+            429,
+            971,
+        );
+        check(
+            ApiError::UpstreamDown {
+                retry_after_secs: 5,
+            },
+            503,
+            10503,
+        );
         check(ApiError::Internal, 500, 10500);
     }
 
@@ -195,6 +256,42 @@ mod tests {
         assert_eq!(
             response.headers().get(ALLOW).map(HeaderValue::as_bytes),
             Some(&b"GET, HEAD"[..])
+        );
+    }
+
+    #[test]
+    fn long_waits_tell_sdks_not_to_retry() {
+        let short = ApiError::RateLimited {
+            retry_after_secs: 60,
+            reason: "rate-limited",
+        }
+        .to_response();
+        assert_eq!(
+            short
+                .headers()
+                .get("retry-after")
+                .map(HeaderValue::as_bytes),
+            Some(&b"60"[..])
+        );
+        assert!(short.headers().get(X_SHOULD_RETRY).is_none());
+        let long = ApiError::RateLimited {
+            retry_after_secs: 61,
+            reason: "rate-limited",
+        }
+        .to_response();
+        assert_eq!(
+            long.headers()
+                .get(X_SHOULD_RETRY)
+                .map(HeaderValue::as_bytes),
+            Some(&b"false"[..])
+        );
+        let down = ApiError::UpstreamDown {
+            retry_after_secs: 9,
+        }
+        .to_response();
+        assert_eq!(
+            down.headers().get("retry-after").map(HeaderValue::as_bytes),
+            Some(&b"9"[..])
         );
     }
 

@@ -2,6 +2,7 @@
 //! lookups. The library holds everything; `main.rs` only reads the configuration, binds and calls
 //! [`run`]. See ARCHITECTURE.md for the map.
 
+pub mod budget;
 pub mod cache;
 pub mod coalesce;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod credentials;
 pub mod dev;
 pub mod error;
 pub mod proxy;
+pub mod resilience;
 pub mod routes;
 pub mod server;
 pub mod simulator;
@@ -19,6 +21,7 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 
+use crate::budget::LocalBudget;
 use crate::cache::LocalStore;
 use crate::config::Config;
 use crate::credentials::FallbackToken;
@@ -28,7 +31,10 @@ use crate::upstream::{Upstream, UpstreamSettings};
 
 /// Builds the request handler from a validated configuration: the store, the upstream client and
 /// the request-path settings.
-pub fn build_proxy(config: &Config) -> Result<Proxy<LocalStore>, String> {
+/// The proxy as the binary runs it: in-process store and budget.
+pub type LocalProxy = Proxy<LocalStore, LocalBudget>;
+
+pub fn build_proxy(config: &Config) -> Result<LocalProxy, String> {
     let upstream = Upstream::new(&UpstreamSettings {
         base: config.upstream.clone(),
         connect_timeout: config.connect_timeout,
@@ -36,12 +42,16 @@ pub fn build_proxy(config: &Config) -> Result<Proxy<LocalStore>, String> {
     })?;
     let fallback_token = config.token.as_ref().map(FallbackToken::new).transpose()?;
     let store = LocalStore::new(config.cache_max_bytes.get());
+    let budget = LocalBudget::new(config.budget);
     Ok(Proxy::new(
         store,
+        budget,
         upstream,
         ProxySettings {
             ttl: config.ttl,
             fallback_token,
+            max_retries: config.upstream_retries,
+            breaker: config.breaker,
         },
     ))
 }
@@ -61,7 +71,7 @@ pub async fn run(
 /// Serves an already built proxy (tests use this to look at its store).
 pub async fn serve(
     listener: TcpListener,
-    proxy: Proxy<LocalStore>,
+    proxy: LocalProxy,
     grace: std::time::Duration,
     shutdown: impl Future<Output = ()>,
 ) -> DrainOutcome {

@@ -1,19 +1,25 @@
-//! The request path: route, credentials, cache, coalesced upstream fetch, response. It owns the
-//! order of those steps and the cache outcome vocabulary; it does no socket I/O of its own (the
-//! server feeds it requests, upstream.rs makes the only outbound call).
+//! The request path: route, credentials, cache, coalesced upstream fetch with budget, breaker and
+//! retries, and the response. It owns the order of those steps and the cache outcome vocabulary;
+//! it does no socket I/O of its own (the server feeds it requests, upstream.rs makes the only
+//! outbound call).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue, AGE};
+use http::header::{HeaderName, HeaderValue, AGE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tokio::time::Instant;
 
-use crate::cache::{storability, AnswerStore, CacheEntry, CacheKey, Freshness, TtlPolicy};
+use crate::budget::{cool_down_for, retry_after_secs, Admission, UpstreamBudget};
+use crate::cache::{
+    is_refresh_failure, storability, AnswerStore, CacheEntry, CacheKey, Freshness, StaleUse,
+    TtlPolicy,
+};
 use crate::coalesce::{Coalescer, Role};
-use crate::credentials::{self, FallbackToken, PartitionKey};
-use crate::error::ApiError;
+use crate::credentials::{self, Credentials, FallbackToken, PartitionKey};
+use crate::error::{ApiError, SDK_RETRY_AFTER_LIMIT_SECS, X_SHOULD_RETRY};
+use crate::resilience::{backoff, health_of, is_retryable, Breaker, BreakerPolicy, Health, Pass};
 use crate::routes::{self, Lookup, REFERENCE_ROUTE};
 use crate::server::ResponseBody;
 use crate::upstream::{Upstream, UpstreamAnswer, UpstreamError};
@@ -26,8 +32,8 @@ const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The cache's name in `Cache-Status`.
 const CACHE_NAME: &str = "zt-risk-sidecar";
 
-/// How one request was answered. The same string is used in `Cache-Status`, the log line and
-/// (later) the metric label.
+/// How one request was answered. The same string is used in `Cache-Status`, the log line and the
+/// metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheOutcome {
     /// Served from a fresh entry.
@@ -36,6 +42,10 @@ pub enum CacheOutcome {
     Miss,
     /// This request joined a fetch another request started.
     Collapsed,
+    /// Served from a stale entry; the reason says why.
+    Stale(StaleReason),
+    /// No answer could be had and nothing stale could stand in.
+    Unavailable,
     /// Answered by the sidecar itself (bad input), without the cache or upstream.
     Local,
 }
@@ -46,7 +56,78 @@ impl CacheOutcome {
             CacheOutcome::Hit => "hit",
             CacheOutcome::Miss => "miss",
             CacheOutcome::Collapsed => "collapsed",
+            CacheOutcome::Stale(_) => "stale",
+            CacheOutcome::Unavailable => "unavailable",
             CacheOutcome::Local => "local",
+        }
+    }
+}
+
+/// Why a stale entry was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StaleReason {
+    /// Within stale-while-revalidate: served at once, refreshed in the background.
+    WhileRevalidate,
+    /// The refresh failed (connect error, timeout, 5xx, 429, invalid body).
+    IfError,
+    /// This credential's upstream budget is spent.
+    BudgetExhausted,
+    /// This credential is cooling down after Cloudflare's 429.
+    RateLimited,
+    /// The circuit breaker considers Cloudflare down.
+    UpstreamDown,
+}
+
+impl StaleReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaleReason::WhileRevalidate => "stale-while-revalidate",
+            StaleReason::IfError => "stale-if-error",
+            StaleReason::BudgetExhausted => "stale-budget-exhausted",
+            StaleReason::RateLimited => "stale-rate-limited",
+            StaleReason::UpstreamDown => "stale-upstream-down",
+        }
+    }
+}
+
+/// Why no upstream call was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    BudgetExhausted { retry_after: Duration },
+    CoolingDown { retry_after: Duration },
+    UpstreamDown { retry_after: Duration },
+}
+
+impl Refusal {
+    fn stale_reason(self) -> StaleReason {
+        match self {
+            Refusal::BudgetExhausted { .. } => StaleReason::BudgetExhausted,
+            Refusal::CoolingDown { .. } => StaleReason::RateLimited,
+            Refusal::UpstreamDown { .. } => StaleReason::UpstreamDown,
+        }
+    }
+
+    fn to_error(self) -> ApiError {
+        match self {
+            Refusal::BudgetExhausted { retry_after } => ApiError::RateLimited {
+                retry_after_secs: retry_after_secs(retry_after).max(1),
+                reason: "budget-exhausted",
+            },
+            Refusal::CoolingDown { retry_after } => ApiError::RateLimited {
+                retry_after_secs: retry_after_secs(retry_after).max(1),
+                reason: "rate-limited",
+            },
+            Refusal::UpstreamDown { retry_after } => ApiError::UpstreamDown {
+                retry_after_secs: retry_after_secs(retry_after).max(1),
+            },
+        }
+    }
+
+    fn detail(self) -> &'static str {
+        match self {
+            Refusal::BudgetExhausted { .. } => "budget-exhausted",
+            Refusal::CoolingDown { .. } => "rate-limited",
+            Refusal::UpstreamDown { .. } => "upstream-down",
         }
     }
 }
@@ -54,29 +135,36 @@ impl CacheOutcome {
 /// What one upstream fetch produced, shared by every caller that waited for it.
 #[derive(Clone, Debug)]
 enum Fetched {
-    /// An answer from Cloudflare, relayed as is; `stored` says whether it went into the cache.
+    /// An answer from Cloudflare, relayed as is. `stored`: it went into the cache. `failure`: it
+    /// is a failed refresh (429, 5xx, invalid body) for which a stale entry may stand in.
     Answered {
         answer: Arc<UpstreamAnswer>,
         stored: bool,
+        failure: bool,
     },
     /// Another fetch stored a fresh entry just before this one started.
     AlreadyCached(CacheEntry),
     /// No answer to relay.
     Failed(UpstreamError),
+    /// No upstream call was allowed.
+    Refused(Refusal),
 }
 
-/// Everything the request path needs, as cheap handles.
+/// The request-path settings.
 pub struct ProxySettings {
     pub ttl: TtlPolicy,
     pub fallback_token: Option<FallbackToken>,
+    /// Retries after a connection failure or a 502/503/504, within the request's deadline.
+    pub max_retries: u32,
+    pub breaker: BreakerPolicy,
 }
 
-/// The request handler. Cloning is cheap; every clone shares the same cache and client.
-pub struct Proxy<S: AnswerStore> {
-    shared: Arc<Shared<S>>,
+/// The request handler. Cloning is cheap; every clone shares the same cache, budget and client.
+pub struct Proxy<S: AnswerStore, B: UpstreamBudget> {
+    shared: Arc<Shared<S, B>>,
 }
 
-impl<S: AnswerStore> Clone for Proxy<S> {
+impl<S: AnswerStore, B: UpstreamBudget> Clone for Proxy<S, B> {
     fn clone(&self) -> Self {
         Proxy {
             shared: Arc::clone(&self.shared),
@@ -84,8 +172,10 @@ impl<S: AnswerStore> Clone for Proxy<S> {
     }
 }
 
-struct Shared<S> {
+struct Shared<S, B> {
     store: S,
+    budget: B,
+    breaker: Breaker,
     flights: Coalescer<CacheKey, Fetched>,
     upstream: Upstream,
     partition_key: PartitionKey,
@@ -100,11 +190,13 @@ struct Served {
     account_id: Option<String>,
 }
 
-impl<S: AnswerStore> Proxy<S> {
-    pub fn new(store: S, upstream: Upstream, settings: ProxySettings) -> Proxy<S> {
+impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
+    pub fn new(store: S, budget: B, upstream: Upstream, settings: ProxySettings) -> Proxy<S, B> {
         Proxy {
             shared: Arc::new(Shared {
                 store,
+                budget,
+                breaker: Breaker::new(settings.breaker),
                 flights: Coalescer::default(),
                 upstream,
                 partition_key: PartitionKey::random(),
@@ -117,6 +209,10 @@ impl<S: AnswerStore> Proxy<S> {
         &self.shared.store
     }
 
+    pub fn breaker(&self) -> &Breaker {
+        &self.shared.breaker
+    }
+
     /// Upstream fetches in flight, and callers waiting on one that another caller started.
     pub fn in_flight(&self) -> (usize, usize) {
         let flights = &self.shared.flights;
@@ -124,17 +220,27 @@ impl<S: AnswerStore> Proxy<S> {
     }
 
     /// Answers one request. Never fails: every error becomes a Cloudflare-style envelope.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody> {
+    pub async fn handle<Body>(&self, request: Request<Body>) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = request.method().clone();
         let served = self.serve(&request).await;
         let status = served.response.status();
+        let route = if served.outcome == CacheOutcome::Local && status == StatusCode::NOT_FOUND {
+            "unrouted"
+        } else {
+            REFERENCE_ROUTE
+        };
+        let stale_reason = match served.outcome {
+            CacheOutcome::Stale(reason) => Some(reason.as_str()),
+            _ => None,
+        };
         tracing::info!(
             method = %method,
-            route = if served.outcome == CacheOutcome::Local && status == StatusCode::NOT_FOUND { "unrouted" } else { REFERENCE_ROUTE },
+            route,
             account_id = served.account_id.as_deref().unwrap_or("-"),
             status = status.as_u16(),
             cache = served.outcome.as_str(),
+            stale_reason,
             upstream_status = served.upstream_status.map(|s| s.as_u16()),
             latency_us = started.elapsed().as_micros() as u64,
             "request"
@@ -142,16 +248,18 @@ impl<S: AnswerStore> Proxy<S> {
         let mut response = served.response;
         if method == Method::HEAD {
             // Same headers as GET (Content-Length included), no body.
-            let length = HeaderValue::from(response.body().size_hint_exact());
+            let length = hyper::body::Body::size_hint(response.body())
+                .exact()
+                .unwrap_or(0);
             response
                 .headers_mut()
-                .insert(http::header::CONTENT_LENGTH, length);
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
             *response.body_mut() = Full::default();
         }
         response
     }
 
-    async fn serve<B>(&self, request: &Request<B>) -> Served {
+    async fn serve<Body>(&self, request: &Request<Body>) -> Served {
         let lookup = match routes::route(request.method(), request.uri().path()) {
             Ok(lookup) => lookup,
             Err(error) => return Served::local(error, None),
@@ -168,17 +276,33 @@ impl<S: AnswerStore> Proxy<S> {
         };
         let key = CacheKey::new(credentials.partition(), &lookup);
 
+        // A fresh entry is a hit; a recently expired one is served at once while one background
+        // refresh runs; an older one may stand in if the refresh fails.
+        let mut fallback = None;
         if let Some(entry) = shared.store.get(&key).await {
             let now = Instant::now();
-            if let Freshness::Fresh { remaining } = entry.freshness(now) {
-                return Served::hit(&entry, remaining, now, account_id);
+            match entry.freshness(now) {
+                Freshness::Fresh { remaining } => {
+                    return Served::hit(&entry, remaining, now, account_id);
+                }
+                Freshness::Stale { expired_ago } => {
+                    match shared.settings.ttl.stale_use(expired_ago) {
+                        StaleUse::ServeAndRevalidate => {
+                            self.refresh_in_background(key, lookup, credentials);
+                            let detail = StaleReason::WhileRevalidate;
+                            return Served::stale(&entry, detail, None, now, account_id);
+                        }
+                        StaleUse::FallbackOnError => fallback = Some(entry),
+                        StaleUse::Unusable => {}
+                    }
+                }
             }
         }
 
         let fetch = {
             let shared = Arc::clone(&self.shared);
             let key = key.clone();
-            move || async move { shared.fetch_and_store(key, lookup, credentials).await }
+            move || async move { shared.fetch(key, lookup, credentials).await }
         };
         let (role, fetched) = shared.flights.run(key, fetch).await;
         let fetched = match fetched {
@@ -188,20 +312,31 @@ impl<S: AnswerStore> Proxy<S> {
                 return Served::local(ApiError::Internal, account_id);
             }
         };
-        match fetched {
-            Fetched::AlreadyCached(entry) => {
-                let now = Instant::now();
+        let outcome = match role {
+            Role::Leader => CacheOutcome::Miss,
+            Role::Follower => CacheOutcome::Collapsed,
+        };
+        let now = Instant::now();
+        match (fetched, fallback) {
+            (Fetched::AlreadyCached(entry), _) => {
                 let remaining = match entry.freshness(now) {
                     Freshness::Fresh { remaining } => remaining,
                     Freshness::Stale { .. } => Duration::ZERO,
                 };
                 Served::hit(&entry, remaining, now, account_id)
             }
-            Fetched::Answered { answer, stored } => {
-                let outcome = match role {
-                    Role::Leader => CacheOutcome::Miss,
-                    Role::Follower => CacheOutcome::Collapsed,
-                };
+            (
+                Fetched::Answered {
+                    answer,
+                    failure: true,
+                    ..
+                },
+                Some(entry),
+            ) => {
+                let status = Some(answer.status);
+                Served::stale(&entry, StaleReason::IfError, status, now, account_id)
+            }
+            (Fetched::Answered { answer, stored, .. }, _) => {
                 let mut response = relay(&answer, false);
                 let mut cache_status = format!("{CACHE_NAME}; fwd=miss");
                 match (role, stored) {
@@ -218,17 +353,18 @@ impl<S: AnswerStore> Proxy<S> {
                     account_id,
                 }
             }
-            Fetched::Failed(error) => {
+            (Fetched::Failed(_), Some(entry)) => {
+                Served::stale(&entry, StaleReason::IfError, None, now, account_id)
+            }
+            (Fetched::Failed(error), None) => {
                 let api_error = match error {
-                    UpstreamError::Unreachable => ApiError::UpstreamUnreachable,
+                    UpstreamError::Connect | UpstreamError::Unreachable => {
+                        ApiError::UpstreamUnreachable
+                    }
                     UpstreamError::Timeout => ApiError::UpstreamTimeout,
                     UpstreamError::BodyTooLarge => ApiError::UpstreamInvalidResponse,
                 };
                 let mut response = api_error.to_response();
-                let outcome = match role {
-                    Role::Leader => CacheOutcome::Miss,
-                    Role::Follower => CacheOutcome::Collapsed,
-                };
                 let cache_status = format!("{CACHE_NAME}; fwd=miss; detail={}", error.as_str());
                 set_cache_status(&mut response, &cache_status);
                 Served {
@@ -238,18 +374,40 @@ impl<S: AnswerStore> Proxy<S> {
                     account_id,
                 }
             }
+            (Fetched::Refused(refusal), Some(entry)) => {
+                Served::stale(&entry, refusal.stale_reason(), None, now, account_id)
+            }
+            (Fetched::Refused(refusal), None) => {
+                let mut response = refusal.to_error().to_response();
+                set_cache_status(
+                    &mut response,
+                    &format!("{CACHE_NAME}; detail={}", refusal.detail()),
+                );
+                Served {
+                    response,
+                    outcome: CacheOutcome::Unavailable,
+                    upstream_status: None,
+                    account_id,
+                }
+            }
         }
+    }
+
+    /// Starts one refresh of `key` unless one is already in flight; nobody waits for it.
+    fn refresh_in_background(&self, key: CacheKey, lookup: Lookup, credentials: Credentials) {
+        let shared = Arc::clone(&self.shared);
+        let task_key = key.clone();
+        self.shared.flights.start_if_idle(key, move || async move {
+            shared.fetch(task_key, lookup, credentials).await
+        });
     }
 }
 
-impl<S: AnswerStore> Shared<S> {
-    /// The leader's work: one upstream request, stored when cacheable. Runs in its own task.
-    async fn fetch_and_store(
-        &self,
-        key: CacheKey,
-        lookup: Lookup,
-        credentials: credentials::Credentials,
-    ) -> Fetched {
+impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
+    /// The leader's work, in its own task: upstream calls within the budget, the breaker and the
+    /// request's deadline, retried on connection failures and 502/503/504, and the answer stored
+    /// when cacheable.
+    async fn fetch(&self, key: CacheKey, lookup: Lookup, credentials: Credentials) -> Fetched {
         // A fetch for this key may have completed between this caller's cache read and its
         // joining the in-flight table; its entry is then already here.
         if let Some(entry) = self.store.get(&key).await {
@@ -257,30 +415,95 @@ impl<S: AnswerStore> Shared<S> {
                 return Fetched::AlreadyCached(entry);
             }
         }
-        let answer = match self
-            .upstream
-            .get(&lookup.upstream_path(), &credentials)
-            .await
-        {
+        let deadline = Instant::now() + self.upstream.request_timeout();
+        let path = lookup.upstream_path();
+        let partition = credentials.partition();
+        let mut retries = 0;
+        let mut last: Option<Result<UpstreamAnswer, UpstreamError>> = None;
+        let result = loop {
+            // A retry that the breaker or the budget refuses ends with the last attempt's result.
+            let pass = self.breaker.call();
+            if let Pass::Rejected { retry_after } = pass {
+                match last {
+                    Some(result) => break result,
+                    None => return Fetched::Refused(Refusal::UpstreamDown { retry_after }),
+                }
+            }
+            let refusal = match self.budget.admit(partition).await {
+                Admission::Granted => None,
+                Admission::CoolingDown { retry_after } => {
+                    Some(Refusal::CoolingDown { retry_after })
+                }
+                Admission::Exhausted { retry_after } => {
+                    Some(Refusal::BudgetExhausted { retry_after })
+                }
+            };
+            if let Some(refusal) = refusal {
+                self.breaker.record(pass, Health::NotCalled);
+                match last {
+                    Some(result) => break result,
+                    None => return Fetched::Refused(refusal),
+                }
+            }
+            let result = self.upstream.get(&path, &credentials, deadline).await;
+            let summary = result
+                .as_ref()
+                .map(|answer| answer.status)
+                .map_err(|error| *error);
+            self.breaker.record(pass, health_of(&summary));
+            if let Ok(answer) = &result {
+                if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                    let retry_after = answer
+                        .headers
+                        .iter()
+                        .find(|(name, _)| name == RETRY_AFTER)
+                        .and_then(|(_, value)| value.to_str().ok());
+                    self.budget
+                        .cool_down(partition, cool_down_for(retry_after))
+                        .await;
+                }
+            }
+            if !is_retryable(&summary) || retries >= self.settings.max_retries {
+                break result;
+            }
+            let delay = backoff(retries, rand::random::<f64>());
+            if Instant::now() + delay >= deadline {
+                break result;
+            }
+            tracing::debug!(
+                retry = retries + 1,
+                delay_ms = delay.as_millis() as u64,
+                "retrying upstream"
+            );
+            tokio::time::sleep(delay).await;
+            retries += 1;
+            last = Some(result);
+        };
+        let answer = match result {
             Ok(answer) => Arc::new(answer),
             Err(error) => return Fetched::Failed(error),
         };
         let decision = storability(answer.status, &answer.body);
-        let Some(fresh_for) = decision.fresh_for(&self.settings.ttl) else {
+        let failure = is_refresh_failure(answer.status, decision);
+        let ttl = &self.settings.ttl;
+        let Some(fresh_for) = decision.fresh_for(ttl) else {
             return Fetched::Answered {
                 answer,
                 stored: false,
+                failure,
             };
         };
         let entry = CacheEntry {
             answer: Arc::clone(&answer),
             stored_at: Instant::now(),
             fresh_for,
+            retain_for: ttl.retain_for(fresh_for),
         };
         self.store.insert(key, entry).await;
         Fetched::Answered {
             answer,
             stored: true,
+            failure,
         }
     }
 }
@@ -302,8 +525,7 @@ impl Served {
         account_id: Option<String>,
     ) -> Served {
         let mut response = relay(&entry.answer, true);
-        let age = now.saturating_duration_since(entry.stored_at).as_secs();
-        response.headers_mut().insert(AGE, HeaderValue::from(age));
+        set_age(&mut response, entry, now);
         let cache_status = format!("{CACHE_NAME}; hit; ttl={}", remaining.as_secs());
         set_cache_status(&mut response, &cache_status);
         Served {
@@ -313,10 +535,47 @@ impl Served {
             account_id,
         }
     }
+
+    /// A stale entry standing in. `Cache-Status` gives a negative `ttl` (seconds past expiry) and
+    /// the reason; `fwd=stale` when this request did try upstream.
+    fn stale(
+        entry: &CacheEntry,
+        reason: StaleReason,
+        upstream_status: Option<StatusCode>,
+        now: Instant,
+        account_id: Option<String>,
+    ) -> Served {
+        let mut response = relay(&entry.answer, true);
+        set_age(&mut response, entry, now);
+        let expired_ago = match entry.freshness(now) {
+            Freshness::Stale { expired_ago } => expired_ago.as_secs(),
+            Freshness::Fresh { .. } => 0,
+        };
+        let lead = if reason == StaleReason::IfError {
+            "fwd=stale"
+        } else {
+            "hit"
+        };
+        let mut cache_status = format!(
+            "{CACHE_NAME}; {lead}; ttl=-{expired_ago}; detail={}",
+            reason.as_str()
+        );
+        if let Some(status) = upstream_status {
+            cache_status.push_str(&format!("; fwd-status={}", status.as_u16()));
+        }
+        set_cache_status(&mut response, &cache_status);
+        Served {
+            response,
+            outcome: CacheOutcome::Stale(reason),
+            upstream_status,
+            account_id,
+        }
+    }
 }
 
 /// Status, relayed headers and body bytes exactly as Cloudflare sent them. A stored answer is
 /// replayed without `Ratelimit`: the quota it reported is no longer current, and a hit spent none.
+/// A relayed 429 that asks for more than SDKs honour also gets `x-should-retry: false`.
 fn relay(answer: &UpstreamAnswer, replay: bool) -> Response<ResponseBody> {
     let mut response = Response::new(Full::new(answer.body.clone()));
     *response.status_mut() = answer.status;
@@ -327,21 +586,25 @@ fn relay(answer: &UpstreamAnswer, replay: bool) -> Response<ResponseBody> {
         }
         headers.insert(name.clone(), value.clone());
     }
+    if answer.status == StatusCode::TOO_MANY_REQUESTS {
+        let wait = headers
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .map(|text| cool_down_for(Some(text)).as_secs());
+        if wait.unwrap_or(u64::MAX) > SDK_RETRY_AFTER_LIMIT_SECS {
+            headers.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
+        }
+    }
     response
+}
+
+fn set_age(response: &mut Response<ResponseBody>, entry: &CacheEntry, now: Instant) {
+    let age = now.saturating_duration_since(entry.stored_at).as_secs();
+    response.headers_mut().insert(AGE, HeaderValue::from(age));
 }
 
 fn set_cache_status(response: &mut Response<ResponseBody>, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         response.headers_mut().insert(CACHE_STATUS, value);
-    }
-}
-
-trait ExactSize {
-    fn size_hint_exact(&self) -> u64;
-}
-
-impl ExactSize for ResponseBody {
-    fn size_hint_exact(&self) -> u64 {
-        hyper::body::Body::size_hint(self).exact().unwrap_or(0)
     }
 }

@@ -137,7 +137,9 @@ pub struct UpstreamAnswer {
 /// Why no answer could be relayed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamError {
-    /// Connection refused, reset or closed early; TLS or protocol failure.
+    /// No connection could be made (refused, unreachable, TLS handshake failed).
+    Connect,
+    /// The connection was reset or closed early, or the exchange broke the protocol.
     Unreachable,
     /// No complete answer within the connect or request timeout.
     Timeout,
@@ -148,6 +150,7 @@ pub enum UpstreamError {
 impl UpstreamError {
     pub fn as_str(self) -> &'static str {
         match self {
+            UpstreamError::Connect => "upstream-connect-failed",
             UpstreamError::Unreachable => "upstream-unreachable",
             UpstreamError::Timeout => "upstream-timeout",
             UpstreamError::BodyTooLarge => "upstream-body-too-large",
@@ -199,12 +202,18 @@ impl Upstream {
         &self.base
     }
 
+    /// The configured whole-request timeout; callers derive their deadline from it.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// Sends `GET {base}{path_below_base}` with the caller's credentials and returns the answer.
-    /// The whole exchange, body included, is bounded by the request timeout.
+    /// The whole exchange, body included, must end by `deadline`.
     pub async fn get(
         &self,
         path_below_base: &str,
         credentials: &Credentials,
+        deadline: tokio::time::Instant,
     ) -> Result<UpstreamAnswer, UpstreamError> {
         let uri = self.base.uri_for(path_below_base).map_err(|error| {
             // The path comes from routes.rs and is always valid; this is a bug if it happens.
@@ -220,7 +229,7 @@ impl Upstream {
         for (name, value) in credentials.headers() {
             headers.insert(name.clone(), value.clone());
         }
-        match tokio::time::timeout(self.request_timeout, self.exchange(request)).await {
+        match tokio::time::timeout_at(deadline, self.exchange(request)).await {
             Ok(result) => result,
             Err(_elapsed) => Err(UpstreamError::Timeout),
         }
@@ -281,7 +290,8 @@ impl fmt::Debug for Upstream {
     }
 }
 
-/// A connect that timed out is a timeout (504); every other failure to get an answer is a 502.
+/// A connect that timed out is a timeout (504); every other failure to get an answer is a 502,
+/// told apart by whether a connection was ever made.
 fn classify_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamError {
     let mut source = error.source();
     while let Some(cause) = source {
@@ -292,7 +302,11 @@ fn classify_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamE
         }
         source = cause.source();
     }
-    UpstreamError::Unreachable
+    if error.is_connect() {
+        UpstreamError::Connect
+    } else {
+        UpstreamError::Unreachable
+    }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

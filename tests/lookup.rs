@@ -9,6 +9,12 @@ use common::*;
 use http::{Method, StatusCode};
 use zt_risk_sidecar::simulator::{Fault, SimRoute};
 
+fn without_retries_or_stale(config: &mut zt_risk_sidecar::config::Config) {
+    config.upstream_retries = 0;
+    config.ttl.stale_if_error = Duration::ZERO;
+    config.ttl.stale_while_revalidate = Duration::ZERO;
+}
+
 fn auth_a() -> [(&'static str, String); 1] {
     [("authorization", bearer(TOKEN_A))]
 }
@@ -145,8 +151,11 @@ async fn forwards_only_credentials_accept_and_its_own_user_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_expire_after_the_ttl() {
-    let harness =
-        Harness::start_with(|config| config.ttl.positive = Duration::from_millis(300)).await;
+    let harness = Harness::start_with(|config| {
+        without_retries_or_stale(config);
+        config.ttl.positive = Duration::from_millis(300);
+    })
+    .await;
     harness
         .handle()
         .insert_integration(ACCOUNT, "ref-ttl", "https://tenant.okta.com");
@@ -175,8 +184,11 @@ async fn entries_expire_after_the_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_found_is_cached_for_the_negative_ttl() {
-    let harness =
-        Harness::start_with(|config| config.ttl.negative = Duration::from_millis(300)).await;
+    let harness = Harness::start_with(|config| {
+        without_retries_or_stale(config);
+        config.ttl.negative = Duration::from_millis(300);
+    })
+    .await;
     let path = lookup_path(ACCOUNT, "missing");
     let auth = auth_a();
     let first = harness.get(&path, &headers(&auth)).await;
@@ -200,7 +212,8 @@ async fn not_found_is_cached_for_the_negative_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_relayed_but_never_cached() {
-    let harness = Harness::start().await;
+    // Without retries and stale windows, so that every failure reaches the caller as it came.
+    let harness = Harness::start_with(without_retries_or_stale).await;
     let sim = harness.handle();
     sim.insert_integration(ACCOUNT, "ref-fail", "https://tenant.okta.com");
     let path = lookup_path(ACCOUNT, "ref-fail");
@@ -261,21 +274,21 @@ async fn rate_limited_answers_are_relayed_with_retry_after_and_not_cached() {
             .await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND);
     }
-    for _ in 0..2 {
-        let limited = harness
-            .get(&lookup_path(ACCOUNT, "r3"), &headers(&auth))
-            .await;
-        assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(limited.error_code(), 971);
-        let retry_after: u64 = limited
-            .header("retry-after")
-            .and_then(|v| v.parse().ok())
-            .expect("Retry-After");
-        assert!((1..=300).contains(&retry_after), "{retry_after}");
-        assert!(limited.header("ratelimit-policy").is_some());
-        assert!(!limited.cache_status().contains("stored"));
-    }
-    assert_eq!(sim.requests(SimRoute::ReferenceGet), 4);
+    // Cloudflare's own 429 is relayed: its envelope, Retry-After and Ratelimit-Policy, plus
+    // x-should-retry: false, since SDKs would otherwise retry a 300 s block within seconds.
+    let limited = harness
+        .get(&lookup_path(ACCOUNT, "r3"), &headers(&auth))
+        .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.error_code(), 971);
+    assert_eq!(limited.header("retry-after"), Some("300"));
+    assert_eq!(limited.header("x-should-retry"), Some("false"));
+    assert!(limited.header("ratelimit-policy").is_some());
+    assert_eq!(
+        limited.cache_status(),
+        "zt-risk-sidecar; fwd=miss; fwd-status=429"
+    );
+    assert_eq!(sim.requests(SimRoute::ReferenceGet), 3);
     harness.stop().await;
 }
 
@@ -332,7 +345,7 @@ async fn a_hundred_concurrent_identical_lookups_make_one_upstream_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesced_errors_reach_every_waiter_and_are_not_cached() {
-    let harness = Harness::start().await;
+    let harness = Harness::start_with(without_retries_or_stale).await;
     let sim = harness.handle();
     sim.insert_integration(ACCOUNT, "ref-err", "https://tenant.okta.com");
     sim.fail_next(1, Fault::Status(StatusCode::SERVICE_UNAVAILABLE));
@@ -340,7 +353,7 @@ async fn coalesced_errors_reach_every_waiter_and_are_not_cached() {
     let path = lookup_path(ACCOUNT, "ref-err");
     let auth = auth_a();
     let auth = headers(&auth);
-    let waiters = futures_join_all((0..10).map(|_| harness.get(&path, &auth)));
+    let waiters = join_all((0..10).map(|_| harness.get(&path, &auth)));
     let released = async {
         while harness.proxy.in_flight() != (1, 9) || sim.held() != 1 {
             tokio::task::yield_now().await;
@@ -356,35 +369,6 @@ async fn coalesced_errors_reach_every_waiter_and_are_not_cached() {
     assert_eq!(next.status, StatusCode::OK);
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 2);
     harness.stop().await;
-}
-
-/// Polls every future to completion concurrently (a tiny `join_all`).
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => *output = Some(value),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs
-        .into_iter()
-        .map(|output| output.expect("completed"))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -720,7 +704,9 @@ async fn upstream_down_is_a_fast_502() {
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(reply.error_code(), 10502);
     assert!(
-        reply.cache_status().contains("detail=upstream-unreachable"),
+        reply
+            .cache_status()
+            .contains("detail=upstream-connect-failed"),
         "{}",
         reply.cache_status()
     );
@@ -757,7 +743,7 @@ async fn a_hanging_upstream_is_a_504_at_the_request_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_connections_and_oversized_bodies_are_502() {
-    let harness = Harness::start().await;
+    let harness = Harness::start_with(without_retries_or_stale).await;
     let sim = harness.handle();
     sim.insert_integration(ACCOUNT, "ref-big", "https://tenant.okta.com");
     let path = lookup_path(ACCOUNT, "ref-big");
@@ -772,7 +758,7 @@ async fn reset_connections_and_oversized_bodies_are_502() {
         .get(&path, &[("authorization", &bearer(TOKEN_A))])
         .await;
     assert_eq!(big.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(big.error_code(), 10503);
+    assert_eq!(big.error_code(), 10506);
     let fine = harness
         .get(&path, &[("authorization", &bearer(TOKEN_A))])
         .await;

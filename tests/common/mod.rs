@@ -15,9 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use zt_risk_sidecar::cache::LocalStore;
 use zt_risk_sidecar::config::{self, Cli, Config, FileConfig};
-use zt_risk_sidecar::proxy::Proxy;
 use zt_risk_sidecar::server::DrainOutcome;
 use zt_risk_sidecar::simulator::{SimConfig, SimHandle, SimulatedCloudflare};
 
@@ -68,9 +66,10 @@ impl Reply {
 
 /// The simulated API seeded with the test credentials, and the sidecar in front of it.
 pub struct Harness {
-    pub sim: SimulatedCloudflare,
+    sim: Option<SimulatedCloudflare>,
+    sim_handle: SimHandle,
     pub sidecar: SocketAddr,
-    pub proxy: Proxy<LocalStore>,
+    pub proxy: zt_risk_sidecar::LocalProxy,
     pub config: Config,
     client: Client<HttpConnector, Full<Bytes>>,
     stop: Option<oneshot::Sender<()>>,
@@ -126,18 +125,30 @@ impl Harness {
             },
         ));
         Harness {
-            sim,
+            sim_handle: sim.handle(),
+            sim: Some(sim),
             sidecar,
             proxy,
             config,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            // No idle pooling: tests that move a paused clock far ahead would otherwise find their
+            // pooled connection closed by the server's idle timeout.
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build_http(),
             stop: Some(stop),
             server: Some(server),
         }
     }
 
     pub fn handle(&self) -> SimHandle {
-        self.sim.handle()
+        self.sim_handle.clone()
+    }
+
+    /// Stops the simulated API: from now on connecting to it is refused.
+    pub async fn kill_upstream(&mut self) {
+        if let Some(sim) = self.sim.take() {
+            sim.shutdown().await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -167,7 +178,7 @@ impl Harness {
             Some(server) => server.await.expect("server task does not panic"),
             None => DrainOutcome::Completed,
         };
-        self.sim.shutdown().await;
+        self.kill_upstream().await;
         outcome
     }
 }
@@ -242,4 +253,31 @@ pub fn lookup_path(account: &str, reference_segment: &str) -> String {
 
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
+}
+
+/// Polls every future to completion concurrently (a tiny `join_all`).
+pub async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|output| output.expect("completed"))
+        .collect()
 }
