@@ -1,0 +1,482 @@
+//! Keeping callers served when Cloudflare is slow, down or rate-limiting: stale-if-error,
+//! stale-while-revalidate, the per-credential budget and 429 cool-downs, retries and the circuit
+//! breaker. The real sidecar and the simulated API run on real loopback sockets in one
+//! current-thread runtime with Tokio's clock paused: time moves only when every task waits on a
+//! timer, so TTLs, backoffs, cool-downs and timeouts are crossed exactly, without sleeping.
+
+mod common;
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use tokio::time::{advance, Instant};
+use zt_risk_sidecar::config::Config;
+use zt_risk_sidecar::simulator::{Fault, RateLimitPolicy, SimRoute};
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn base(config: &mut Config) {
+    config.ttl.positive = TTL;
+    config.ttl.negative = TTL;
+}
+
+fn auth(token: &str) -> [(&'static str, String); 1] {
+    [("authorization", bearer(token))]
+}
+
+async fn get(harness: &Harness, reference: &str, token: &str) -> Reply {
+    let auth = auth(token);
+    let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    harness
+        .get(&lookup_path(ACCOUNT, reference), &headers)
+        .await
+}
+
+fn age(reply: &Reply) -> u64 {
+    reply
+        .header("age")
+        .and_then(|v| v.parse().ok())
+        .expect("Age header")
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_covers_every_kind_of_failed_refresh() {
+    let harness = Harness::start_with(|config| {
+        base(config);
+        config.ttl.stale_while_revalidate = Duration::ZERO;
+        config.upstream_retries = 0;
+        config.breaker.failure_threshold = 0;
+    })
+    .await;
+    let sim = harness.handle();
+    sim.insert_integration(ACCOUNT, "ref-sie", "https://tenant.okta.com");
+    let original = get(&harness, "ref-sie", TOKEN_A).await;
+    assert!(original.cache_status().contains("stored"));
+    // A second credential with its own entry, for the 429 case (which cools its credential down).
+    assert!(get(&harness, "ref-sie", TOKEN_B)
+        .await
+        .cache_status()
+        .contains("stored"));
+    advance(TTL + Duration::from_secs(5)).await;
+
+    let faults = [
+        (Fault::Status(StatusCode::INTERNAL_SERVER_ERROR), Some(500)),
+        (Fault::Status(StatusCode::SERVICE_UNAVAILABLE), Some(503)),
+        (Fault::GarbageBody, Some(200)),
+        (Fault::Reset, None),
+        (Fault::Hang, None),
+    ];
+    for (fault, upstream_status) in faults {
+        sim.fail_next(1, fault.clone());
+        let before = Instant::now();
+        let stale = get(&harness, "ref-sie", TOKEN_A).await;
+        assert_eq!(stale.status, StatusCode::OK, "{fault:?}");
+        assert_eq!(
+            stale.body, original.body,
+            "{fault:?}: the stored answer stands in"
+        );
+        let expected_status = upstream_status
+            .map(|s| format!("; fwd-status={s}"))
+            .unwrap_or_default();
+        let expired = Instant::now().duration_since(before) + Duration::from_secs(5);
+        assert_eq!(
+            stale.cache_status(),
+            format!(
+                "zt-risk-sidecar; fwd=stale; ttl=-{}; detail=stale-if-error{expected_status}",
+                expired.as_secs()
+            ),
+            "{fault:?}"
+        );
+        assert_eq!(
+            age(&stale),
+            TTL.as_secs() + expired.as_secs(),
+            "{fault:?}: a true Age"
+        );
+    }
+    // A hang ends at the request timeout (15 s of the paused clock), not earlier.
+    // Cloudflare's 429 for credential B: B's stale entry stands in too.
+    sim.fail_next(1, Fault::Status(StatusCode::TOO_MANY_REQUESTS));
+    let limited = get(&harness, "ref-sie", TOKEN_B).await;
+    assert_eq!(limited.status, StatusCode::OK);
+    assert!(
+        limited
+            .cache_status()
+            .contains("detail=stale-if-error; fwd-status=429"),
+        "{}",
+        limited.cache_status()
+    );
+
+    // A refresh that works replaces the entry.
+    let fresh = get(&harness, "ref-sie", TOKEN_A).await;
+    assert_eq!(
+        fresh.cache_status(),
+        "zt-risk-sidecar; fwd=miss; stored; fwd-status=200"
+    );
+
+    // Past the stale-if-error window (24 h by default) the failure reaches the caller.
+    advance(TTL + Duration::from_secs(24 * 3600)).await;
+    sim.fail_next(1, Fault::Status(StatusCode::SERVICE_UNAVAILABLE));
+    let too_old = get(&harness, "ref-sie", TOKEN_A).await;
+    assert_eq!(too_old.status, StatusCode::SERVICE_UNAVAILABLE);
+    // A 401 or 403 is an answer about the credential, never papered over with stale data.
+    advance(TTL).await;
+    assert!(get(&harness, "ref-sie", TOKEN_A)
+        .await
+        .cache_status()
+        .contains("stored"));
+    advance(TTL + Duration::from_secs(1)).await;
+    sim.fail_next(1, Fault::Status(StatusCode::FORBIDDEN));
+    assert_eq!(
+        get(&harness, "ref-sie", TOKEN_A).await.status,
+        StatusCode::FORBIDDEN
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
+    let harness = Harness::start_with(base).await;
+    let sim = harness.handle();
+    sim.insert_integration(ACCOUNT, "ref-swr", "https://tenant.okta.com");
+    let original = get(&harness, "ref-swr", TOKEN_A).await;
+    advance(TTL + Duration::from_secs(3)).await;
+    // The integration changes upstream meanwhile.
+    let updated = sim.insert_integration(ACCOUNT, "ref-swr", "https://new-tenant.okta.com");
+    // Hold every upstream request: if an answer waited for the refresh, it would never come.
+    let gate = sim.hold_requests();
+    let replies = join_all((0..5).map(|_| get(&harness, "ref-swr", TOKEN_A))).await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, original.body);
+        assert_eq!(
+            reply.cache_status(),
+            "zt-risk-sidecar; hit; ttl=-3; detail=stale-while-revalidate"
+        );
+        assert_eq!(age(reply), TTL.as_secs() + 3);
+    }
+    while sim.held() != 1 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        sim.requests(SimRoute::ReferenceGet),
+        2,
+        "five stale answers, one refresh"
+    );
+    gate.release();
+    while harness.proxy.in_flight() != (0, 0) {
+        tokio::task::yield_now().await;
+    }
+    let refreshed = get(&harness, "ref-swr", TOKEN_A).await;
+    assert_eq!(refreshed.cache_status(), "zt-risk-sidecar; hit; ttl=60");
+    assert_eq!(refreshed.json()["result"]["id"], updated.id.as_str());
+    assert_eq!(sim.requests(SimRoute::ReferenceGet), 2);
+    // Past the revalidate window but inside stale-if-error, the caller waits for the refresh.
+    advance(TTL + Duration::from_secs(31)).await;
+    let waited = get(&harness, "ref-swr", TOKEN_A).await;
+    assert_eq!(
+        waited.cache_status(),
+        "zt-risk-sidecar; fwd=miss; stored; fwd-status=200"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_budget_serves_stale_or_answers_429_locally() {
+    let harness = Harness::start_with(|config| {
+        base(config);
+        config.ttl.stale_while_revalidate = Duration::ZERO;
+        // Three calls per 300 s: one token back every 100 s.
+        config.budget.requests = NonZeroU32::new(3).expect("non-zero");
+        config.budget.burst = NonZeroU32::new(3).expect("non-zero");
+    })
+    .await;
+    let sim = harness.handle();
+    for reference in ["b1", "b2", "b3"] {
+        assert_eq!(
+            get(&harness, reference, TOKEN_A).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    let refused = get(&harness, "b4", TOKEN_A).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.error_code(), 971);
+    assert_eq!(refused.header("retry-after"), Some("100"));
+    assert_eq!(refused.header("x-should-retry"), Some("false"));
+    assert_eq!(
+        refused.cache_status(),
+        "zt-risk-sidecar; detail=budget-exhausted"
+    );
+    assert_eq!(
+        sim.requests(SimRoute::ReferenceGet),
+        3,
+        "no upstream call without budget"
+    );
+    // Another credential has its own budget.
+    assert_eq!(
+        get(&harness, "b4", TOKEN_B).await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Expired entries stand in while the budget is empty.
+    advance(TTL + Duration::from_secs(1)).await;
+    let stale = get(&harness, "b1", TOKEN_A).await;
+    assert_eq!(stale.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        stale.cache_status(),
+        "zt-risk-sidecar; hit; ttl=-1; detail=stale-budget-exhausted"
+    );
+    // 100 s after the burst, one token is back.
+    advance(Duration::from_secs(39)).await;
+    assert!(get(&harness, "b4", TOKEN_A)
+        .await
+        .cache_status()
+        .contains("fwd=miss"));
+    assert_eq!(sim.requests(SimRoute::ReferenceGet), 5);
+    harness.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_storm_makes_one_upstream_request_per_credential_per_retry_after_window() {
+    let harness = Harness::start_with(base).await;
+    let sim = harness.handle();
+    // Cloudflare lets each user make 2 calls, then blocks it for 120 s.
+    sim.set_rate_limit(RateLimitPolicy {
+        quota: 2,
+        window: Duration::from_secs(300),
+        block: Duration::from_secs(120),
+    });
+    for (token, user) in [(TOKEN_A, "user-a"), (TOKEN_B, "user-b")] {
+        for reference in ["s1", "s2"] {
+            assert_eq!(
+                get(&harness, reference, token).await.status,
+                StatusCode::NOT_FOUND
+            );
+        }
+        // The third call is Cloudflare's 429: relayed, and the credential cools down.
+        let first = get(&harness, "s3", token).await;
+        assert_eq!(first.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(first.header("retry-after"), Some("120"));
+        assert_eq!(sim.requests_by_user(user), 3);
+        // The storm: 50 more lookups of new ids, all answered locally.
+        for index in 0..50 {
+            let reply = get(&harness, &format!("storm-{index}"), token).await;
+            assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(reply.error_code(), 971);
+            assert_eq!(reply.header("retry-after"), Some("120"));
+            assert_eq!(reply.header("x-should-retry"), Some("false"));
+            assert_eq!(reply.cache_status(), "zt-risk-sidecar; detail=rate-limited");
+        }
+        assert_eq!(
+            sim.requests_by_user(user),
+            3,
+            "no upstream call while cooling down"
+        );
+    }
+    // Within the window, the remaining wait counts down and drops under the SDKs' 60 s limit.
+    advance(Duration::from_secs(70)).await;
+    let later = get(&harness, "storm-x", TOKEN_A).await;
+    assert_eq!(later.header("retry-after"), Some("50"));
+    assert!(later.header("x-should-retry").is_none());
+    // After the window, one call per credential goes upstream again.
+    advance(Duration::from_secs(50)).await;
+    assert_eq!(
+        get(&harness, "after", TOKEN_A).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(sim.requests_by_user("user-a"), 4);
+    assert_eq!(sim.requests_by_user("user-b"), 3);
+    harness.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn gateway_failures_are_retried_with_backoff_and_every_retry_spends_budget() {
+    let harness = Harness::start_with(|config| {
+        base(config);
+        config.budget.requests = NonZeroU32::new(4).expect("non-zero");
+        config.budget.burst = NonZeroU32::new(4).expect("non-zero");
+        config.breaker.failure_threshold = 0;
+    })
+    .await;
+    let sim = harness.handle();
+    sim.insert_integration(ACCOUNT, "ref-retry", "https://tenant.okta.com");
+    sim.fail_next(1, Fault::Status(StatusCode::BAD_GATEWAY));
+    sim.fail_next(1, Fault::Reset);
+    let started = Instant::now();
+    let reply = get(&harness, "ref-retry", TOKEN_A).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        sim.requests(SimRoute::ReferenceGet),
+        3,
+        "one call and two retries"
+    );
+    // Two jittered backoffs: 50-100 ms, then 100-200 ms.
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(150) && waited <= Duration::from_millis(300),
+        "{waited:?}"
+    );
+    // A 500 and a 404 are answers about the request: never retried.
+    sim.fail_next(1, Fault::Status(StatusCode::INTERNAL_SERVER_ERROR));
+    assert_eq!(
+        get(&harness, "other", TOKEN_A).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(sim.requests(SimRoute::ReferenceGet), 4);
+    // The retries spent the budget: the next new lookup is refused locally.
+    let refused = get(&harness, "third", TOKEN_A).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(sim.requests(SimRoute::ReferenceGet), 4);
+    harness.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stop_after_two_and_within_the_deadline() {
+    let harness = Harness::start_with(|config| {
+        base(config);
+        config.breaker.failure_threshold = 0;
+        config.request_timeout = Duration::from_secs(2);
+        config.connect_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let sim = harness.handle();
+    sim.set_fault(Some(Fault::Status(StatusCode::SERVICE_UNAVAILABLE)));
+    let reply = get(&harness, "down", TOKEN_A).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(sim.requests(SimRoute::ReferenceGet), 3);
+    // An upstream that takes 1.5 s per answer: the first 503 arrives at 1.5 s, the retry starts
+    // after its backoff and is cut off by the 2 s deadline, which bounds the whole request.
+    sim.set_fault(None);
+    sim.set_latency(Duration::from_millis(1500));
+    sim.fail_next(3, Fault::Status(StatusCode::SERVICE_UNAVAILABLE));
+    sim.reset_counters();
+    let started = Instant::now();
+    let slow = get(&harness, "slow", TOKEN_A).await;
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(sim.requests(SimRoute::ReferenceGet), 2);
+    sim.set_fault(None);
+    harness.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_fails_fast_and_half_opens() {
+    let harness = Harness::start_with(|config| {
+        base(config);
+        config.ttl.stale_while_revalidate = Duration::ZERO;
+        config.upstream_retries = 0;
+        config.breaker.failure_threshold = 5;
+        config.breaker.cool_down = Duration::from_secs(10);
+    })
+    .await;
+    let sim = harness.handle();
+    sim.insert_integration(ACCOUNT, "cached", "https://tenant.okta.com");
+    assert_eq!(
+        get(&harness, "cached", TOKEN_A).await.status,
+        StatusCode::OK
+    );
+    advance(TTL + Duration::from_secs(1)).await;
+    sim.set_fault(Some(Fault::Status(StatusCode::BAD_GATEWAY)));
+    for index in 0..5 {
+        let reply = get(&harness, &format!("new-{index}"), TOKEN_A).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_GATEWAY,
+            "relayed while closed"
+        );
+    }
+    assert_eq!(harness.proxy.breaker().state().as_str(), "open");
+    let upstream_before = sim.requests(SimRoute::ReferenceGet);
+    // Open: uncached lookups fail fast (any credential), cached ones are served stale.
+    let fast = get(&harness, "new-x", TOKEN_B).await;
+    assert_eq!(fast.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(fast.error_code(), 10503);
+    assert_eq!(fast.header("retry-after"), Some("10"));
+    assert_eq!(fast.cache_status(), "zt-risk-sidecar; detail=upstream-down");
+    let stale = get(&harness, "cached", TOKEN_A).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert!(
+        stale.cache_status().contains("detail=stale-upstream-down"),
+        "{}",
+        stale.cache_status()
+    );
+    assert_eq!(
+        sim.requests(SimRoute::ReferenceGet),
+        upstream_before,
+        "nothing sent while open"
+    );
+    // After the cool-down one probe goes through; it fails, so the breaker opens again.
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        get(&harness, "probe-1", TOKEN_A).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(sim.requests(SimRoute::ReferenceGet), upstream_before + 1);
+    assert_eq!(harness.proxy.breaker().state().as_str(), "open");
+    assert_eq!(
+        get(&harness, "probe-2", TOKEN_A).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Cloudflare recovers: the next probe closes the breaker.
+    sim.set_fault(None);
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        get(&harness, "probe-3", TOKEN_A).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(harness.proxy.breaker().state().as_str(), "closed");
+    assert!(get(&harness, "cached", TOKEN_A)
+        .await
+        .cache_status()
+        .contains("stored"));
+    harness.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_upstream_killed_cached_keys_are_served_and_uncached_ones_fail_fast() {
+    let mut harness = Harness::start_with(|config| {
+        base(config);
+        config.ttl.stale_while_revalidate = Duration::ZERO;
+    })
+    .await;
+    let sim = harness.handle();
+    for reference in ["k1", "k2"] {
+        sim.insert_integration(ACCOUNT, reference, "https://tenant.okta.com");
+        assert_eq!(
+            get(&harness, reference, TOKEN_A).await.status,
+            StatusCode::OK
+        );
+    }
+    harness.kill_upstream().await;
+    advance(TTL + Duration::from_secs(1)).await;
+    // Each refresh fails to connect (and is retried); the stale entry answers.
+    for reference in ["k1", "k2"] {
+        let reply = get(&harness, reference, TOKEN_A).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reference}");
+        assert!(
+            reply.cache_status().contains("detail=stale-if-error"),
+            "{}",
+            reply.cache_status()
+        );
+    }
+    // Six failed connects so far (two lookups, three attempts each): the breaker is open, so an
+    // uncached lookup fails fast and cached ones keep being served.
+    assert_eq!(harness.proxy.breaker().state().as_str(), "open");
+    let started = Instant::now();
+    let uncached = get(&harness, "k3", TOKEN_A).await;
+    assert_eq!(uncached.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(uncached.error_code(), 10503);
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "no connect attempt, no backoff"
+    );
+    let cached = get(&harness, "k1", TOKEN_A).await;
+    assert_eq!(cached.status, StatusCode::OK);
+    assert!(
+        cached.cache_status().contains("detail=stale-upstream-down"),
+        "{}",
+        cached.cache_status()
+    );
+    harness.stop().await;
+}
