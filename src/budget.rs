@@ -8,11 +8,12 @@ use std::future::Future;
 use std::num::NonZeroU32;
 use std::ops::Add;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use governor::clock::{Clock, Reference};
-use governor::middleware::NoOpMiddleware;
+use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
@@ -50,15 +51,12 @@ impl BudgetPolicy {
 /// Whether a credential may make one upstream call now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
-    Granted,
+    /// Go ahead; `tokens_left` more calls are allowed right now.
+    Granted { tokens_left: u32 },
     /// The credential's bucket is empty; a token comes back after `retry_after`.
-    Exhausted {
-        retry_after: Duration,
-    },
+    Exhausted { retry_after: Duration },
     /// Cloudflare answered this credential 429; it may call again after `retry_after`.
-    CoolingDown {
-        retry_after: Duration,
-    },
+    CoolingDown { retry_after: Duration },
 }
 
 /// The budget interface of the request path.
@@ -67,6 +65,8 @@ pub trait UpstreamBudget: Send + Sync + 'static {
     fn admit(&self, partition: Partition) -> impl Future<Output = Admission> + Send;
     /// Records that Cloudflare answered `partition` 429 and asked it to wait `wait`.
     fn cool_down(&self, partition: Partition, wait: Duration) -> impl Future<Output = ()> + Send;
+    /// Applies a new policy (on reload). Cool-downs are kept.
+    fn set_policy(&self, policy: BudgetPolicy);
 }
 
 /// Tokio's clock for governor, so that the budget follows a paused test clock like every other
@@ -107,11 +107,16 @@ impl Clock for TokioClock {
 }
 
 type KeyedLimiter =
-    RateLimiter<Partition, DashMapStateStore<Partition>, TokioClock, NoOpMiddleware<TokioInstant>>;
+    RateLimiter<Partition, DashMapStateStore<Partition>, TokioClock, StateInformationMiddleware>;
+
+fn keyed_limiter(policy: &BudgetPolicy) -> KeyedLimiter {
+    RateLimiter::dashmap_with_clock(policy.quota(), TokioClock)
+        .with_middleware::<StateInformationMiddleware>()
+}
 
 /// The in-process budget: governor's keyed GCRA limiter plus a table of cool-downs.
 pub struct LocalBudget {
-    limiter: KeyedLimiter,
+    limiter: ArcSwap<KeyedLimiter>,
     cool_downs: Mutex<HashMap<Partition, Instant>>,
     calls: AtomicU64,
 }
@@ -123,15 +128,16 @@ const HOUSEKEEPING_EVERY: u64 = 4096;
 impl LocalBudget {
     pub fn new(policy: BudgetPolicy) -> LocalBudget {
         LocalBudget {
-            limiter: RateLimiter::dashmap_with_clock(policy.quota(), TokioClock),
+            limiter: ArcSwap::from_pointee(keyed_limiter(&policy)),
             cool_downs: Mutex::new(HashMap::new()),
             calls: AtomicU64::new(0),
         }
     }
 
     fn housekeeping(&self, now: Instant) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        let limiter = self.limiter.load();
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
         self.cool_downs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -158,8 +164,10 @@ impl LocalBudget {
                 };
             }
         }
-        match self.limiter.check_key(&partition) {
-            Ok(()) => Admission::Granted,
+        match self.limiter.load().check_key(&partition) {
+            Ok(snapshot) => Admission::Granted {
+                tokens_left: snapshot.remaining_burst_capacity(),
+            },
             Err(not_until) => Admission::Exhausted {
                 retry_after: not_until.wait_time_from(TokioInstant(now)),
             },
@@ -187,6 +195,13 @@ impl UpstreamBudget for LocalBudget {
 
     async fn cool_down(&self, partition: Partition, wait: Duration) {
         self.cool_down_now(partition, wait);
+    }
+
+    /// A new limiter replaces the old one: every credential starts with a full bucket under the
+    /// new policy. Reloads are rare operator actions; carrying fractional state across quotas
+    /// would add nothing worth its complexity.
+    fn set_policy(&self, policy: BudgetPolicy) {
+        self.limiter.store(Arc::new(keyed_limiter(&policy)));
     }
 }
 
@@ -241,8 +256,8 @@ mod tests {
         // 10 per 10 s: one token per second, bursts of 3.
         let budget = LocalBudget::new(policy(10, 10, 3));
         let a = partition("a");
-        for _ in 0..3 {
-            assert_eq!(budget.admit(a).await, Admission::Granted);
+        for tokens_left in [2, 1, 0] {
+            assert_eq!(budget.admit(a).await, Admission::Granted { tokens_left });
         }
         let Admission::Exhausted { retry_after } = budget.admit(a).await else {
             panic!("the burst is spent");
@@ -252,10 +267,16 @@ mod tests {
             "{retry_after:?}"
         );
         // Another credential has its own bucket.
-        assert_eq!(budget.admit(partition("b")).await, Admission::Granted);
+        assert_eq!(
+            budget.admit(partition("b")).await,
+            Admission::Granted { tokens_left: 2 }
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(budget.admit(a).await, Admission::Granted);
+        assert_eq!(budget.admit(a).await, Admission::Granted { tokens_left: 0 });
         assert!(matches!(budget.admit(a).await, Admission::Exhausted { .. }));
+        // A new policy applies at once.
+        budget.set_policy(policy(10, 10, 5));
+        assert_eq!(budget.admit(a).await, Admission::Granted { tokens_left: 4 });
     }
 
     #[tokio::test(start_paused = true)]
@@ -269,7 +290,10 @@ mod tests {
                 retry_after: Duration::from_secs(120)
             }
         );
-        assert_eq!(budget.admit(partition("b")).await, Admission::Granted);
+        assert!(matches!(
+            budget.admit(partition("b")).await,
+            Admission::Granted { .. }
+        ));
         // A shorter, later 429 does not shorten it.
         budget.cool_down(a, Duration::from_secs(5)).await;
         tokio::time::advance(Duration::from_secs(100)).await;
@@ -280,7 +304,7 @@ mod tests {
             }
         );
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert_eq!(budget.admit(a).await, Admission::Granted);
+        assert!(matches!(budget.admit(a).await, Admission::Granted { .. }));
     }
 
     #[tokio::test(start_paused = true)]
@@ -294,7 +318,7 @@ mod tests {
             .await;
         tokio::time::advance(Duration::from_secs(5)).await;
         budget.housekeeping(Instant::now());
-        assert_eq!(budget.limiter.len(), 0);
+        assert_eq!(budget.limiter.load().len(), 0);
         assert!(budget.cool_downs.lock().expect("lock").is_empty());
     }
 

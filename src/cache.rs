@@ -198,11 +198,51 @@ pub fn is_refresh_failure(status: StatusCode, storability: Storability) -> bool 
             && matches!(storability, Storability::No(_)))
 }
 
-/// The cache interface the request path uses. The in-process moka store implements it; a shared
-/// tier (Redis) would implement it too, usually wrapping the local store as its first level.
+/// Which entries an operator's purge drops. Credential partitions are never named: a purge of a
+/// lookup drops it for every credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PurgeScope {
+    Lookup {
+        account_id: AccountId,
+        reference_id: ReferenceId,
+    },
+    Account {
+        account_id: AccountId,
+    },
+    All,
+}
+
+impl PurgeScope {
+    /// Pure: whether the entry under `key` is in scope.
+    pub fn matches(&self, key: &CacheKey) -> bool {
+        match self {
+            PurgeScope::Lookup {
+                account_id,
+                reference_id,
+            } => key.account_id == *account_id && key.reference_id == *reference_id,
+            PurgeScope::Account { account_id } => key.account_id == *account_id,
+            PurgeScope::All => true,
+        }
+    }
+}
+
+/// How full a store is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreSize {
+    pub entries: u64,
+    pub weighted_bytes: u64,
+    pub max_bytes: u64,
+}
+
+/// The cache interface of the request path and the admin listener. The in-process moka store
+/// implements it; a shared tier (Redis) would implement it too, usually wrapping the local store as
+/// its first level.
 pub trait AnswerStore: Send + Sync + 'static {
     fn get(&self, key: &CacheKey) -> impl Future<Output = Option<CacheEntry>> + Send;
     fn insert(&self, key: CacheKey, entry: CacheEntry) -> impl Future<Output = ()> + Send;
+    /// Drops every entry in `scope` and says how many went.
+    fn purge(&self, scope: &PurgeScope) -> impl Future<Output = u64> + Send;
+    fn size(&self) -> impl Future<Output = StoreSize> + Send;
 }
 
 /// The in-process store: a moka cache bounded by weighted bytes, each entry dropped once it can no
@@ -210,6 +250,17 @@ pub trait AnswerStore: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct LocalStore {
     cache: Cache<CacheKey, CacheEntry>,
+    max_bytes: u64,
+}
+
+/// Why moka removed an entry, as a stable metric label.
+pub fn removal_cause(cause: moka::notification::RemovalCause) -> &'static str {
+    match cause {
+        moka::notification::RemovalCause::Expired => "expired",
+        moka::notification::RemovalCause::Explicit => "explicit",
+        moka::notification::RemovalCause::Replaced => "replaced",
+        moka::notification::RemovalCause::Size => "size",
+    }
 }
 
 /// Moka removes an entry once it can no longer be served even as stale. Freshness itself is always
@@ -239,12 +290,21 @@ impl Expiry<CacheKey, CacheEntry> for RetainUntilUnusable {
 
 impl LocalStore {
     pub fn new(max_bytes: u64) -> LocalStore {
+        LocalStore::with_removal_listener(max_bytes, |_| {})
+    }
+
+    /// `on_removal` hears the cause of every removal (for the eviction metrics).
+    pub fn with_removal_listener(
+        max_bytes: u64,
+        on_removal: impl Fn(&'static str) + Send + Sync + 'static,
+    ) -> LocalStore {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &CacheKey, entry: &CacheEntry| entry.weight(key))
             .expire_after(RetainUntilUnusable)
+            .eviction_listener(move |_key, _entry, cause| on_removal(removal_cause(cause)))
             .build();
-        LocalStore { cache }
+        LocalStore { cache, max_bytes }
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -268,6 +328,32 @@ impl AnswerStore for LocalStore {
 
     async fn insert(&self, key: CacheKey, entry: CacheEntry) {
         self.cache.insert(key, entry).await;
+    }
+
+    async fn purge(&self, scope: &PurgeScope) -> u64 {
+        // Walk the entries to count exactly what goes; purges are rare operator actions.
+        let doomed: Vec<Arc<CacheKey>> = self
+            .cache
+            .iter()
+            .filter(|(key, _)| scope.matches(key))
+            .map(|(key, _)| key)
+            .collect();
+        let mut purged = 0;
+        for key in doomed {
+            if self.cache.remove(key.as_ref()).await.is_some() {
+                purged += 1;
+            }
+        }
+        purged
+    }
+
+    async fn size(&self) -> StoreSize {
+        self.cache.run_pending_tasks().await;
+        StoreSize {
+            entries: self.cache.entry_count(),
+            weighted_bytes: self.cache.weighted_size(),
+            max_bytes: self.max_bytes,
+        }
     }
 }
 
@@ -359,6 +445,88 @@ mod tests {
         stale_while_revalidate: Duration::from_secs(30),
         stale_if_error: Duration::from_secs(86_400),
     };
+
+    fn entry(body: &'static str, fresh_secs: u64) -> CacheEntry {
+        CacheEntry {
+            answer: Arc::new(UpstreamAnswer {
+                status: StatusCode::OK,
+                headers: Vec::new(),
+                body: bytes::Bytes::from_static(body.as_bytes()),
+            }),
+            stored_at: Instant::now(),
+            fresh_for: Duration::from_secs(fresh_secs),
+            retain_for: Duration::from_secs(fresh_secs),
+        }
+    }
+
+    fn key(partition_seed: &str, account: &str, reference: &str) -> CacheKey {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "authorization",
+            http::HeaderValue::from_str(&format!("Bearer {partition_seed}")).expect("header"),
+        );
+        thread_local!(static PARTITION_KEY: crate::credentials::PartitionKey = crate::credentials::PartitionKey::random());
+        let partition = PARTITION_KEY.with(|k| {
+            crate::credentials::extract(&headers, None, k)
+                .expect("credentials")
+                .partition()
+        });
+        CacheKey {
+            partition,
+            account_id: AccountId::parse(account).expect("account"),
+            reference_id: ReferenceId::decode(reference).expect("reference"),
+        }
+    }
+
+    const A1: &str = "023e105f4ecef8ad9ca31a8372d0c353";
+    const A2: &str = "9a7806061c88ada191ed06f989cc3dac";
+
+    #[tokio::test]
+    async fn purges_by_lookup_account_or_everything_across_partitions() {
+        let store = LocalStore::new(1 << 20);
+        for partition in ["t1", "t2"] {
+            for (account, reference) in [(A1, "r1"), (A1, "r2"), (A2, "r1")] {
+                store
+                    .insert(key(partition, account, reference), entry("{}", 60))
+                    .await;
+            }
+        }
+        let lookup = PurgeScope::Lookup {
+            account_id: AccountId::parse(A1).expect("account"),
+            reference_id: ReferenceId::decode("r1").expect("reference"),
+        };
+        assert_eq!(store.purge(&lookup).await, 2, "both credentials' copies");
+        assert!(store.get(&key("t1", A1, "r1")).await.is_none());
+        assert!(store.get(&key("t1", A1, "r2")).await.is_some());
+        let account = PurgeScope::Account {
+            account_id: AccountId::parse(A1).expect("account"),
+        };
+        assert_eq!(store.purge(&account).await, 2);
+        assert_eq!(store.size().await.entries, 2);
+        assert_eq!(store.purge(&PurgeScope::All).await, 2);
+        assert_eq!(store.size().await.entries, 0);
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_evicts_and_reports_the_cause() {
+        let causes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let heard = Arc::clone(&causes);
+        // Room for about four 1 KiB entries.
+        let store = LocalStore::with_removal_listener(4 * 1400, move |cause| {
+            heard.lock().expect("lock").push(cause);
+        });
+        let body: &'static str = Box::leak("x".repeat(1024).into_boxed_str());
+        for index in 0..20 {
+            store
+                .insert(key("t", A1, &format!("r{index}")), entry(body, 60))
+                .await;
+            store.run_pending_tasks().await;
+        }
+        let size = store.size().await;
+        assert!(size.entries <= 4 && size.entries >= 1, "{size:?}");
+        assert!(size.weighted_bytes <= 4 * 1400, "{size:?}");
+        assert!(causes.lock().expect("lock").contains(&"size"));
+    }
 
     #[test]
     fn refresh_failures() {

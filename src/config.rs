@@ -21,6 +21,7 @@ use crate::upstream::{UpstreamBase, DEFAULT_UPSTREAM};
 pub const TOKEN_ENV: &str = "CLOUDFLARE_API_TOKEN";
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -64,6 +65,15 @@ pub struct Cli {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "ZT_SIDECAR_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Address of the admin listener (metrics, health, purge) [default: 127.0.0.1:9901].
+    #[arg(long, env = "ZT_SIDECAR_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// File holding the bearer token the admin listener requires (none: no token required).
+    #[arg(long, env = "ZT_SIDECAR_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Log filter, e.g. info or zt_risk_sidecar=debug,info [default: RUST_LOG, else info].
+    #[arg(long, env = "ZT_SIDECAR_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
     /// Cloudflare API base URL [default: https://api.cloudflare.com/client/v4].
     #[arg(long, env = "ZT_SIDECAR_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
@@ -134,6 +144,9 @@ pub struct Cli {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub log_level: Option<String>,
     pub upstream: Option<String>,
     pub allow_insecure_upstream: Option<bool>,
     pub cache_ttl: Option<String>,
@@ -166,6 +179,11 @@ pub enum ByteCount {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub admin_token_file: Option<PathBuf>,
+    /// The log filter from the configuration; `None` leaves it to `RUST_LOG` (else `info`).
+    pub log_level: Option<String>,
     pub upstream: UpstreamBase,
     pub ttl: TtlPolicy,
     pub cache_max_bytes: NonZeroU64,
@@ -268,6 +286,38 @@ pub fn resolve(
             format!("{listen_text:?} is not an IP address and port (e.g. 127.0.0.1:8080)"),
         )
     })?;
+
+    let admin_text = pick(
+        cli.admin_listen.clone(),
+        file.admin_listen,
+        DEFAULT_ADMIN_LISTEN.to_owned(),
+    );
+    let admin_listen: SocketAddr = admin_text.parse().map_err(|_| {
+        ConfigError::new(
+            "admin_listen",
+            format!("{admin_text:?} is not an IP address and port (e.g. 127.0.0.1:9901)"),
+        )
+    })?;
+    if admin_listen == listen && listen.port() != 0 {
+        return Err(ConfigError::new(
+            "admin_listen",
+            format!("{admin_listen} is the lookup listener's address; the admin listener needs its own port"),
+        ));
+    }
+    let admin_token_file = cli.admin_token_file.clone().or(file.admin_token_file);
+    let admin_token = match &admin_token_file {
+        Some(path) => Some(read_secret_file("admin_token_file", path)?),
+        None => None,
+    };
+    let log_level = cli.log_level.clone().or(file.log_level);
+    if let Some(filter) = &log_level {
+        tracing_subscriber::EnvFilter::try_new(filter).map_err(|error| {
+            ConfigError::new(
+                "log_level",
+                format!("{filter:?} is not a log filter ({error})"),
+            )
+        })?;
+    }
 
     let allow_insecure_upstream = pick(
         cli.allow_insecure_upstream,
@@ -430,7 +480,7 @@ pub fn resolve(
 
     let token_file = cli.token_file.clone().or(file.token_file);
     let token = match &token_file {
-        Some(path) => Some(read_token_file(path)?),
+        Some(path) => Some(read_secret_file("token_file", path)?),
         None => token_env
             .filter(|value| !value.trim().is_empty())
             .map(|value| Secret::new(value.trim().to_owned())),
@@ -442,6 +492,10 @@ pub fn resolve(
 
     Ok(Config {
         listen,
+        admin_listen,
+        admin_token,
+        admin_token_file,
+        log_level,
         upstream,
         ttl: TtlPolicy {
             positive,
@@ -471,23 +525,98 @@ fn token_source(token_file: &Option<PathBuf>) -> &'static str {
     }
 }
 
-/// Reads the token from a file (a mounted secret), without its trailing newline. The error names
-/// the file, never its content.
-pub fn read_token_file(path: &Path) -> Result<Secret, ConfigError> {
+/// Reads a token from a file (a mounted secret), without its trailing newline. The error names
+/// the key and the file, never its content.
+pub fn read_secret_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| {
-        ConfigError::new(
-            "token_file",
-            format!("cannot read {}: {error}", path.display()),
-        )
+        ConfigError::new(key, format!("cannot read {}: {error}", path.display()))
     })?;
     let token = text.trim();
     if token.is_empty() {
         return Err(ConfigError::new(
-            "token_file",
+            key,
             format!("{} is empty", path.display()),
         ));
     }
     Ok(Secret::new(token.to_owned()))
+}
+
+/// What changed between two configurations, as reload sees it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// Keys whose new values take effect now.
+    pub applied: Vec<&'static str>,
+    /// Keys whose new values need a restart (listen addresses, upstream, cache size, ...).
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Pure: which keys changed, split into those a reload applies and those that need a restart.
+pub fn plan_reload(running: &Config, new: &Config) -> ReloadPlan {
+    let mut plan = ReloadPlan::default();
+    let mut note = |key: &'static str, changed: bool, live: bool| {
+        if changed {
+            if live {
+                plan.applied.push(key);
+            } else {
+                plan.needs_restart.push(key);
+            }
+        }
+    };
+    note("listen", running.listen != new.listen, false);
+    note(
+        "admin_listen",
+        running.admin_listen != new.admin_listen,
+        false,
+    );
+    note("upstream", running.upstream != new.upstream, false);
+    note(
+        "connect_timeout",
+        running.connect_timeout != new.connect_timeout,
+        false,
+    );
+    note(
+        "request_timeout",
+        running.request_timeout != new.request_timeout,
+        false,
+    );
+    note(
+        "cache_max_bytes",
+        running.cache_max_bytes != new.cache_max_bytes,
+        false,
+    );
+    note("log_format", running.log_format != new.log_format, false);
+    note(
+        "shutdown_grace",
+        running.shutdown_grace != new.shutdown_grace,
+        false,
+    );
+    note("cache_ttl", running.ttl.positive != new.ttl.positive, true);
+    note(
+        "negative_ttl",
+        running.ttl.negative != new.ttl.negative,
+        true,
+    );
+    note(
+        "stale_if_error",
+        running.ttl.stale_if_error != new.ttl.stale_if_error,
+        true,
+    );
+    note(
+        "stale_while_revalidate",
+        running.ttl.stale_while_revalidate != new.ttl.stale_while_revalidate,
+        true,
+    );
+    note("upstream_budget", running.budget != new.budget, true);
+    note(
+        "upstream_retries",
+        running.upstream_retries != new.upstream_retries,
+        true,
+    );
+    note("breaker", running.breaker != new.breaker, true);
+    note("token", running.token != new.token, true);
+    note("admin_token", running.admin_token != new.admin_token, true);
+    note("log_level", running.log_level != new.log_level, true);
+    plan
 }
 
 fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
@@ -574,6 +703,24 @@ mod tests {
         assert_eq!(config.ttl.positive, Duration::from_secs(90));
         assert_eq!(config.ttl.negative, Duration::from_secs(3));
         assert_eq!(config.cache_max_bytes.get(), 1 << 20);
+    }
+
+    #[test]
+    fn reload_plans_split_live_keys_from_restart_keys() {
+        let running = resolve(&Cli::default(), FileConfig::default(), None).expect("valid");
+        let same = resolve(&Cli::default(), FileConfig::default(), None).expect("valid");
+        assert_eq!(plan_reload(&running, &same), ReloadPlan::default());
+        let file = parse_file(
+            "cache_ttl = \"5m\"\nlisten = \"127.0.0.1:18080\"\nupstream_budget_burst = 7\nlog_level = \"debug\"\n",
+        )
+        .expect("valid");
+        let changed = resolve(&Cli::default(), file, Some("new-token".into())).expect("valid");
+        let plan = plan_reload(&running, &changed);
+        assert_eq!(
+            plan.applied,
+            vec!["cache_ttl", "upstream_budget", "token", "log_level"]
+        );
+        assert_eq!(plan.needs_restart, vec!["listen"]);
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub enum ApiError {
     },
     /// Cloudflare is considered down (the circuit breaker is open), and nothing stale can stand in.
     UpstreamDown { retry_after_secs: u64 },
+    /// The admin listener wants its bearer token and did not get it.
+    AdminUnauthorized,
+    /// An admin request the sidecar cannot act on; `reason` says how to form it.
+    BadAdminRequest { reason: &'static str },
     /// A bug in the sidecar. The cause is logged where it happens, never sent to the caller.
     Internal,
 }
@@ -53,7 +57,9 @@ impl ApiError {
             ApiError::InvalidAccountId { .. }
             | ApiError::InvalidReferenceId { .. }
             | ApiError::MissingCredentials
-            | ApiError::InvalidCredentialHeaders { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidCredentialHeaders { .. }
+            | ApiError::BadAdminRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UpstreamUnreachable | ApiError::UpstreamInvalidResponse => {
                 StatusCode::BAD_GATEWAY
             }
@@ -76,6 +82,8 @@ impl ApiError {
             ApiError::UpstreamInvalidResponse => 10506,
             ApiError::RateLimited { .. } => 971,
             ApiError::UpstreamDown { .. } => 10503,
+            ApiError::AdminUnauthorized => 10000,
+            ApiError::BadAdminRequest { .. } => 1001,
             ApiError::Internal => 10500,
         }
     }
@@ -109,6 +117,8 @@ impl ApiError {
             ApiError::UpstreamDown { .. } => {
                 "zt-risk-sidecar considers the Cloudflare API unavailable; retry later".to_owned()
             }
+            ApiError::AdminUnauthorized => "Authentication error".to_owned(),
+            ApiError::BadAdminRequest { reason } => format!("Invalid request: {reason}"),
             ApiError::Internal => "zt-risk-sidecar internal error".to_owned(),
         }
     }
@@ -247,6 +257,8 @@ mod tests {
             503,
             10503,
         );
+        check(ApiError::AdminUnauthorized, 401, 10000);
+        check(ApiError::BadAdminRequest { reason: "x" }, 400, 1001);
         check(ApiError::Internal, 500, 10500);
     }
 

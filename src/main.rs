@@ -1,17 +1,22 @@
-//! The binary: reads the configuration, sets up logging, binds the listener and runs the library
-//! until SIGTERM or SIGINT. Everything else lives in the library.
+//! The binary: reads the configuration, sets up logging, binds the listeners and runs the library
+//! until SIGTERM or SIGINT, re-reading the configuration on SIGHUP. Everything else lives in the
+//! library.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::net::TcpListener;
-use zt_risk_sidecar::config::{self, Cli, TOKEN_ENV};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use zt_risk_sidecar::config::{self, Cli, Config, TOKEN_ENV};
 use zt_risk_sidecar::dev::DevMode;
 use zt_risk_sidecar::server::DrainOutcome;
+use zt_risk_sidecar::telemetry::{self, LogControl};
+use zt_risk_sidecar::App;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut config = match config::load(&cli, std::env::var(TOKEN_ENV).ok()) {
+    let token_env = std::env::var(TOKEN_ENV).ok();
+    let mut config = match config::load(&cli, token_env.clone()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("zt-risk-sidecar: {error}");
@@ -28,7 +33,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(warning) = zt_risk_sidecar::telemetry::init(config.log_format) {
+    let (logs, warning) = telemetry::init(config.log_format, config.log_level.as_deref());
+    if let Some(warning) = warning {
         tracing::warn!("{warning}");
     }
     runtime.block_on(async move {
@@ -43,57 +49,141 @@ fn main() -> ExitCode {
         } else {
             None
         };
-        let shutdown = match shutdown_signal() {
-            Ok(shutdown) => shutdown,
+        let signals = match Signals::install() {
+            Ok(signals) => signals,
             Err(error) => {
                 tracing::error!(%error, "cannot install signal handlers");
                 return ExitCode::FAILURE;
             }
         };
-        let listener = match TcpListener::bind(config.listen).await {
-            Ok(listener) => listener,
+        let (listener, admin_listener) = match bind(&config).await {
+            Ok(listeners) => listeners,
+            Err(message) => {
+                tracing::error!("{message}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let app = match App::new(&config) {
+            Ok(app) => app,
             Err(error) => {
-                tracing::error!(listen = %config.listen, %error, "cannot listen");
+                tracing::error!("{error}");
                 return ExitCode::FAILURE;
             }
         };
         let local = listener.local_addr().unwrap_or(config.listen);
-        tracing::info!(listen = %local, upstream = %config.upstream, "zt-risk-sidecar listening");
+        let admin_local = admin_listener.local_addr().unwrap_or(config.admin_listen);
+        tracing::info!(listen = %local, admin_listen = %admin_local, upstream = %config.upstream, "zt-risk-sidecar listening");
         if let Some(dev) = &dev {
             println!("{}", dev.instructions(local));
         }
-        let outcome = zt_risk_sidecar::run(listener, &config, shutdown).await;
+        let Signals { terminate, interrupt, hangup } = signals;
+        let reloads = tokio::spawn(reload_on_hangup(hangup, app.clone(), cli, token_env, config.clone(), logs));
+        let outcome = app
+            .serve(listener, admin_listener, config.shutdown_grace, shutdown_on(terminate, interrupt))
+            .await;
+        reloads.abort();
         if let Some(dev) = dev {
             dev.shutdown().await;
         }
         match outcome {
-            Ok(DrainOutcome::Completed) => {
-                tracing::info!("stopped");
-                ExitCode::SUCCESS
-            }
-            Ok(DrainOutcome::GraceElapsed) => {
-                tracing::warn!("stopped: the shutdown grace period ended with requests in flight");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                tracing::error!("{error}");
-                ExitCode::FAILURE
+            DrainOutcome::Completed => tracing::info!("stopped"),
+            DrainOutcome::GraceElapsed => {
+                tracing::warn!("stopped: the shutdown grace period ended with requests in flight")
             }
         }
+        ExitCode::SUCCESS
     })
 }
 
-/// Installs the SIGTERM and SIGINT handlers now, so that a signal arriving right after start-up
-/// is a graceful stop rather than the default abrupt exit, and returns a future that resolves on
-/// the first of them.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
-            _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+async fn bind(config: &Config) -> Result<(TcpListener, TcpListener), String> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|error| {
+            format!(
+                "cannot listen on {} (admin_listen): {error}",
+                config.admin_listen
+            )
+        })?;
+    Ok((listener, admin))
+}
+
+/// The signal streams, installed before anything listens so that a signal arriving right after
+/// start-up is handled rather than ending the process abruptly.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_on(mut terminate: Signal, mut interrupt: Signal) {
+    tokio::select! {
+        _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
+        _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+    }
+}
+
+/// On each SIGHUP: re-read the configuration file and the token files with the same flags and
+/// environment, apply what can change live, log what needs a restart, and keep the running
+/// configuration when the new one is invalid.
+async fn reload_on_hangup(
+    mut hangup: Signal,
+    app: App,
+    cli: Cli,
+    token_env: Option<String>,
+    mut running: Config,
+    logs: LogControl,
+) {
+    while hangup.recv().await.is_some() {
+        let metrics = app.proxy.metrics();
+        let mut new = match config::load(&cli, token_env.clone()) {
+            Ok(new) => new,
+            Err(error) => {
+                metrics.record_reload("rejected");
+                tracing::error!(%error, "SIGHUP: configuration rejected; the running one stays");
+                continue;
+            }
+        };
+        if running.dev {
+            // --dev points the sidecar at its own simulator; a reload keeps that.
+            new.upstream = running.upstream.clone();
+            new.token = running.token.clone();
         }
-    })
+        match app.reload(&running, &new, Some(&logs)) {
+            Ok(plan) => {
+                metrics.record_reload("applied");
+                if !plan.needs_restart.is_empty() {
+                    tracing::warn!(keys = ?plan.needs_restart, "SIGHUP: these changes need a restart and were not applied");
+                }
+                tracing::info!(applied = ?plan.applied, "SIGHUP: configuration reloaded");
+                // Keys that need a restart keep their running values.
+                new.listen = running.listen;
+                new.admin_listen = running.admin_listen;
+                new.upstream = running.upstream.clone();
+                new.connect_timeout = running.connect_timeout;
+                new.request_timeout = running.request_timeout;
+                new.cache_max_bytes = running.cache_max_bytes;
+                new.log_format = running.log_format;
+                new.shutdown_grace = running.shutdown_grace;
+                running = new;
+            }
+            Err(error) => {
+                metrics.record_reload("rejected");
+                tracing::error!(%error, "SIGHUP: configuration rejected; the running one stays");
+            }
+        }
+    }
 }

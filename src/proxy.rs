@@ -11,7 +11,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tokio::time::Instant;
 
-use crate::budget::{cool_down_for, retry_after_secs, Admission, UpstreamBudget};
+use arc_swap::ArcSwap;
+
+use crate::budget::{cool_down_for, retry_after_secs, Admission, BudgetPolicy, UpstreamBudget};
 use crate::cache::{
     is_refresh_failure, storability, AnswerStore, CacheEntry, CacheKey, Freshness, StaleUse,
     TtlPolicy,
@@ -19,6 +21,7 @@ use crate::cache::{
 use crate::coalesce::{Coalescer, Role};
 use crate::credentials::{self, Credentials, FallbackToken, PartitionKey};
 use crate::error::{ApiError, SDK_RETRY_AFTER_LIMIT_SECS, X_SHOULD_RETRY};
+use crate::metrics::Metrics;
 use crate::resilience::{backoff, health_of, is_retryable, Breaker, BreakerPolicy, Health, Pass};
 use crate::routes::{self, Lookup, REFERENCE_ROUTE};
 use crate::server::ResponseBody;
@@ -150,13 +153,13 @@ enum Fetched {
     Refused(Refusal),
 }
 
-/// The request-path settings.
-pub struct ProxySettings {
+/// The request-path settings that a reload may change while requests are served.
+#[derive(Clone)]
+pub struct LiveSettings {
     pub ttl: TtlPolicy,
     pub fallback_token: Option<FallbackToken>,
     /// Retries after a connection failure or a 502/503/504, within the request's deadline.
     pub max_retries: u32,
-    pub breaker: BreakerPolicy,
 }
 
 /// The request handler. Cloning is cheap; every clone shares the same cache, budget and client.
@@ -179,7 +182,8 @@ struct Shared<S, B> {
     flights: Coalescer<CacheKey, Fetched>,
     upstream: Upstream,
     partition_key: PartitionKey,
-    settings: ProxySettings,
+    settings: ArcSwap<LiveSettings>,
+    metrics: Arc<Metrics>,
 }
 
 /// The facts of one answered request, for the log line.
@@ -191,18 +195,50 @@ struct Served {
 }
 
 impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
-    pub fn new(store: S, budget: B, upstream: Upstream, settings: ProxySettings) -> Proxy<S, B> {
+    pub fn new(
+        store: S,
+        budget: B,
+        upstream: Upstream,
+        settings: LiveSettings,
+        breaker: BreakerPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Proxy<S, B> {
         Proxy {
             shared: Arc::new(Shared {
                 store,
                 budget,
-                breaker: Breaker::new(settings.breaker),
+                breaker: Breaker::new(breaker),
                 flights: Coalescer::default(),
                 upstream,
                 partition_key: PartitionKey::random(),
-                settings,
+                settings: ArcSwap::from_pointee(settings),
+                metrics,
             }),
         }
+    }
+
+    /// Applies reloaded settings; requests in flight finish under the ones they started with. A
+    /// new budget policy (`Some`) starts every credential with a full bucket, so it is passed only
+    /// when it changed.
+    pub fn reconfigure(
+        &self,
+        settings: LiveSettings,
+        breaker: BreakerPolicy,
+        budget: Option<BudgetPolicy>,
+    ) {
+        self.shared.settings.store(Arc::new(settings));
+        self.shared.breaker.set_policy(breaker);
+        if let Some(budget) = budget {
+            self.shared.budget.set_policy(budget);
+        }
+    }
+
+    pub fn settings(&self) -> Arc<LiveSettings> {
+        self.shared.settings.load_full()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
     }
 
     pub fn store(&self) -> &S {
@@ -234,6 +270,13 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             CacheOutcome::Stale(reason) => Some(reason.as_str()),
             _ => None,
         };
+        let metrics = &self.shared.metrics;
+        metrics.record_lookup(served.outcome.as_str(), status, started.elapsed());
+        match served.outcome {
+            CacheOutcome::Stale(reason) => metrics.record_stale(reason.as_str()),
+            CacheOutcome::Collapsed => metrics.record_coalesced(),
+            _ => {}
+        }
         tracing::info!(
             method = %method,
             route,
@@ -266,9 +309,10 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         };
         let account_id = Some(lookup.account_id.to_string());
         let shared = &self.shared;
+        let settings = shared.settings.load_full();
         let credentials = match credentials::extract(
             request.headers(),
-            shared.settings.fallback_token.as_ref(),
+            settings.fallback_token.as_ref(),
             &shared.partition_key,
         ) {
             Ok(credentials) => credentials,
@@ -285,17 +329,15 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 Freshness::Fresh { remaining } => {
                     return Served::hit(&entry, remaining, now, account_id);
                 }
-                Freshness::Stale { expired_ago } => {
-                    match shared.settings.ttl.stale_use(expired_ago) {
-                        StaleUse::ServeAndRevalidate => {
-                            self.refresh_in_background(key, lookup, credentials);
-                            let detail = StaleReason::WhileRevalidate;
-                            return Served::stale(&entry, detail, None, now, account_id);
-                        }
-                        StaleUse::FallbackOnError => fallback = Some(entry),
-                        StaleUse::Unusable => {}
+                Freshness::Stale { expired_ago } => match settings.ttl.stale_use(expired_ago) {
+                    StaleUse::ServeAndRevalidate => {
+                        self.refresh_in_background(key, lookup, credentials);
+                        let detail = StaleReason::WhileRevalidate;
+                        return Served::stale(&entry, detail, None, now, account_id);
                     }
-                }
+                    StaleUse::FallbackOnError => fallback = Some(entry),
+                    StaleUse::Unusable => {}
+                },
             }
         }
 
@@ -378,6 +420,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 Served::stale(&entry, refusal.stale_reason(), None, now, account_id)
             }
             (Fetched::Refused(refusal), None) => {
+                if let Refusal::BudgetExhausted { .. } | Refusal::CoolingDown { .. } = refusal {
+                    shared.metrics.record_local_rate_limited(refusal.detail());
+                }
                 let mut response = refusal.to_error().to_response();
                 set_cache_status(
                     &mut response,
@@ -415,6 +460,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
                 return Fetched::AlreadyCached(entry);
             }
         }
+        let settings = self.settings.load_full();
         let deadline = Instant::now() + self.upstream.request_timeout();
         let path = lookup.upstream_path();
         let partition = credentials.partition();
@@ -430,7 +476,10 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
                 }
             }
             let refusal = match self.budget.admit(partition).await {
-                Admission::Granted => None,
+                Admission::Granted { tokens_left } => {
+                    self.metrics.set_budget_tokens(tokens_left);
+                    None
+                }
                 Admission::CoolingDown { retry_after } => {
                     Some(Refusal::CoolingDown { retry_after })
                 }
@@ -445,11 +494,18 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
                     None => return Fetched::Refused(refusal),
                 }
             }
+            let attempt_started = Instant::now();
             let result = self.upstream.get(&path, &credentials, deadline).await;
             let summary = result
                 .as_ref()
                 .map(|answer| answer.status)
                 .map_err(|error| *error);
+            let label = match &summary {
+                Ok(status) => status.as_str().to_owned(),
+                Err(error) => error.as_str().to_owned(),
+            };
+            self.metrics
+                .record_upstream(&label, attempt_started.elapsed());
             self.breaker.record(pass, health_of(&summary));
             if let Ok(answer) = &result {
                 if answer.status == StatusCode::TOO_MANY_REQUESTS {
@@ -463,7 +519,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
                         .await;
                 }
             }
-            if !is_retryable(&summary) || retries >= self.settings.max_retries {
+            if !is_retryable(&summary) || retries >= settings.max_retries {
                 break result;
             }
             let delay = backoff(retries, rand::random::<f64>());
@@ -476,6 +532,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
                 "retrying upstream"
             );
             tokio::time::sleep(delay).await;
+            self.metrics.record_retry();
             retries += 1;
             last = Some(result);
         };
@@ -485,7 +542,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
         };
         let decision = storability(answer.status, &answer.body);
         let failure = is_refresh_failure(answer.status, decision);
-        let ttl = &self.settings.ttl;
+        let ttl = &settings.ttl;
         let Some(fresh_for) = decision.fresh_for(ttl) else {
             return Fetched::Answered {
                 answer,

@@ -140,30 +140,41 @@ pub fn on_result(
 
 /// The shared circuit breaker.
 pub struct Breaker {
-    policy: BreakerPolicy,
+    policy: Mutex<BreakerPolicy>,
     state: Mutex<BreakerState>,
 }
 
 impl Breaker {
     pub fn new(policy: BreakerPolicy) -> Breaker {
         Breaker {
-            policy,
+            policy: Mutex::new(policy),
             state: Mutex::new(BreakerState::Closed {
                 consecutive_failures: 0,
             }),
         }
     }
 
+    fn policy(&self) -> BreakerPolicy {
+        *self.policy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies a new policy (on reload); the current state is kept.
+    pub fn set_policy(&self, policy: BreakerPolicy) {
+        *self.policy.lock().unwrap_or_else(PoisonError::into_inner) = policy;
+    }
+
     pub fn call(&self) -> Pass {
+        let policy = self.policy();
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let (next, pass) = on_call(*state, &self.policy, Instant::now());
+        let (next, pass) = on_call(*state, &policy, Instant::now());
         *state = next;
         pass
     }
 
     pub fn record(&self, pass: Pass, health: Health) {
+        let policy = self.policy();
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        *state = on_result(*state, pass, health, &self.policy, Instant::now());
+        *state = on_result(*state, pass, health, &policy, Instant::now());
     }
 
     pub fn state(&self) -> BreakerState {
