@@ -3,128 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
 use common::*;
 use http::StatusCode;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use zt_risk_sidecar::simulator::{SimConfig, SimRoute, SimulatedCloudflare};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_zt-risk-sidecar");
-
-/// A running sidecar process whose standard output is collected line by line.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut command = Command::new(BINARY);
-        command
-            .args(args)
-            .env_remove("CLOUDFLARE_API_TOKEN")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().expect("binary starts");
-        let (sender, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        for stream in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
-            let sender = sender.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if sender.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Reads lines until one contains `needle`; fails after 30 s.
-    fn wait_for_line(&mut self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line containing {needle:?}; saw:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// The address from the JSON "listening" log line.
-    fn listening_addr(&mut self) -> std::net::SocketAddr {
-        let line = self.wait_for_line("zt-risk-sidecar listening");
-        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-            return json["listen"]
-                .as_str()
-                .expect("listen field")
-                .parse()
-                .expect("address");
-        }
-        let (_, after) = line
-            .split_once("listen=")
-            .expect("listen= in the pretty line");
-        after
-            .split_whitespace()
-            .next()
-            .expect("address")
-            .parse()
-            .expect("address")
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal delivered");
-    }
-
-    /// Waits for exit (at most 30 s) and returns the exit code and every output line.
-    fn finish(mut self) -> (Option<i32>, Vec<String>) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the process did not exit; saw:\n{}", self.seen.join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        // The reader threads end when the pipes close.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        (status.code(), self.seen)
-    }
-}
-
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let (code, lines) = Running::start(args, env).finish();
+    let (code, lines) = SidecarProcess::start(args, env).finish();
     (code, lines.join("\n"))
 }
 
@@ -180,7 +65,7 @@ fn flags_win_over_environment_and_environment_over_file() {
     std::fs::write(&file, "listen = \"127.0.0.1:1\"\nlog_format = \"pretty\"\n").expect("write");
     // File says port 1 (cannot bind as non-root... or can as root), env says 0, the flag says 0 too:
     // what matters is that the log format from the environment beats the file's.
-    let mut running = Running::start(
+    let mut running = SidecarProcess::start(
         &[
             "--config",
             file.to_str().expect("utf8"),
@@ -203,7 +88,7 @@ fn flags_win_over_environment_and_environment_over_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_serves_a_miss_then_a_hit_with_no_token() {
-    let mut running = Running::start(
+    let mut running = SidecarProcess::start(
         &["--dev", "--listen", "127.0.0.1:0", "--log-format", "json"],
         &[],
     );
@@ -244,7 +129,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     sim.handle()
         .insert_integration(ACCOUNT, "ref-drain", "https://tenant.okta.com");
     let upstream = sim.base_url();
-    let mut running = Running::start(
+    let mut running = SidecarProcess::start(
         &[
             "--listen",
             "127.0.0.1:0",
@@ -308,7 +193,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         .insert_integration(ACCOUNT, "ref-log", "https://tenant.okta.com");
     let upstream = sim.base_url();
     for format in ["json", "pretty"] {
-        let mut running = Running::start(
+        let mut running = SidecarProcess::start(
             &["--listen", "127.0.0.1:0", "--upstream", &upstream],
             &[
                 ("RUST_LOG", "trace"),

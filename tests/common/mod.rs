@@ -2,7 +2,10 @@
 //! ephemeral loopback port, and a small HTTP client that talks to them over real sockets.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +14,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -280,4 +285,113 @@ pub async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) 
         .into_iter()
         .map(|output| output.expect("completed"))
         .collect()
+}
+
+/// A running sidecar process whose standard output is collected line by line.
+pub struct SidecarProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl SidecarProcess {
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> SidecarProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_zt-risk-sidecar"));
+        command
+            // Every test process gets its own admin port too.
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("CLOUDFLARE_API_TOKEN")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("binary starts");
+        let (sender, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for stream in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if sender.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        SidecarProcess {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads lines until one contains `needle`; fails after 30 s.
+    pub fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line containing {needle:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The address from the JSON "listening" log line.
+    pub fn listening_addr(&mut self) -> std::net::SocketAddr {
+        let line = self.wait_for_line("zt-risk-sidecar listening");
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+            return json["listen"]
+                .as_str()
+                .expect("listen field")
+                .parse()
+                .expect("address");
+        }
+        let (_, after) = line
+            .split_once("listen=")
+            .expect("listen= in the pretty line");
+        after
+            .split_whitespace()
+            .next()
+            .expect("address")
+            .parse()
+            .expect("address")
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal delivered");
+    }
+
+    /// Waits for exit (at most 30 s) and returns the exit code and every output line.
+    pub fn finish(mut self) -> (Option<i32>, Vec<String>) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the process did not exit; saw:\n{}", self.seen.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader threads end when the pipes close.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (status.code(), self.seen)
+    }
 }
