@@ -15,7 +15,10 @@ use crate::budget::BudgetPolicy;
 use crate::cache::TtlPolicy;
 use crate::credentials::Secret;
 use crate::resilience::BreakerPolicy;
-use crate::upstream::{UpstreamBase, DEFAULT_UPSTREAM};
+use crate::proxy::RequestLimits;
+use crate::routes::AccountId;
+use crate::server::{ListenAddr, ServerLimits, UnixSocketSettings};
+use crate::upstream::{ProxyUrl, TlsRoots, TlsSettings, UpstreamBase, DEFAULT_UPSTREAM};
 
 /// Environment variable holding the sidecar's own Cloudflare API token.
 pub const TOKEN_ENV: &str = "CLOUDFLARE_API_TOKEN";
@@ -65,6 +68,45 @@ pub struct Cli {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "ZT_SIDECAR_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Mode of the Unix domain socket file when listen is unix:/path, in octal [default: 0660].
+    #[arg(long, env = "ZT_SIDECAR_UNIX_SOCKET_MODE", value_name = "OCTAL")]
+    pub unix_socket_mode: Option<String>,
+    /// Group that owns the Unix domain socket file (name or number) [default: the process's].
+    #[arg(long, env = "ZT_SIDECAR_UNIX_SOCKET_GROUP", value_name = "GROUP")]
+    pub unix_socket_group: Option<String>,
+    /// Open connections at most; more get a fast 503 [default: 1024].
+    #[arg(long, env = "ZT_SIDECAR_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Lookups waiting on Cloudflare at most; more get a fast 503 (hits are never limited) [default: 1024].
+    #[arg(long, env = "ZT_SIDECAR_MAX_PENDING_LOOKUPS", value_name = "N")]
+    pub max_pending_lookups: Option<usize>,
+    /// Time to receive a request head; also the HTTP/1.1 keep-alive idle limit [default: 10s].
+    #[arg(long, env = "ZT_SIDECAR_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
+    /// Close a connection with no traffic for this long [default: 60s].
+    #[arg(long, env = "ZT_SIDECAR_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Longest request target in bytes (414 beyond) [default: 4096].
+    #[arg(long, env = "ZT_SIDECAR_MAX_URI_BYTES", value_name = "BYTES")]
+    pub max_uri_bytes: Option<usize>,
+    /// Largest total of request header names and values in bytes (431 beyond) [default: 16384].
+    #[arg(long, env = "ZT_SIDECAR_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most request headers (431 beyond) [default: 64].
+    #[arg(long, env = "ZT_SIDECAR_MAX_REQUEST_HEADERS", value_name = "N")]
+    pub max_request_headers: Option<usize>,
+    /// Only these accounts may be looked up (repeat the flag, or comma-separate) [default: any].
+    #[arg(long = "allowed-account", env = "ZT_SIDECAR_ALLOWED_ACCOUNTS", value_delimiter = ',', value_name = "ACCOUNT_ID")]
+    pub allowed_accounts: Option<Vec<String>>,
+    /// Root certificates for Cloudflare's TLS: webpki (built in) or system [default: webpki].
+    #[arg(long, env = "ZT_SIDECAR_TLS_ROOTS", value_name = "ROOTS")]
+    pub tls_roots: Option<String>,
+    /// Extra CA certificates (PEM) trusted for Cloudflare's TLS, e.g. a TLS-inspecting egress.
+    #[arg(long, env = "ZT_SIDECAR_TLS_EXTRA_CA_FILE", value_name = "PATH")]
+    pub tls_extra_ca_file: Option<PathBuf>,
+    /// HTTP proxy (http://host:port) to tunnel HTTPS to Cloudflare through [default: none].
+    #[arg(long, env = "HTTPS_PROXY", value_name = "URL", hide_env_values = true)]
+    pub https_proxy: Option<String>,
     /// Address of the admin listener (metrics, health, purge) [default: 127.0.0.1:9901].
     #[arg(long, env = "ZT_SIDECAR_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,
@@ -144,6 +186,19 @@ pub struct Cli {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    pub unix_socket_mode: Option<String>,
+    pub unix_socket_group: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_pending_lookups: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_uri_bytes: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub max_request_headers: Option<usize>,
+    pub allowed_accounts: Option<Vec<String>>,
+    pub tls_roots: Option<String>,
+    pub tls_extra_ca_file: Option<PathBuf>,
+    pub https_proxy: Option<String>,
     pub admin_listen: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub log_level: Option<String>,
@@ -178,7 +233,14 @@ pub enum ByteCount {
 /// The validated configuration the program runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
+    pub unix_socket: UnixSocketSettings,
+    pub server_limits: ServerLimits,
+    pub request_limits: RequestLimits,
+    /// `None`: every account may be looked up.
+    pub allowed_accounts: Option<Vec<AccountId>>,
+    pub tls: TlsSettings,
+    pub https_proxy: Option<ProxyUrl>,
     pub admin_listen: SocketAddr,
     pub admin_token: Option<Secret>,
     pub admin_token_file: Option<PathBuf>,
@@ -280,12 +342,107 @@ pub fn resolve(
     token_env: Option<String>,
 ) -> Result<Config, ConfigError> {
     let listen_text = pick(cli.listen.clone(), file.listen, DEFAULT_LISTEN.to_owned());
-    let listen: SocketAddr = listen_text.parse().map_err(|_| {
-        ConfigError::new(
-            "listen",
-            format!("{listen_text:?} is not an IP address and port (e.g. 127.0.0.1:8080)"),
-        )
-    })?;
+    let listen = ListenAddr::parse(&listen_text).map_err(|problem| ConfigError::new("listen", problem))?;
+    let mode_text = pick(cli.unix_socket_mode.clone(), file.unix_socket_mode, "0660".to_owned());
+    let mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| ConfigError::new("unix_socket_mode", format!("{mode_text:?} is not an octal file mode like 0660")))?;
+    let unix_socket = UnixSocketSettings {
+        mode,
+        group: cli.unix_socket_group.clone().or(file.unix_socket_group),
+    };
+    let positive = |key: &str, value: usize| {
+        if value == 0 {
+            Err(ConfigError::new(key, "must be at least 1"))
+        } else {
+            Ok(value)
+        }
+    };
+    let server_defaults = ServerLimits::default();
+    let request_defaults = RequestLimits::default();
+    let header_read_timeout = match cli.header_read_timeout.clone().or(file.header_read_timeout) {
+        Some(text) => parse_duration("header_read_timeout", &text)?,
+        None => server_defaults.header_read_timeout,
+    };
+    let idle_timeout = match cli.idle_timeout.clone().or(file.idle_timeout) {
+        Some(text) => parse_duration("idle_timeout", &text)?,
+        None => server_defaults.idle_timeout,
+    };
+    if header_read_timeout.is_zero() {
+        return Err(ConfigError::new("header_read_timeout", "must be greater than 0s"));
+    }
+    if idle_timeout.is_zero() {
+        return Err(ConfigError::new("idle_timeout", "must be greater than 0s"));
+    }
+    let request_limits = RequestLimits {
+        max_uri_bytes: positive(
+            "max_uri_bytes",
+            pick(cli.max_uri_bytes, file.max_uri_bytes, request_defaults.max_uri_bytes),
+        )?,
+        max_header_bytes: positive(
+            "max_header_bytes",
+            pick(cli.max_header_bytes, file.max_header_bytes, request_defaults.max_header_bytes),
+        )?,
+        max_request_headers: positive(
+            "max_request_headers",
+            pick(cli.max_request_headers, file.max_request_headers, request_defaults.max_request_headers),
+        )?,
+        max_pending_lookups: positive(
+            "max_pending_lookups",
+            pick(cli.max_pending_lookups, file.max_pending_lookups, request_defaults.max_pending_lookups),
+        )?,
+    };
+    let server_limits = ServerLimits {
+        max_connections: positive(
+            "max_connections",
+            pick(cli.max_connections, file.max_connections, server_defaults.max_connections),
+        )?,
+        header_read_timeout,
+        idle_timeout,
+        // hyper's own buffers stay above the handler's limits, so that requests just over them
+        // still get an envelope rather than hyper's bodiless 414/431.
+        max_head_bytes: (request_limits.max_uri_bytes + request_limits.max_header_bytes)
+            .saturating_mul(2)
+            .max(server_defaults.max_head_bytes),
+        max_headers: request_limits
+            .max_request_headers
+            .saturating_mul(2)
+            .max(server_defaults.max_headers),
+    };
+    let allowed_accounts = match cli.allowed_accounts.clone().or(file.allowed_accounts) {
+        None => None,
+        Some(texts) => Some(
+            texts
+                .iter()
+                .map(|text| {
+                    AccountId::parse(text.trim()).ok_or_else(|| {
+                        ConfigError::new("allowed_accounts", format!("{text:?} is not an account id (32 lowercase hex characters)"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let roots = match pick(cli.tls_roots.clone(), file.tls_roots, "webpki".to_owned()).as_str() {
+        "webpki" => TlsRoots::Webpki,
+        "system" => TlsRoots::System,
+        other => {
+            return Err(ConfigError::new("tls_roots", format!("{other:?} is not webpki or system")))
+        }
+    };
+    let tls = TlsSettings {
+        roots,
+        extra_ca_file: cli.tls_extra_ca_file.clone().or(file.tls_extra_ca_file),
+    };
+    if let Some(path) = &tls.extra_ca_file {
+        crate::upstream::read_ca_file(path).map_err(|problem| ConfigError::new("tls_extra_ca_file", problem))?;
+    }
+    let https_proxy = match cli.https_proxy.clone().or(file.https_proxy) {
+        Some(text) if !text.trim().is_empty() => Some(
+            ProxyUrl::parse(text.trim()).map_err(|problem| ConfigError::new("https_proxy", problem))?,
+        ),
+        _ => None,
+    };
 
     let admin_text = pick(
         cli.admin_listen.clone(),
@@ -298,7 +455,7 @@ pub fn resolve(
             format!("{admin_text:?} is not an IP address and port (e.g. 127.0.0.1:9901)"),
         )
     })?;
-    if admin_listen == listen && listen.port() != 0 {
+    if listen == ListenAddr::Tcp(admin_listen) && admin_listen.port() != 0 {
         return Err(ConfigError::new(
             "admin_listen",
             format!("{admin_listen} is the lookup listener's address; the admin listener needs its own port"),
@@ -309,6 +466,12 @@ pub fn resolve(
         Some(path) => Some(read_secret_file("admin_token_file", path)?),
         None => None,
     };
+    if !admin_listen.ip().is_loopback() && admin_token.is_none() {
+        return Err(ConfigError::new(
+            "admin_listen",
+            format!("{admin_listen} is reachable beyond this host; set admin_token_file so that purge and metrics need a token"),
+        ));
+    }
     let log_level = cli.log_level.clone().or(file.log_level);
     if let Some(filter) = &log_level {
         tracing_subscriber::EnvFilter::try_new(filter).map_err(|error| {
@@ -492,6 +655,12 @@ pub fn resolve(
 
     Ok(Config {
         listen,
+        unix_socket,
+        server_limits,
+        request_limits,
+        allowed_accounts,
+        tls,
+        https_proxy,
         admin_listen,
         admin_token,
         admin_token_file,
@@ -563,6 +732,12 @@ pub fn plan_reload(running: &Config, new: &Config) -> ReloadPlan {
         }
     };
     note("listen", running.listen != new.listen, false);
+    note("unix_socket", running.unix_socket != new.unix_socket, false);
+    note("server_limits", running.server_limits != new.server_limits, false);
+    note("tls", running.tls != new.tls, false);
+    note("https_proxy", running.https_proxy != new.https_proxy, false);
+    note("request_limits", running.request_limits != new.request_limits, true);
+    note("allowed_accounts", running.allowed_accounts != new.allowed_accounts, true);
     note(
         "admin_listen",
         running.admin_listen != new.admin_listen,
@@ -675,6 +850,13 @@ mod tests {
     fn defaults() {
         let config = resolve(&Cli::default(), FileConfig::default(), None).expect("valid");
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9901");
+        assert_eq!(config.unix_socket.mode, 0o660);
+        assert_eq!(config.server_limits, ServerLimits::default());
+        assert_eq!(config.request_limits, RequestLimits::default());
+        assert_eq!(config.allowed_accounts, None);
+        assert_eq!(config.tls.roots, TlsRoots::Webpki);
+        assert!(config.https_proxy.is_none());
         assert_eq!(config.upstream.to_string(), DEFAULT_UPSTREAM);
         assert_eq!(config.ttl.positive, Duration::from_secs(60));
         assert_eq!(config.ttl.negative, Duration::from_secs(10));
@@ -789,6 +971,28 @@ mod tests {
             "token_file",
             "cannot read",
         );
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            ListenAddr::parse("127.0.0.1:8080"),
+            Ok(ListenAddr::Tcp("127.0.0.1:8080".parse().expect("addr")))
+        );
+        assert_eq!(
+            ListenAddr::parse("unix:/run/zt/sidecar.sock"),
+            Ok(ListenAddr::Unix(PathBuf::from("/run/zt/sidecar.sock")))
+        );
+        assert!(ListenAddr::parse("localhost:8080").is_err());
+        let config = resolve(
+            &cli(&["--listen", "unix:/tmp/zt.sock", "--unix-socket-mode", "0600", "--allowed-account", "023e105f4ecef8ad9ca31a8372d0c353,9a7806061c88ada191ed06f989cc3dac"]),
+            FileConfig::default(),
+            None,
+        )
+        .expect("valid");
+        assert_eq!(config.listen.to_string(), "unix:/tmp/zt.sock");
+        assert_eq!(config.unix_socket.mode, 0o600);
+        assert_eq!(config.allowed_accounts.map(|accounts| accounts.len()), Some(2));
     }
 
     #[test]

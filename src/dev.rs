@@ -3,7 +3,6 @@
 //! `--dev` is given.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 
 use crate::config::Config;
 use crate::credentials::Secret;
@@ -33,9 +32,13 @@ impl DevMode {
         &self.simulator
     }
 
-    /// Ready-to-paste instructions for a sidecar listening on `listen`.
-    pub fn instructions(&self, listen: SocketAddr) -> String {
-        let base = format!("http://{listen}/client/v4");
+    /// Ready-to-paste instructions for a sidecar listening on `listen` (as `Listener::describe`
+    /// puts it: `127.0.0.1:8080` or `unix:/path`).
+    pub fn instructions(&self, listen: &str) -> String {
+        let (curl, base) = match listen.strip_prefix("unix:") {
+            Some(path) => (format!("curl --unix-socket {path} -i"), "http://localhost/client/v4".to_owned()),
+            None => ("curl -i".to_owned(), format!("http://{listen}/client/v4")),
+        };
         let account = &self.seed.account_id;
         let mut text = String::new();
         let _ = writeln!(
@@ -62,16 +65,16 @@ impl DevMode {
             .unwrap_or_default();
             let _ = writeln!(
                 text,
-                "  curl -i {base}/accounts/{account}/zt_risk_scoring/integrations/reference_id/{segment}"
+                "  {curl} {base}/accounts/{account}/zt_risk_scoring/integrations/reference_id/{segment}"
             );
         }
         let _ = writeln!(
             text,
-            "  curl -i {base}/accounts/{account}/zt_risk_scoring/integrations/reference_id/does-not-exist"
+            "  {curl} {base}/accounts/{account}/zt_risk_scoring/integrations/reference_id/does-not-exist"
         );
         let _ = writeln!(
             text,
-            "  curl -i -H 'Authorization: Bearer wrong-token' {base}/accounts/{account}/zt_risk_scoring/integrations/reference_id/does-not-exist"
+            "  {curl} -H 'Authorization: Bearer wrong-token' {base}/accounts/{account}/zt_risk_scoring/integrations/reference_id/does-not-exist"
         );
         text
     }

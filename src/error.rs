@@ -41,6 +41,16 @@ pub enum ApiError {
     },
     /// Cloudflare is considered down (the circuit breaker is open), and nothing stale can stand in.
     UpstreamDown { retry_after_secs: u64 },
+    /// The request target is longer than the configured bound.
+    UriTooLong,
+    /// The request headers are more, or larger, than the configured bounds.
+    HeadersTooLarge,
+    /// A lookup carried a request body.
+    UnexpectedBody,
+    /// The account is not on the configured allow-list.
+    AccountNotAllowed,
+    /// Too many lookups are already waiting on Cloudflare.
+    Overloaded,
     /// The admin listener wants its bearer token and did not get it.
     AdminUnauthorized,
     /// An admin request the sidecar cannot act on; `reason` says how to form it.
@@ -58,7 +68,12 @@ impl ApiError {
             | ApiError::InvalidReferenceId { .. }
             | ApiError::MissingCredentials
             | ApiError::InvalidCredentialHeaders { .. }
-            | ApiError::BadAdminRequest { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::BadAdminRequest { .. }
+            | ApiError::UnexpectedBody => StatusCode::BAD_REQUEST,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::AccountNotAllowed => StatusCode::FORBIDDEN,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UpstreamUnreachable | ApiError::UpstreamInvalidResponse => {
                 StatusCode::BAD_GATEWAY
@@ -82,6 +97,11 @@ impl ApiError {
             ApiError::UpstreamInvalidResponse => 10506,
             ApiError::RateLimited { .. } => 971,
             ApiError::UpstreamDown { .. } => 10503,
+            ApiError::UriTooLong => 10414,
+            ApiError::HeadersTooLarge => 10431,
+            ApiError::UnexpectedBody => 10400,
+            ApiError::AccountNotAllowed => 9109,
+            ApiError::Overloaded => 10508,
             ApiError::AdminUnauthorized => 10000,
             ApiError::BadAdminRequest { .. } => 1001,
             ApiError::Internal => 10500,
@@ -117,6 +137,11 @@ impl ApiError {
             ApiError::UpstreamDown { .. } => {
                 "zt-risk-sidecar considers the Cloudflare API unavailable; retry later".to_owned()
             }
+            ApiError::UriTooLong => "Request URI too long".to_owned(),
+            ApiError::HeadersTooLarge => "Request headers too large".to_owned(),
+            ApiError::UnexpectedBody => "Invalid request: a lookup takes no request body".to_owned(),
+            ApiError::AccountNotAllowed => "Unauthorized to access requested resource".to_owned(),
+            ApiError::Overloaded => "zt-risk-sidecar is overloaded; retry later".to_owned(),
             ApiError::AdminUnauthorized => "Authentication error".to_owned(),
             ApiError::BadAdminRequest { reason } => format!("Invalid request: {reason}"),
             ApiError::Internal => "zt-risk-sidecar internal error".to_owned(),
@@ -143,6 +168,7 @@ impl ApiError {
             | ApiError::UpstreamDown { retry_after_secs } => {
                 set_retry_after(response.headers_mut(), *retry_after_secs);
             }
+            ApiError::Overloaded => set_retry_after(response.headers_mut(), 1),
             _ => {}
         }
         response
@@ -257,6 +283,11 @@ mod tests {
             503,
             10503,
         );
+        check(ApiError::UriTooLong, 414, 10414);
+        check(ApiError::HeadersTooLarge, 431, 10431);
+        check(ApiError::UnexpectedBody, 400, 10400);
+        check(ApiError::AccountNotAllowed, 403, 9109);
+        check(ApiError::Overloaded, 503, 10508);
         check(ApiError::AdminUnauthorized, 401, 10000);
         check(ApiError::BadAdminRequest { reason: "x" }, 400, 1001);
         check(ApiError::Internal, 500, 10500);

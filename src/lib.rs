@@ -32,7 +32,7 @@ use crate::config::{plan_reload, Config, ReloadPlan};
 use crate::credentials::FallbackToken;
 use crate::metrics::Metrics;
 use crate::proxy::{LiveSettings, Proxy};
-use crate::server::DrainOutcome;
+use crate::server::{DrainOutcome, Listener, ServerLimits};
 use crate::telemetry::LogControl;
 use crate::upstream::{Upstream, UpstreamSettings};
 
@@ -47,6 +47,11 @@ fn live_settings(config: &Config) -> Result<LiveSettings, String> {
         ttl: config.ttl,
         fallback_token: config.token.as_ref().map(FallbackToken::new).transpose()?,
         max_retries: config.upstream_retries,
+        limits: config.request_limits,
+        allowed_accounts: config
+            .allowed_accounts
+            .as_ref()
+            .map(|accounts| Arc::new(accounts.iter().copied().collect())),
     })
 }
 
@@ -58,6 +63,8 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, String> {
         base: config.upstream.clone(),
         connect_timeout: config.connect_timeout,
         request_timeout: config.request_timeout,
+        tls: config.tls.clone(),
+        proxy: config.https_proxy.clone(),
     })?;
     let evictions = Arc::clone(&metrics);
     let store = LocalStore::with_removal_listener(config.cache_max_bytes.get(), move |cause| {
@@ -80,6 +87,7 @@ pub struct App {
     pub proxy: LocalProxy,
     pub admin: Admin<LocalStore, LocalBudget>,
     pub readiness: Readiness,
+    limits: ServerLimits,
 }
 
 impl App {
@@ -91,6 +99,7 @@ impl App {
             proxy,
             admin,
             readiness,
+            limits: config.server_limits.clone(),
         })
     }
 
@@ -99,7 +108,7 @@ impl App {
     /// stops last.
     pub async fn serve(
         &self,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
         admin_listener: TcpListener,
         grace: Duration,
         shutdown: impl Future<Output = ()>,
@@ -119,11 +128,16 @@ impl App {
         ));
         self.readiness.set_ready();
         let readiness = self.readiness.clone();
-        let outcome = serve(listener, self.proxy.clone(), grace, async move {
+        let proxy = self.proxy.clone();
+        let handler = move |request| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(request).await) }
+        };
+        let drain = async move {
             shutdown.await;
             readiness.set_draining();
-        })
-        .await;
+        };
+        let outcome = server::serve_with(listener, handler, drain, grace, &self.limits).await;
         let _ = stop_admin.send(());
         if let Err(error) = admin_task.await {
             tracing::error!(%error, "the admin listener task failed");

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use zt_risk_sidecar::config::{self, Cli, Config, TOKEN_ENV};
 use zt_risk_sidecar::dev::DevMode;
-use zt_risk_sidecar::server::DrainOutcome;
+use zt_risk_sidecar::server::{self, DrainOutcome, Listener};
 use zt_risk_sidecar::telemetry::{self, LogControl};
 use zt_risk_sidecar::App;
 
@@ -70,11 +70,16 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let local = listener.local_addr().unwrap_or(config.listen);
+        let local = listener.describe();
         let admin_local = admin_listener.local_addr().unwrap_or(config.admin_listen);
         tracing::info!(listen = %local, admin_listen = %admin_local, upstream = %config.upstream, "zt-risk-sidecar listening");
+        if let Listener::Tcp(tcp) = &listener {
+            if tcp.local_addr().is_ok_and(|addr| !addr.ip().is_loopback()) {
+                tracing::warn!(listen = %local, "the lookup listener is reachable beyond this host: whoever reaches it is served from the cache with their own credentials, and with the sidecar's token when they send none");
+            }
+        }
         if let Some(dev) = &dev {
-            println!("{}", dev.instructions(local));
+            println!("{}", dev.instructions(&local));
         }
         let Signals { terminate, interrupt, hangup } = signals;
         let reloads = tokio::spawn(reload_on_hangup(hangup, app.clone(), cli, token_env, config.clone(), logs));
@@ -95,8 +100,8 @@ fn main() -> ExitCode {
     })
 }
 
-async fn bind(config: &Config) -> Result<(TcpListener, TcpListener), String> {
-    let listener = TcpListener::bind(config.listen)
+async fn bind(config: &Config) -> Result<(Listener, TcpListener), String> {
+    let listener = server::bind(&config.listen, &config.unix_socket)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
     let admin = TcpListener::bind(config.admin_listen)
@@ -170,7 +175,11 @@ async fn reload_on_hangup(
                 }
                 tracing::info!(applied = ?plan.applied, "SIGHUP: configuration reloaded");
                 // Keys that need a restart keep their running values.
-                new.listen = running.listen;
+                new.listen = running.listen.clone();
+                new.unix_socket = running.unix_socket.clone();
+                new.server_limits = running.server_limits.clone();
+                new.tls = running.tls.clone();
+                new.https_proxy = running.https_proxy.clone();
                 new.admin_listen = running.admin_listen;
                 new.upstream = running.upstream.clone();
                 new.connect_timeout = running.connect_timeout;

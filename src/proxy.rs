@@ -3,6 +3,8 @@
 //! it does no socket I/O of its own (the server feeds it requests, upstream.rs makes the only
 //! outbound call).
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ use crate::credentials::{self, Credentials, FallbackToken, PartitionKey};
 use crate::error::{ApiError, SDK_RETRY_AFTER_LIMIT_SECS, X_SHOULD_RETRY};
 use crate::metrics::Metrics;
 use crate::resilience::{backoff, health_of, is_retryable, Breaker, BreakerPolicy, Health, Pass};
-use crate::routes::{self, Lookup, REFERENCE_ROUTE};
+use crate::routes::{self, AccountId, Lookup, REFERENCE_ROUTE};
 use crate::server::ResponseBody;
 use crate::upstream::{Upstream, UpstreamAnswer, UpstreamError};
 
@@ -153,6 +155,79 @@ enum Fetched {
     Refused(Refusal),
 }
 
+/// Request-level bounds, each answered with its own envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Longest request target (path and query) in bytes: 414 beyond.
+    pub max_uri_bytes: usize,
+    /// Largest total of header names and values in bytes: 431 beyond.
+    pub max_header_bytes: usize,
+    /// Most headers: 431 beyond.
+    pub max_request_headers: usize,
+    /// Lookups waiting on Cloudflare (leaders and followers) at most: a fast 503 beyond. Hits
+    /// never count, so cached lookups are served through any flood of misses.
+    pub max_pending_lookups: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_uri_bytes: 4096,
+            max_header_bytes: 16 * 1024,
+            max_request_headers: 64,
+            max_pending_lookups: 1024,
+        }
+    }
+}
+
+/// Pure: the first request-level bound a request head breaks, if any.
+pub fn check_request_head(uri: &http::Uri, headers: &http::HeaderMap, limits: &RequestLimits) -> Result<(), ApiError> {
+    let target_length = uri.path_and_query().map_or(0, |target| target.as_str().len());
+    if target_length > limits.max_uri_bytes {
+        return Err(ApiError::UriTooLong);
+    }
+    if headers.len() > limits.max_request_headers {
+        return Err(ApiError::HeadersTooLarge);
+    }
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(ApiError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// Whether a request body may carry bytes; a lookup must not.
+pub trait RequestBodyHint {
+    fn may_have_body(&self) -> bool;
+}
+
+impl RequestBodyHint for hyper::body::Incoming {
+    fn may_have_body(&self) -> bool {
+        !hyper::body::Body::is_end_stream(self)
+    }
+}
+
+impl RequestBodyHint for () {
+    fn may_have_body(&self) -> bool {
+        false
+    }
+}
+
+impl RequestBodyHint for http_body_util::Empty<bytes::Bytes> {
+    fn may_have_body(&self) -> bool {
+        false
+    }
+}
+
+impl RequestBodyHint for Full<bytes::Bytes> {
+    fn may_have_body(&self) -> bool {
+        !hyper::body::Body::is_end_stream(self)
+    }
+}
+
 /// The request-path settings that a reload may change while requests are served.
 #[derive(Clone)]
 pub struct LiveSettings {
@@ -160,6 +235,18 @@ pub struct LiveSettings {
     pub fallback_token: Option<FallbackToken>,
     /// Retries after a connection failure or a 502/503/504, within the request's deadline.
     pub max_retries: u32,
+    pub limits: RequestLimits,
+    /// `None`: every account may be looked up.
+    pub allowed_accounts: Option<Arc<HashSet<AccountId>>>,
+}
+
+/// Counts lookups waiting on Cloudflare; the count drops when the guard does.
+struct PendingGuard<'a>(&'a AtomicUsize);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AtomicOrdering::Relaxed);
+    }
 }
 
 /// The request handler. Cloning is cheap; every clone shares the same cache, budget and client.
@@ -184,6 +271,7 @@ struct Shared<S, B> {
     partition_key: PartitionKey,
     settings: ArcSwap<LiveSettings>,
     metrics: Arc<Metrics>,
+    pending: AtomicUsize,
 }
 
 /// The facts of one answered request, for the log line.
@@ -213,6 +301,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 partition_key: PartitionKey::random(),
                 settings: ArcSwap::from_pointee(settings),
                 metrics,
+                pending: AtomicUsize::new(0),
             }),
         }
     }
@@ -256,7 +345,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
     }
 
     /// Answers one request. Never fails: every error becomes a Cloudflare-style envelope.
-    pub async fn handle<Body>(&self, request: Request<Body>) -> Response<ResponseBody> {
+    pub async fn handle<Body: RequestBodyHint>(&self, request: Request<Body>) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = request.method().clone();
         let served = self.serve(&request).await;
@@ -302,14 +391,32 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         response
     }
 
-    async fn serve<Body>(&self, request: &Request<Body>) -> Served {
+    async fn serve<Body: RequestBodyHint>(&self, request: &Request<Body>) -> Served {
+        let shared = &self.shared;
+        let settings = shared.settings.load_full();
+        if let Err(error) = check_request_head(request.uri(), request.headers(), &settings.limits) {
+            return Served::local(error, None);
+        }
+        // Absolute-form targets (`GET http://host/...`) are for forward proxies; this is not one.
+        // (An HTTP/2 request always carries :scheme and :authority; for it they mean nothing more.)
+        let absolute_form = request.version() < http::Version::HTTP_2
+            && (request.uri().scheme().is_some() || request.uri().authority().is_some());
+        if absolute_form {
+            return Served::local(ApiError::NoRoute, None);
+        }
         let lookup = match routes::route(request.method(), request.uri().path()) {
             Ok(lookup) => lookup,
             Err(error) => return Served::local(error, None),
         };
         let account_id = Some(lookup.account_id.to_string());
-        let shared = &self.shared;
-        let settings = shared.settings.load_full();
+        if request.body().may_have_body() {
+            return Served::local(ApiError::UnexpectedBody, account_id);
+        }
+        if let Some(allowed) = &settings.allowed_accounts {
+            if !allowed.contains(&lookup.account_id) {
+                return Served::local(ApiError::AccountNotAllowed, account_id);
+            }
+        }
         let credentials = match credentials::extract(
             request.headers(),
             settings.fallback_token.as_ref(),
@@ -341,6 +448,12 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             }
         }
 
+        // Everything below waits on Cloudflare (or on another request that does): bounded.
+        if shared.pending.fetch_add(1, AtomicOrdering::Relaxed) >= settings.limits.max_pending_lookups {
+            shared.pending.fetch_sub(1, AtomicOrdering::Relaxed);
+            return Served::local(ApiError::Overloaded, account_id);
+        }
+        let _pending = PendingGuard(&shared.pending);
         let fetch = {
             let shared = Arc::clone(&self.shared);
             let key = key.clone();

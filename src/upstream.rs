@@ -5,14 +5,21 @@
 use std::error::Error as _;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use base64::Engine as _;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -117,12 +124,131 @@ fn is_loopback_host(host: &str) -> bool {
     bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Which roots verify Cloudflare's certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsRoots {
+    /// Mozilla's roots, compiled in (webpki-roots): the same on every host.
+    Webpki,
+    /// The operating system's store (rustls-native-certs).
+    System,
+}
+
+/// TLS trust for the upstream connection. rustls only, TLS 1.2 and 1.3.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub roots: TlsRoots,
+    /// Extra CA certificates in PEM, for example a TLS-inspecting corporate egress.
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            roots: TlsRoots::Webpki,
+            extra_ca_file: None,
+        }
+    }
+}
+
+/// Reads every certificate of a PEM file; an empty or unreadable file is an error.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let text = std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let certificates = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("{} is not PEM ({error})", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certificates)
+}
+
+fn root_store(tls: &TlsSettings) -> Result<RootCertStore, String> {
+    let mut store = match tls.roots {
+        TlsRoots::Webpki => RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+        TlsRoots::System => {
+            let loaded = rustls_native_certs::load_native_certs();
+            let mut store = RootCertStore::empty();
+            let (added, _ignored) = store.add_parsable_certificates(loaded.certs);
+            if added == 0 {
+                return Err("no usable certificate in the system's root store".to_owned());
+            }
+            store
+        }
+    };
+    if let Some(path) = &tls.extra_ca_file {
+        for certificate in read_ca_file(path)? {
+            store
+                .add(certificate)
+                .map_err(|error| format!("{}: {error}", path.display()))?;
+        }
+    }
+    Ok(store)
+}
+
+/// An HTTP proxy for tunnelling (CONNECT) to Cloudflare, with optional basic credentials that
+/// are never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl {
+    uri: Uri,
+    authorization: Option<HeaderValue>,
+}
+
+impl ProxyUrl {
+    /// Pure: `http://host:port` or `http://user:password@host:port`.
+    pub fn parse(text: &str) -> Result<ProxyUrl, String> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|_| "not a valid URL (expected http://host:port)".to_owned())?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return Err("must be an http:// proxy URL (the tunnel to Cloudflare is TLS inside it)".to_owned());
+        }
+        let authority = uri.authority().ok_or_else(|| "must name a host".to_owned())?;
+        let (credentials, host_port) = match authority.as_str().rsplit_once('@') {
+            Some((credentials, host_port)) => (Some(credentials), host_port),
+            None => (None, authority.as_str()),
+        };
+        let clean: Uri = format!("http://{host_port}")
+            .parse()
+            .map_err(|_| "not a valid proxy host".to_owned())?;
+        let authorization = match credentials {
+            None => None,
+            Some(credentials) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+                let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+                    .map_err(|_| "proxy credentials cannot be sent in a header".to_owned())?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        Ok(ProxyUrl {
+            uri: clean,
+            authorization,
+        })
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let credentials = if self.authorization.is_some() {
+            " (with credentials)"
+        } else {
+            ""
+        };
+        write!(f, "ProxyUrl({}{credentials})", self.uri)
+    }
+}
+
 /// Settings the client is built from.
 #[derive(Clone, Debug)]
 pub struct UpstreamSettings {
     pub base: UpstreamBase,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    pub tls: TlsSettings,
+    /// Used for `https://` upstreams only.
+    pub proxy: Option<ProxyUrl>,
 }
 
 /// An answer from Cloudflare, as it will be relayed: status and body bytes unchanged, and the
@@ -158,7 +284,24 @@ impl UpstreamError {
     }
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// Request bodies are small and complete (the write pass-through of the integrations family).
+pub type RequestBody = Full<Bytes>;
+
+/// The pooled client, directly or through an HTTP proxy tunnel.
+#[derive(Clone)]
+enum HttpsClient {
+    Direct(Client<HttpsConnector<HttpConnector>, RequestBody>),
+    Proxied(Client<HttpsConnector<Tunnel<HttpConnector>>, RequestBody>),
+}
+
+impl HttpsClient {
+    fn request(&self, request: Request<RequestBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            HttpsClient::Direct(client) => client.request(request),
+            HttpsClient::Proxied(client) => client.request(request),
+        }
+    }
+}
 
 /// The upstream client: cheap to clone, one connection pool for the whole process.
 #[derive(Clone)]
@@ -175,19 +318,33 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(settings.connect_timeout));
-        let provider = rustls::crypto::ring::default_provider();
-        // Safe default protocol versions are TLS 1.2 and 1.3; ALPN offers h2 then http/1.1.
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // Safe default protocol versions are TLS 1.2 and 1.3.
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
             .map_err(|error| format!("TLS setup failed: {error}"))?
+            .with_root_certificates(root_store(&settings.tls)?)
+            .with_no_client_auth();
+        // ALPN offers h2, then http/1.1.
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
             .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+            .enable_all_versions();
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .pool_idle_timeout(Duration::from_secs(60));
+        let client = match &settings.proxy {
+            Some(proxy) if settings.base.scheme == Scheme::HTTPS => {
+                let mut tunnel = Tunnel::new(proxy.uri.clone(), http);
+                if let Some(authorization) = &proxy.authorization {
+                    tunnel = tunnel.with_auth(authorization.clone());
+                }
+                HttpsClient::Proxied(builder.build(https.wrap_connector(tunnel)))
+            }
+            _ => HttpsClient::Direct(builder.build(https.wrap_connector(http))),
+        };
         let user_agent =
             HeaderValue::from_static(concat!("zt-risk-sidecar/", env!("CARGO_PKG_VERSION")));
         Ok(Upstream {
@@ -220,7 +377,7 @@ impl Upstream {
             tracing::error!(%error, "could not build the upstream URI");
             UpstreamError::Unreachable
         })?;
-        let mut request = Request::new(Empty::new());
+        let mut request = Request::new(RequestBody::default());
         *request.method_mut() = Method::GET;
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
@@ -237,7 +394,7 @@ impl Upstream {
 
     async fn exchange(
         &self,
-        request: Request<Empty<Bytes>>,
+        request: Request<RequestBody>,
     ) -> Result<UpstreamAnswer, UpstreamError> {
         let response = self.client.request(request).await.map_err(|error| {
             let kind = classify_client_error(&error);
@@ -400,6 +557,34 @@ mod tests {
             Err("query"),
         );
         check("not a url", false, Err("not a valid URL"));
+    }
+
+    #[test]
+    fn proxy_urls() {
+        let plain = ProxyUrl::parse("http://127.0.0.1:3128").expect("valid");
+        assert_eq!(plain.uri.to_string(), "http://127.0.0.1:3128/");
+        assert!(plain.authorization.is_none());
+        let with_credentials = ProxyUrl::parse("http://user:s3cret@proxy.internal:8080").expect("valid");
+        assert_eq!(with_credentials.uri.to_string(), "http://proxy.internal:8080/");
+        assert_eq!(
+            with_credentials.authorization.as_ref().map(HeaderValue::as_bytes),
+            Some(&b"Basic dXNlcjpzM2NyZXQ="[..])
+        );
+        assert!(!format!("{with_credentials:?}").contains("s3cret"));
+        assert!(ProxyUrl::parse("https://proxy:8443").is_err());
+        assert!(ProxyUrl::parse("socks5://proxy:1080").is_err());
+        assert!(ProxyUrl::parse("proxy:3128").is_err());
+    }
+
+    #[test]
+    fn ca_files_must_hold_certificates() {
+        let dir = std::env::temp_dir().join(format!("zt-sidecar-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        assert!(read_ca_file(&empty).expect_err("empty").contains("no certificate"));
+        assert!(read_ca_file(&dir.join("missing.pem")).expect_err("missing").contains("cannot read"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

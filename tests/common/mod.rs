@@ -87,7 +87,7 @@ pub fn test_config(upstream: &str) -> Config {
         config::resolve(&Cli::default(), FileConfig::default(), None).expect("defaults are valid");
     config.upstream =
         zt_risk_sidecar::upstream::UpstreamBase::parse(upstream, false).expect("loopback upstream");
-    config.listen = "127.0.0.1:0".parse().expect("addr");
+    config.listen = zt_risk_sidecar::server::ListenAddr::Tcp("127.0.0.1:0".parse().expect("addr"));
     config.shutdown_grace = Duration::from_secs(5);
     config
 }
