@@ -1,0 +1,743 @@
+//! Hostile input and hostile neighbours: request and connection limits, slow clients, floods, the
+//! open-proxy attempts, the Unix domain socket listener, the account allow-list, and TLS to the
+//! upstream (verification with the right and the wrong root, through an HTTP proxy tunnel). The
+//! real server and the simulated API run on real loopback sockets.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use zt_risk_sidecar::config::Config;
+use zt_risk_sidecar::routes::AccountId;
+use zt_risk_sidecar::server::{ListenAddr, ServerLimits, UnixSocketSettings};
+use zt_risk_sidecar::simulator::{SimConfig, SimRoute, SimulatedCloudflare};
+use zt_risk_sidecar::upstream::{ProxyUrl, UpstreamBase};
+use zt_risk_sidecar::App;
+
+/// Sends raw bytes and reads until the server closes (requests say `Connection: close`).
+async fn raw_to(addr: SocketAddr, request: &[u8]) -> Reply {
+    raw_exchange(addr, request).await
+}
+
+fn get_request(target: &str, extra_headers: &str) -> Vec<u8> {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\n{extra_headers}Connection: close\r\n\r\n",
+        bearer(TOKEN_A)
+    )
+    .into_bytes()
+}
+
+/// The whole app (with its server limits) on real sockets.
+struct Running {
+    sim: SimulatedCloudflare,
+    lookups: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<zt_risk_sidecar::server::DrainOutcome>,
+}
+
+impl Running {
+    async fn start(configure: impl FnOnce(&mut Config)) -> Running {
+        let sim = SimulatedCloudflare::start(SimConfig::default())
+            .await
+            .expect("sim");
+        seed(&sim.handle());
+        let mut config = test_config(&sim.base_url());
+        configure(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let lookups = listener.local_addr().expect("addr");
+        let (stop, task) = spawn_app(&config, listener).await;
+        Running {
+            sim,
+            lookups,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("app");
+        self.sim.shutdown().await;
+    }
+}
+
+async fn spawn_app(
+    config: &Config,
+    listener: impl Into<zt_risk_sidecar::server::Listener> + Send + 'static,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<zt_risk_sidecar::server::DrainOutcome>,
+) {
+    let app = App::new(config).expect("app");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("admin");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.serve(listener, admin, Duration::from_secs(5), async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_get_envelopes_with_the_right_status() {
+    let running = Running::start(|config| {
+        config.request_limits.max_uri_bytes = 512;
+        config.request_limits.max_request_headers = 16;
+        config.request_limits.max_header_bytes = 2048;
+    })
+    .await;
+    let long_target = lookup_path(ACCOUNT, &"a".repeat(600));
+    let too_long = raw_to(running.lookups, &get_request(&long_target, "")).await;
+    assert_eq!(too_long.status, StatusCode::URI_TOO_LONG);
+    assert_eq!(too_long.error_code(), 10414);
+
+    let many: String = (0..20).map(|i| format!("X-Filler-{i}: x\r\n")).collect();
+    let too_many = raw_to(
+        running.lookups,
+        &get_request(&lookup_path(ACCOUNT, "x"), &many),
+    )
+    .await;
+    assert_eq!(too_many.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(too_many.error_code(), 10431);
+
+    let big = format!("X-Big: {}\r\n", "b".repeat(3000));
+    let too_big = raw_to(
+        running.lookups,
+        &get_request(&lookup_path(ACCOUNT, "x"), &big),
+    )
+    .await;
+    assert_eq!(too_big.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
+    let with_body = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        lookup_path(ACCOUNT, "x"),
+        bearer(TOKEN_A)
+    );
+    let body = raw_to(running.lookups, with_body.as_bytes()).await;
+    assert_eq!(body.status, StatusCode::BAD_REQUEST);
+    assert_eq!(body.error_code(), 10400);
+    let chunked = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        lookup_path(ACCOUNT, "x"),
+        bearer(TOKEN_A)
+    );
+    assert_eq!(
+        raw_to(running.lookups, chunked.as_bytes()).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(running.sim.handle().total_requests(), 0);
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_and_idle_clients_are_disconnected() {
+    let running = Running::start(|config| {
+        config.server_limits = ServerLimits {
+            header_read_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(30),
+            ..ServerLimits::default()
+        };
+    })
+    .await;
+    // Slow-loris: half a request head, then nothing. The paused clock moves to the timeout.
+    let mut slow = TcpStream::connect(running.lookups).await.expect("connect");
+    slow.write_all(b"GET /client/v4/accounts/")
+        .await
+        .expect("write");
+    let started = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest).await;
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(2),
+        "closed at the header read timeout"
+    );
+
+    // An idle keep-alive connection after a complete exchange is closed too.
+    let mut idle = TcpStream::connect(running.lookups).await.expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buffer = vec![0u8; 4096];
+    let read = idle.read(&mut buffer).await.expect("response");
+    assert!(buffer[..read].starts_with(b"HTTP/1.1 404"));
+    let waited = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest).await;
+    assert!(
+        waited.elapsed() <= Duration::from_secs(30),
+        "{:?}",
+        waited.elapsed()
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_get_a_fast_503() {
+    let running = Running::start(|config| {
+        config.server_limits.max_connections = 2;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(running.lookups).await.expect("connect");
+        // A complete request proves the server has taken the connection (and its permit).
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buffer = vec![0u8; 4096];
+        let read = stream.read(&mut buffer).await.expect("read");
+        assert!(buffer[..read].starts_with(b"HTTP/1.1 404"));
+        held.push(stream);
+    }
+    let refused = raw_to(
+        running.lookups,
+        &get_request(&lookup_path(ACCOUNT, "x"), ""),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.error_code(), 10508);
+    drop(held);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_misses_is_bounded_and_cached_lookups_are_still_served() {
+    let running = Running::start(|config| {
+        config.request_limits.max_pending_lookups = 4;
+    })
+    .await;
+    let sim = running.sim.handle();
+    sim.insert_integration(ACCOUNT, "cached", "https://tenant.okta.com");
+    let cached = raw_to(
+        running.lookups,
+        &get_request(&lookup_path(ACCOUNT, "cached"), ""),
+    )
+    .await;
+    assert_eq!(cached.status, StatusCode::OK);
+    let gate = sim.hold_requests();
+    let addr = running.lookups;
+    let flood: Vec<_> = (0..4)
+        .map(|index| {
+            tokio::spawn(async move {
+                raw_to(
+                    addr,
+                    &get_request(&lookup_path(ACCOUNT, &format!("flood-{index}")), ""),
+                )
+                .await
+            })
+        })
+        .collect();
+    while sim.held() != 4 {
+        tokio::task::yield_now().await;
+    }
+    // The four waiting lookups fill the bound: the next miss is refused at once...
+    let refused = raw_to(addr, &get_request(&lookup_path(ACCOUNT, "one-more"), "")).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.error_code(), 10508);
+    // ...while a cached lookup is served as usual.
+    let hit = raw_to(addr, &get_request(&lookup_path(ACCOUNT, "cached"), "")).await;
+    assert_eq!(hit.status, StatusCode::OK);
+    assert!(hit.cache_status().contains("hit"));
+    gate.release();
+    for lookup in flood {
+        assert_eq!(
+            lookup.await.expect("flood task").status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    running.stop().await;
+}
+
+/// What an attempt must lead to: a local answer with no upstream traffic, or exactly this upstream
+/// path (the configured host, the one route, one encoded segment).
+enum Expect {
+    Local(u16),
+    Forwarded(&'static str),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_can_make_the_sidecar_an_open_proxy() {
+    let running = Running::start(|_| {}).await;
+    let sim = running.sim.handle();
+    let prefix = format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id");
+    let cases: Vec<(String, String, Expect)> = vec![
+        // (request target, Host header and any extra lines, expectation)
+        (
+            format!("http://evil.example{prefix}/x"),
+            String::new(),
+            Expect::Local(404),
+        ),
+        (
+            format!("https://evil.example:8443{prefix}/x"),
+            String::new(),
+            Expect::Local(404),
+        ),
+        (
+            format!("//evil.example{prefix}/x"),
+            String::new(),
+            Expect::Local(404),
+        ),
+        ("evil.example:443".into(), String::new(), Expect::Local(404)),
+        ("*".into(), String::new(), Expect::Local(404)),
+        (
+            format!("{prefix}/x1"),
+            "evil.example".into(),
+            Expect::Forwarded("x1"),
+        ),
+        (
+            format!("{prefix}/x2"),
+            "127.0.0.1\r\nX-Forwarded-Host: evil.example\r\nForwarded: host=evil".into(),
+            Expect::Forwarded("x2"),
+        ),
+        (
+            format!("{prefix}/x3"),
+            "evil.example:8443\r\nX-Forwarded-Proto: http".into(),
+            Expect::Forwarded("x3"),
+        ),
+        (
+            format!("{prefix}/a%2Fb"),
+            String::new(),
+            Expect::Forwarded("a%2Fb"),
+        ),
+        (
+            format!("{prefix}/a%252Fb"),
+            String::new(),
+            Expect::Forwarded("a%252Fb"),
+        ),
+        (
+            format!("{prefix}/..%2F..%2Fuser%2Ftokens"),
+            String::new(),
+            Expect::Forwarded("..%2F..%2Fuser%2Ftokens"),
+        ),
+        (
+            format!("{prefix}/%2E%2E"),
+            String::new(),
+            Expect::Local(400),
+        ),
+        (format!("{prefix}/.."), String::new(), Expect::Local(400)),
+        (format!("{prefix}/%2e"), String::new(), Expect::Local(400)),
+        (
+            format!("{prefix}/../../user/tokens"),
+            String::new(),
+            Expect::Local(404),
+        ),
+        (
+            format!("{prefix}/x/../../../../user/tokens"),
+            String::new(),
+            Expect::Local(404),
+        ),
+        // A raw backslash is not a separator here: it becomes part of the id, encoded.
+        (
+            format!("{prefix}/a\\b"),
+            String::new(),
+            Expect::Forwarded("a%5Cb"),
+        ),
+        (
+            format!("{prefix}/c%5Cd"),
+            String::new(),
+            Expect::Forwarded("c%5Cd"),
+        ),
+        (format!("{prefix}/a%00b"), String::new(), Expect::Local(400)),
+        (
+            format!("{prefix}/%C0%AF"),
+            String::new(),
+            Expect::Local(400),
+        ),
+        (
+            format!("{prefix}/%E0%80%AE%E0%80%AE"),
+            String::new(),
+            Expect::Local(400),
+        ),
+        (
+            format!("{prefix}/x%3F.evil%23"),
+            String::new(),
+            Expect::Forwarded("x%3F.evil%23"),
+        ),
+        (
+            format!("{prefix}/x4?../../user/tokens"),
+            String::new(),
+            Expect::Forwarded("x4"),
+        ),
+        // A fragment is not part of the path (the http crate drops it): never forwarded.
+        (
+            format!("{prefix}/x5#/../../user/tokens"),
+            String::new(),
+            Expect::Forwarded("x5"),
+        ),
+        (
+            format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations"),
+            String::new(),
+            Expect::Local(404),
+        ),
+        (
+            format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/summary"),
+            String::new(),
+            Expect::Local(404),
+        ),
+        (
+            "/client/v4/user/tokens/verify".into(),
+            String::new(),
+            Expect::Local(404),
+        ),
+        (
+            format!("/client/v4/accounts/{ACCOUNT}%2Fzt_risk_scoring/integrations/reference_id/x"),
+            String::new(),
+            Expect::Local(404),
+        ),
+        (
+            format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id%2Fx"),
+            String::new(),
+            Expect::Local(404),
+        ),
+        (
+            format!(
+                "/client/v4/accounts/..%2F{ACCOUNT}/zt_risk_scoring/integrations/reference_id/x"
+            ),
+            String::new(),
+            Expect::Local(400),
+        ),
+        (
+            format!("/CLIENT/V4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id/x"),
+            String::new(),
+            Expect::Local(404),
+        ),
+    ];
+    for (target, host, expected) in cases {
+        sim.reset_counters();
+        let host = if host.is_empty() {
+            "127.0.0.1".to_owned()
+        } else {
+            host
+        };
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            bearer(TOKEN_A)
+        );
+        let reply = raw_to(running.lookups, request.as_bytes()).await;
+        match expected {
+            Expect::Local(status) => {
+                assert_eq!(reply.status.as_u16(), status, "{target}: {:?}", reply.body);
+                assert_eq!(sim.total_requests(), 0, "{target} reached upstream");
+            }
+            Expect::Forwarded(segment) => {
+                assert_eq!(sim.total_requests(), 1, "{target}");
+                let recorded = sim.recorded();
+                let forwarded = &recorded[0];
+                assert_eq!(
+                    forwarded.path_and_query,
+                    format!("{prefix}/{segment}"),
+                    "{target}"
+                );
+                let host = forwarded
+                    .headers
+                    .get("host")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                assert_eq!(
+                    host,
+                    running.sim.addr().to_string(),
+                    "{target}: the configured host"
+                );
+                assert!(forwarded.headers.get("x-forwarded-host").is_none());
+                assert!(forwarded.headers.get("forwarded").is_none());
+            }
+        }
+    }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_accounts_are_refused_locally_when_an_allow_list_is_set() {
+    let running = Running::start(|config| {
+        config.allowed_accounts = Some(vec![AccountId::parse(ACCOUNT).expect("account")]);
+    })
+    .await;
+    let sim = running.sim.handle();
+    let allowed = raw_to(
+        running.lookups,
+        &get_request(&lookup_path(ACCOUNT, "x"), ""),
+    )
+    .await;
+    assert_eq!(allowed.status, StatusCode::NOT_FOUND);
+    let other = raw_to(
+        running.lookups,
+        &get_request(&lookup_path(OTHER_ACCOUNT, "x"), ""),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    assert_eq!(other.error_code(), 9109);
+    assert_eq!(
+        sim.requests(SimRoute::ReferenceGet),
+        1,
+        "only the allowed account went upstream"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_listener_serves_lookups_with_its_file_mode() {
+    let sim = SimulatedCloudflare::start(SimConfig::default())
+        .await
+        .expect("sim");
+    seed(&sim.handle());
+    sim.handle()
+        .insert_integration(ACCOUNT, "uds", "https://tenant.okta.com");
+    let dir = std::env::temp_dir().join(format!("zt-sidecar-uds-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("sidecar.sock");
+    let mut config = test_config(&sim.base_url());
+    config.listen = ListenAddr::Unix(path.clone());
+    config.unix_socket = UnixSocketSettings {
+        mode: 0o600,
+        group: Some(nix::unistd::getgid().as_raw().to_string()),
+    };
+    let listener = zt_risk_sidecar::server::bind(&config.listen, &config.unix_socket)
+        .await
+        .expect("bind unix socket");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let (stop, task) = spawn_app(&config, listener).await;
+    for expected in ["fwd=miss", "hit"] {
+        let mut stream = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
+        stream
+            .write_all(&get_request(&lookup_path(ACCOUNT, "uds"), ""))
+            .await
+            .expect("write");
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).await.expect("read");
+        let reply = parse_http1(&bytes);
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(
+            reply.cache_status().contains(expected),
+            "{}",
+            reply.cache_status()
+        );
+    }
+    let _ = stop.send(());
+    task.await.expect("app");
+    assert!(!path.exists(), "the socket file is removed on shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+    sim.shutdown().await;
+}
+
+/// A certificate authority and a server certificate for 127.0.0.1, made for this test.
+struct TestPki {
+    ca_pem: String,
+    server_chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    server_key: rustls_pki_types::PrivateKeyDer<'static>,
+}
+
+fn make_pki(name: &str) -> TestPki {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let server_key = rcgen::KeyPair::generate().expect("server key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([
+            127, 0, 0, 1,
+        ])));
+    let server_cert = params.signed_by(&server_key, &issuer).expect("server cert");
+    TestPki {
+        ca_pem: ca_cert.pem(),
+        server_chain: vec![server_cert.der().clone()],
+        server_key: rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+    }
+}
+
+/// Terminates TLS on a loopback port with `pki`'s server certificate and relays the plaintext to
+/// the simulated API: Cloudflare's API over TLS, as far as the sidecar can tell.
+async fn tls_front(pki: &TestPki, backend: SocketAddr) -> SocketAddr {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tls");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A failed handshake (the wrong root on the client side) just ends here.
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut plain) = TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A minimal HTTP CONNECT proxy on loopback that records the targets it was asked for.
+async fn connect_proxy(seen: Arc<Mutex<Vec<String>>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let target = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                seen.lock()
+                    .expect("lock")
+                    .push(text.lines().next().unwrap_or("").to_owned());
+                let Ok(target_addr) = target.parse::<SocketAddr>() else {
+                    let _ = client.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                    return;
+                };
+                assert!(
+                    target_addr.ip().is_loopback(),
+                    "the test proxy only reaches loopback"
+                );
+                let Ok(mut upstream) = TcpStream::connect(target_addr).await else {
+                    return;
+                };
+                if client
+                    .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_upstream_verifies_against_the_configured_roots() {
+    let sim = SimulatedCloudflare::start(SimConfig::default())
+        .await
+        .expect("sim");
+    seed(&sim.handle());
+    sim.handle()
+        .insert_integration(ACCOUNT, "tls", "https://tenant.okta.com");
+    let pki = make_pki("right");
+    let front = tls_front(&pki, sim.addr()).await;
+    let dir = std::env::temp_dir().join(format!("zt-sidecar-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let right_ca = dir.join("right-ca.pem");
+    std::fs::write(&right_ca, &pki.ca_pem).expect("write");
+    let wrong_ca = dir.join("wrong-ca.pem");
+    std::fs::write(&wrong_ca, make_pki("wrong").ca_pem).expect("write");
+    let https_base = format!("https://127.0.0.1:{}/client/v4", front.port());
+
+    let run = |extra_ca: Option<std::path::PathBuf>, proxy: Option<ProxyUrl>| {
+        let mut config = test_config(&sim.base_url());
+        config.upstream = UpstreamBase::parse(&https_base, false).expect("https upstream");
+        config.tls.extra_ca_file = extra_ca;
+        config.https_proxy = proxy;
+        config.upstream_retries = 0;
+        config
+    };
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let lookup = |harness: &Harness| harness.url(&lookup_path(ACCOUNT, "tls"));
+
+    // The right root: verified, answered, over TLS.
+    let sim_for_right = SimulatedCloudflare::start(SimConfig::default())
+        .await
+        .expect("idle sim");
+    let right = Harness::start_in_front_of(sim_for_right, run(Some(right_ca.clone()), None)).await;
+    let reply = send_with(
+        &client,
+        Method::GET,
+        &lookup(&right),
+        &[("authorization", &bearer(TOKEN_A))],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(sim.handle().requests(SimRoute::ReferenceGet), 1);
+    right.stop().await;
+
+    // A different root, or only the built-in web roots: the handshake fails, nothing is sent.
+    for extra in [Some(wrong_ca.clone()), None] {
+        let idle = SimulatedCloudflare::start(SimConfig::default())
+            .await
+            .expect("idle sim");
+        let wrong = Harness::start_in_front_of(idle, run(extra.clone(), None)).await;
+        let reply = send_with(
+            &client,
+            Method::GET,
+            &lookup(&wrong),
+            &[("authorization", &bearer(TOKEN_A))],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{extra:?}");
+        assert_eq!(reply.error_code(), 10502);
+        wrong.stop().await;
+    }
+    assert_eq!(
+        sim.handle().requests(SimRoute::ReferenceGet),
+        1,
+        "no request crossed a failed handshake"
+    );
+
+    // Through an HTTP proxy: CONNECT to the upstream, then TLS inside the tunnel.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let proxy_addr = connect_proxy(Arc::clone(&seen)).await;
+    let proxy = ProxyUrl::parse(&format!("http://{proxy_addr}")).expect("proxy url");
+    let idle = SimulatedCloudflare::start(SimConfig::default())
+        .await
+        .expect("idle sim");
+    let proxied = Harness::start_in_front_of(idle, run(Some(right_ca.clone()), Some(proxy))).await;
+    let reply = send_with(
+        &client,
+        Method::GET,
+        &lookup(&proxied),
+        &[("authorization", &bearer(TOKEN_B))],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let lines = seen.lock().expect("lock").clone();
+    assert_eq!(
+        lines,
+        vec![format!("CONNECT 127.0.0.1:{} HTTP/1.1", front.port())]
+    );
+    proxied.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    sim.shutdown().await;
+}
