@@ -212,6 +212,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Admin<S, B> {
         let purged = self.proxy.store().purge(scope).await;
         let scope_name = match scope {
             PurgeScope::Lookup { .. } => "lookup",
+            PurgeScope::Integration { .. } => "integration",
             PurgeScope::Account { .. } => "account",
             PurgeScope::All => "all",
         };

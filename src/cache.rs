@@ -12,16 +12,16 @@ use moka::Expiry;
 use tokio::time::Instant;
 
 use crate::credentials::Partition;
-use crate::routes::{AccountId, Lookup, ReferenceId};
+use crate::routes::{AccountId, IntegrationId, Lookup, ReferenceId, Subject};
 use crate::upstream::UpstreamAnswer;
 
 /// What a cached answer is filed under. Two requests share an entry only if they carry the same
-/// credentials, name the same account and the same decoded reference id.
+/// credentials, name the same account and the same subject (decoded reference id, or id).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct CacheKey {
     pub partition: Partition,
     pub account_id: AccountId,
-    pub reference_id: ReferenceId,
+    pub subject: Subject,
 }
 
 impl CacheKey {
@@ -29,9 +29,29 @@ impl CacheKey {
         CacheKey {
             partition,
             account_id: lookup.account_id,
-            reference_id: lookup.reference_id.clone(),
+            subject: lookup.subject.clone(),
         }
     }
+}
+
+/// The integration an answer names, as far as write-through invalidation cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnsweredIntegration {
+    pub id: IntegrationId,
+    pub reference_id: Option<String>,
+}
+
+/// Pure: the integration a Cloudflare envelope's `result` names (`result.id` and
+/// `result.reference_id`), if any.
+pub fn answered_integration(body: &[u8]) -> Option<AnsweredIntegration> {
+    let envelope: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let result = envelope.get("result")?;
+    let id = IntegrationId::parse(result.get("id")?.as_str()?)?;
+    let reference_id = result
+        .get("reference_id")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
+    Some(AnsweredIntegration { id, reference_id })
 }
 
 /// A stored answer and its timing. Cloning is cheap (the answer is shared).
@@ -43,6 +63,9 @@ pub struct CacheEntry {
     pub fresh_for: Duration,
     /// How long after `stored_at` the entry is kept at all: freshness plus the longest stale window.
     pub retain_for: Duration,
+    /// The integration the stored answer names (none for "not found"), so that a write to it can
+    /// drop every entry that returned it.
+    pub integration: Option<IntegrationId>,
 }
 
 impl CacheEntry {
@@ -61,8 +84,11 @@ impl CacheEntry {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len())
             .sum();
-        let total =
-            self.answer.body.len() + headers + key.reference_id.as_str().len() + FIXED_OVERHEAD;
+        let subject = match &key.subject {
+            Subject::Reference(reference_id) => reference_id.as_str().len(),
+            Subject::Integration(_) => 0,
+        };
+        let total = self.answer.body.len() + headers + subject + FIXED_OVERHEAD;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 }
@@ -198,13 +224,21 @@ pub fn is_refresh_failure(status: StatusCode, storability: Storability) -> bool 
             && matches!(storability, Storability::No(_)))
 }
 
-/// Which entries an operator's purge drops. Credential partitions are never named: a purge of a
-/// lookup drops it for every credential.
+/// Which entries a purge drops: an operator's, or the write-through invalidation after a
+/// successful write. Credential partitions are never named: a purge drops entries for every
+/// credential.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PurgeScope {
+    /// The lookup of one reference id.
     Lookup {
         account_id: AccountId,
         reference_id: ReferenceId,
+    },
+    /// Every entry that names one integration: its lookup by id, and every lookup by reference id
+    /// whose stored answer returned it.
+    Integration {
+        account_id: AccountId,
+        integration_id: IntegrationId,
     },
     Account {
         account_id: AccountId,
@@ -213,13 +247,24 @@ pub enum PurgeScope {
 }
 
 impl PurgeScope {
-    /// Pure: whether the entry under `key` is in scope.
-    pub fn matches(&self, key: &CacheKey) -> bool {
+    /// Pure: whether the entry `entry` under `key` is in scope.
+    pub fn matches(&self, key: &CacheKey, entry: &CacheEntry) -> bool {
         match self {
             PurgeScope::Lookup {
                 account_id,
                 reference_id,
-            } => key.account_id == *account_id && key.reference_id == *reference_id,
+            } => {
+                key.account_id == *account_id
+                    && key.subject == Subject::Reference(reference_id.clone())
+            }
+            PurgeScope::Integration {
+                account_id,
+                integration_id,
+            } => {
+                key.account_id == *account_id
+                    && (key.subject == Subject::Integration(*integration_id)
+                        || entry.integration == Some(*integration_id))
+            }
             PurgeScope::Account { account_id } => key.account_id == *account_id,
             PurgeScope::All => true,
         }
@@ -240,6 +285,8 @@ pub struct StoreSize {
 pub trait AnswerStore: Send + Sync + 'static {
     fn get(&self, key: &CacheKey) -> impl Future<Output = Option<CacheEntry>> + Send;
     fn insert(&self, key: CacheKey, entry: CacheEntry) -> impl Future<Output = ()> + Send;
+    /// Drops one entry, if present.
+    fn remove(&self, key: &CacheKey) -> impl Future<Output = ()> + Send;
     /// Drops every entry in `scope` and says how many went.
     fn purge(&self, scope: &PurgeScope) -> impl Future<Output = u64> + Send;
     fn size(&self) -> impl Future<Output = StoreSize> + Send;
@@ -330,12 +377,16 @@ impl AnswerStore for LocalStore {
         self.cache.insert(key, entry).await;
     }
 
+    async fn remove(&self, key: &CacheKey) {
+        self.cache.remove(key).await;
+    }
+
     async fn purge(&self, scope: &PurgeScope) -> u64 {
         // Walk the entries to count exactly what goes; purges are rare operator actions.
         let doomed: Vec<Arc<CacheKey>> = self
             .cache
             .iter()
-            .filter(|(key, _)| scope.matches(key))
+            .filter(|(key, entry)| scope.matches(key, entry))
             .map(|(key, _)| key)
             .collect();
         let mut purged = 0;
@@ -456,6 +507,7 @@ mod tests {
             stored_at: Instant::now(),
             fresh_for: Duration::from_secs(fresh_secs),
             retain_for: Duration::from_secs(fresh_secs),
+            integration: answered_integration(body.as_bytes()).map(|answered| answered.id),
         }
     }
 
@@ -474,7 +526,7 @@ mod tests {
         CacheKey {
             partition,
             account_id: AccountId::parse(account).expect("account"),
-            reference_id: ReferenceId::decode(reference).expect("reference"),
+            subject: Subject::Reference(ReferenceId::decode(reference).expect("reference")),
         }
     }
 
@@ -505,6 +557,60 @@ mod tests {
         assert_eq!(store.size().await.entries, 2);
         assert_eq!(store.purge(&PurgeScope::All).await, 2);
         assert_eq!(store.size().await.entries, 0);
+    }
+
+    #[tokio::test]
+    async fn an_integration_purge_drops_every_entry_that_named_it() {
+        let store = LocalStore::new(1 << 20);
+        const X: &str = "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e";
+        let names_x: &'static str = r#"{"errors":[],"messages":[],"success":true,"result":{"id":"182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e","reference_id":"old"}}"#;
+        let other: &'static str = r#"{"errors":[],"messages":[],"success":true,"result":{"id":"00000000-0000-4000-8000-000000000000","reference_id":"r2"}}"#;
+        let x = IntegrationId::parse(X).expect("id");
+        let by_id = |partition: &str| CacheKey {
+            subject: Subject::Integration(x),
+            ..key(partition, A1, "unused")
+        };
+        for partition in ["t1", "t2"] {
+            store
+                .insert(key(partition, A1, "old"), entry(names_x, 60))
+                .await;
+            store
+                .insert(key(partition, A1, "r2"), entry(other, 60))
+                .await;
+            store.insert(by_id(partition), entry(names_x, 60)).await;
+        }
+        store.insert(key("t1", A2, "old"), entry(names_x, 60)).await;
+        let scope = PurgeScope::Integration {
+            account_id: AccountId::parse(A1).expect("account"),
+            integration_id: x,
+        };
+        assert_eq!(
+            store.purge(&scope).await,
+            4,
+            "by reference and by id, both credentials"
+        );
+        assert!(store.get(&key("t2", A1, "r2")).await.is_some());
+        assert!(
+            store.get(&key("t1", A2, "old")).await.is_some(),
+            "another account is untouched"
+        );
+    }
+
+    #[test]
+    fn answered_integrations() {
+        assert_eq!(
+            answered_integration(FOUND.as_bytes()),
+            Some(AnsweredIntegration {
+                id: IntegrationId::parse("182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e").expect("id"),
+                reference_id: Some("r".to_owned()),
+            })
+        );
+        assert_eq!(answered_integration(NOT_FOUND.as_bytes()), None);
+        assert_eq!(answered_integration(b"garbage"), None);
+        assert_eq!(
+            answered_integration(br#"{"result":{"id":"not-a-uuid"}}"#),
+            None
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
@@ -27,6 +28,8 @@ pub struct FetchAbandoned;
 struct InFlight<V> {
     receiver: watch::Receiver<Option<V>>,
     followers: usize,
+    /// Tells this fetch apart from a later one for the same key.
+    id: u64,
 }
 
 type Table<K, V> = Mutex<HashMap<K, InFlight<V>>>;
@@ -34,12 +37,14 @@ type Table<K, V> = Mutex<HashMap<K, InFlight<V>>>;
 /// The in-flight table. Cheap to clone.
 pub struct Coalescer<K, V> {
     in_flight: Arc<Table<K, V>>,
+    next_id: Arc<AtomicU64>,
 }
 
 impl<K, V> Clone for Coalescer<K, V> {
     fn clone(&self) -> Self {
         Coalescer {
             in_flight: Arc::clone(&self.in_flight),
+            next_id: Arc::clone(&self.next_id),
         }
     }
 }
@@ -48,6 +53,7 @@ impl<K, V> Default for Coalescer<K, V> {
     fn default() -> Self {
         Coalescer {
             in_flight: Arc::new(Mutex::new(HashMap::new())),
+            next_id: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -104,14 +110,17 @@ where
             return (Role::Follower, in_flight.receiver.clone());
         }
         let (sender, receiver) = watch::channel(None);
+        let id = self.next_id.fetch_add(1, AtomicOrdering::Relaxed);
         let in_flight = InFlight {
             receiver: receiver.clone(),
             followers: 0,
+            id,
         };
         table.insert(key.clone(), in_flight);
         let flight = Flight {
             table: Arc::clone(&self.in_flight),
             key,
+            id,
             sender: Some(sender),
         };
         let future = fetch();
@@ -120,6 +129,19 @@ where
             flight.complete(outcome);
         });
         (Role::Leader, receiver)
+    }
+
+    /// Detaches every fetch in flight whose key matches: they run to completion for the callers
+    /// already waiting, but later callers start a fresh fetch. Used after a write, so that no
+    /// lookup that starts after it joins a fetch that started before it.
+    pub fn detach_if(&self, mut matches: impl FnMut(&K) -> bool) -> usize {
+        let mut table = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = table.len();
+        table.retain(|key, _| !matches(key));
+        before - table.len()
     }
 
     /// How many callers joined the fetch in flight for `key` (0 when there is none).
@@ -155,6 +177,7 @@ where
 struct Flight<K: Hash + Eq, V> {
     table: Arc<Table<K, V>>,
     key: K,
+    id: u64,
     sender: Option<watch::Sender<Option<V>>>,
 }
 
@@ -167,11 +190,15 @@ impl<K: Hash + Eq, V> Flight<K, V> {
         }
     }
 
+    /// Removes this fetch's entry, unless it was detached and a later fetch holds the key.
     fn remove_from_table(&self) {
-        self.table
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.key);
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if table
+            .get(&self.key)
+            .is_some_and(|in_flight| in_flight.id == self.id)
+        {
+            table.remove(&self.key);
+        }
     }
 }
 
@@ -309,6 +336,55 @@ mod tests {
         }
         release.send(()).expect("fetch waiting");
         assert_eq!(joined.await.expect("joined"), (Role::Follower, Ok(5)));
+    }
+
+    #[tokio::test]
+    async fn a_detached_fetch_serves_its_waiters_but_not_later_callers() {
+        let coalescer: Coalescer<u8, &'static str> = Coalescer::default();
+        let (release_old, old_released) = oneshot::channel::<()>();
+        let early = {
+            let coalescer = coalescer.clone();
+            tokio::spawn(async move {
+                coalescer
+                    .run(1, move || async move {
+                        let _ = old_released.await;
+                        "before the write"
+                    })
+                    .await
+            })
+        };
+        while coalescer.in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(coalescer.detach_if(|key| *key == 1), 1);
+        let (release_new, new_released) = oneshot::channel::<()>();
+        let late = {
+            let coalescer = coalescer.clone();
+            tokio::spawn(async move {
+                coalescer
+                    .run(1, move || async move {
+                        let _ = new_released.await;
+                        "after the write"
+                    })
+                    .await
+            })
+        };
+        while coalescer.in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The old fetch ends first; it must not remove the new fetch's entry.
+        release_old.send(()).expect("old fetch waiting");
+        assert_eq!(
+            early.await.expect("early"),
+            (Role::Leader, Ok("before the write"))
+        );
+        assert_eq!(coalescer.in_flight(), 1, "the new fetch is still joinable");
+        release_new.send(()).expect("new fetch waiting");
+        assert_eq!(
+            late.await.expect("late"),
+            (Role::Leader, Ok("after the write"))
+        );
+        assert_eq!(coalescer.in_flight(), 0);
     }
 
     #[tokio::test]

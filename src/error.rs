@@ -47,6 +47,8 @@ pub enum ApiError {
     HeadersTooLarge,
     /// A lookup carried a request body.
     UnexpectedBody,
+    /// A write's request body is larger than the bound.
+    PayloadTooLarge,
     /// The account is not on the configured allow-list.
     AccountNotAllowed,
     /// Too many lookups are already waiting on Cloudflare.
@@ -71,6 +73,7 @@ impl ApiError {
             | ApiError::BadAdminRequest { .. }
             | ApiError::UnexpectedBody => StatusCode::BAD_REQUEST,
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::AccountNotAllowed => StatusCode::FORBIDDEN,
             ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -98,6 +101,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => 971,
             ApiError::UpstreamDown { .. } => 10503,
             ApiError::UriTooLong => 10414,
+            ApiError::PayloadTooLarge => 10413,
             ApiError::HeadersTooLarge => 10431,
             ApiError::UnexpectedBody => 10400,
             ApiError::AccountNotAllowed => 9109,
@@ -138,8 +142,11 @@ impl ApiError {
                 "zt-risk-sidecar considers the Cloudflare API unavailable; retry later".to_owned()
             }
             ApiError::UriTooLong => "Request URI too long".to_owned(),
+            ApiError::PayloadTooLarge => "Request body too large (at most 64 KiB)".to_owned(),
             ApiError::HeadersTooLarge => "Request headers too large".to_owned(),
-            ApiError::UnexpectedBody => "Invalid request: a lookup takes no request body".to_owned(),
+            ApiError::UnexpectedBody => {
+                "Invalid request: a lookup takes no request body".to_owned()
+            }
             ApiError::AccountNotAllowed => "Unauthorized to access requested resource".to_owned(),
             ApiError::Overloaded => "zt-risk-sidecar is overloaded; retry later".to_owned(),
             ApiError::AdminUnauthorized => "Authentication error".to_owned(),
@@ -284,6 +291,7 @@ mod tests {
             10503,
         );
         check(ApiError::UriTooLong, 414, 10414);
+        check(ApiError::PayloadTooLarge, 413, 10413);
         check(ApiError::HeadersTooLarge, 431, 10431);
         check(ApiError::UnexpectedBody, 400, 10400);
         check(ApiError::AccountNotAllowed, 403, 9109);

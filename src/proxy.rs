@@ -4,12 +4,15 @@
 //! outbound call).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AGE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use http_body_util::Full;
 use tokio::time::Instant;
 
@@ -17,15 +20,15 @@ use arc_swap::ArcSwap;
 
 use crate::budget::{cool_down_for, retry_after_secs, Admission, BudgetPolicy, UpstreamBudget};
 use crate::cache::{
-    is_refresh_failure, storability, AnswerStore, CacheEntry, CacheKey, Freshness, StaleUse,
-    TtlPolicy,
+    answered_integration, is_refresh_failure, storability, AnswerStore, CacheEntry, CacheKey,
+    Freshness, PurgeScope, StaleUse, TtlPolicy,
 };
 use crate::coalesce::{Coalescer, Role};
 use crate::credentials::{self, Credentials, FallbackToken, PartitionKey};
 use crate::error::{ApiError, SDK_RETRY_AFTER_LIMIT_SECS, X_SHOULD_RETRY};
 use crate::metrics::Metrics;
 use crate::resilience::{backoff, health_of, is_retryable, Breaker, BreakerPolicy, Health, Pass};
-use crate::routes::{self, AccountId, Lookup, REFERENCE_ROUTE};
+use crate::routes::{self, AccountId, Lookup, ReferenceId, Route, REFERENCE_ROUTE};
 use crate::server::ResponseBody;
 use crate::upstream::{Upstream, UpstreamAnswer, UpstreamError};
 
@@ -51,6 +54,8 @@ pub enum CacheOutcome {
     Stale(StaleReason),
     /// No answer could be had and nothing stale could stand in.
     Unavailable,
+    /// Passed through without the cache: the integrations list and the writes.
+    Bypass,
     /// Answered by the sidecar itself (bad input), without the cache or upstream.
     Local,
 }
@@ -63,6 +68,7 @@ impl CacheOutcome {
             CacheOutcome::Collapsed => "collapsed",
             CacheOutcome::Stale(_) => "stale",
             CacheOutcome::Unavailable => "unavailable",
+            CacheOutcome::Bypass => "bypass",
             CacheOutcome::Local => "local",
         }
     }
@@ -181,8 +187,14 @@ impl Default for RequestLimits {
 }
 
 /// Pure: the first request-level bound a request head breaks, if any.
-pub fn check_request_head(uri: &http::Uri, headers: &http::HeaderMap, limits: &RequestLimits) -> Result<(), ApiError> {
-    let target_length = uri.path_and_query().map_or(0, |target| target.as_str().len());
+pub fn check_request_head(
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    limits: &RequestLimits,
+) -> Result<(), ApiError> {
+    let target_length = uri
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
     if target_length > limits.max_uri_bytes {
         return Err(ApiError::UriTooLong);
     }
@@ -199,32 +211,73 @@ pub fn check_request_head(uri: &http::Uri, headers: &http::HeaderMap, limits: &R
     Ok(())
 }
 
-/// Whether a request body may carry bytes; a lookup must not.
-pub trait RequestBodyHint {
+/// The largest request body relayed on a write.
+pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024;
+
+/// Why a request body could not be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    TooLarge,
+    Broken,
+}
+
+/// A request body as the request path needs it: whether it may carry bytes (a lookup must not),
+/// and its bytes up to a bound (a write relays them).
+pub trait RequestBody: Send + 'static {
     fn may_have_body(&self) -> bool;
+    fn collect_limited(self, limit: usize)
+        -> impl Future<Output = Result<Bytes, BodyError>> + Send;
 }
 
-impl RequestBodyHint for hyper::body::Incoming {
+impl RequestBody for hyper::body::Incoming {
     fn may_have_body(&self) -> bool {
         !hyper::body::Body::is_end_stream(self)
     }
-}
 
-impl RequestBodyHint for () {
-    fn may_have_body(&self) -> bool {
-        false
+    async fn collect_limited(self, limit: usize) -> Result<Bytes, BodyError> {
+        collect_limited(self, limit).await
     }
 }
 
-impl RequestBodyHint for http_body_util::Empty<bytes::Bytes> {
-    fn may_have_body(&self) -> bool {
-        false
-    }
-}
-
-impl RequestBodyHint for Full<bytes::Bytes> {
+impl RequestBody for Full<Bytes> {
     fn may_have_body(&self) -> bool {
         !hyper::body::Body::is_end_stream(self)
+    }
+
+    async fn collect_limited(self, limit: usize) -> Result<Bytes, BodyError> {
+        collect_limited(self, limit).await
+    }
+}
+
+impl RequestBody for () {
+    fn may_have_body(&self) -> bool {
+        false
+    }
+
+    async fn collect_limited(self, _limit: usize) -> Result<Bytes, BodyError> {
+        Ok(Bytes::new())
+    }
+}
+
+impl RequestBody for http_body_util::Empty<Bytes> {
+    fn may_have_body(&self) -> bool {
+        false
+    }
+
+    async fn collect_limited(self, _limit: usize) -> Result<Bytes, BodyError> {
+        Ok(Bytes::new())
+    }
+}
+
+async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Broken),
     }
 }
 
@@ -272,6 +325,9 @@ struct Shared<S, B> {
     settings: ArcSwap<LiveSettings>,
     metrics: Arc<Metrics>,
     pending: AtomicUsize,
+    /// Bumped by every successful write; a fetch that began before a write does not keep its
+    /// answer in the cache.
+    writes: AtomicU64,
 }
 
 /// The facts of one answered request, for the log line.
@@ -280,6 +336,8 @@ struct Served {
     outcome: CacheOutcome,
     upstream_status: Option<StatusCode>,
     account_id: Option<String>,
+    /// The route template; `None` when the request matched no route.
+    route: Option<&'static str>,
 }
 
 impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
@@ -302,6 +360,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 settings: ArcSwap::from_pointee(settings),
                 metrics,
                 pending: AtomicUsize::new(0),
+                writes: AtomicU64::new(0),
             }),
         }
     }
@@ -345,16 +404,14 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
     }
 
     /// Answers one request. Never fails: every error becomes a Cloudflare-style envelope.
-    pub async fn handle<Body: RequestBodyHint>(&self, request: Request<Body>) -> Response<ResponseBody> {
+    pub async fn handle<Body: RequestBody>(
+        &self,
+        request: Request<Body>,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
-        let method = request.method().clone();
-        let served = self.serve(&request).await;
+        let (parts, body) = request.into_parts();
+        let served = self.serve(&parts, body).await;
         let status = served.response.status();
-        let route = if served.outcome == CacheOutcome::Local && status == StatusCode::NOT_FOUND {
-            "unrouted"
-        } else {
-            REFERENCE_ROUTE
-        };
         let stale_reason = match served.outcome {
             CacheOutcome::Stale(reason) => Some(reason.as_str()),
             _ => None,
@@ -367,8 +424,8 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             _ => {}
         }
         tracing::info!(
-            method = %method,
-            route,
+            method = %parts.method,
+            route = served.route.unwrap_or("unrouted"),
             account_id = served.account_id.as_deref().unwrap_or("-"),
             status = status.as_u16(),
             cache = served.outcome.as_str(),
@@ -378,7 +435,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             "request"
         );
         let mut response = served.response;
-        if method == Method::HEAD {
+        if parts.method == Method::HEAD {
             // Same headers as GET (Content-Length included), no body.
             let length = hyper::body::Body::size_hint(response.body())
                 .exact()
@@ -391,40 +448,80 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         response
     }
 
-    async fn serve<Body: RequestBodyHint>(&self, request: &Request<Body>) -> Served {
+    async fn serve<Body: RequestBody>(&self, parts: &http::request::Parts, body: Body) -> Served {
         let shared = &self.shared;
         let settings = shared.settings.load_full();
-        if let Err(error) = check_request_head(request.uri(), request.headers(), &settings.limits) {
-            return Served::local(error, None);
+        if let Err(error) = check_request_head(&parts.uri, &parts.headers, &settings.limits) {
+            return Served::local(error, None, None);
         }
         // Absolute-form targets (`GET http://host/...`) are for forward proxies; this is not one.
         // (An HTTP/2 request always carries :scheme and :authority; for it they mean nothing more.)
-        let absolute_form = request.version() < http::Version::HTTP_2
-            && (request.uri().scheme().is_some() || request.uri().authority().is_some());
+        let absolute_form = parts.version < http::Version::HTTP_2
+            && (parts.uri.scheme().is_some() || parts.uri.authority().is_some());
         if absolute_form {
-            return Served::local(ApiError::NoRoute, None);
+            return Served::local(ApiError::NoRoute, None, None);
         }
-        let lookup = match routes::route(request.method(), request.uri().path()) {
-            Ok(lookup) => lookup,
-            Err(error) => return Served::local(error, None),
+        let route = match routes::route(&parts.method, parts.uri.path()) {
+            Ok(route) => route,
+            Err(ApiError::NoRoute) => return Served::local(ApiError::NoRoute, None, None),
+            Err(error) => return Served::local(error, None, Some(REFERENCE_ROUTE)),
         };
-        let account_id = Some(lookup.account_id.to_string());
-        if request.body().may_have_body() {
-            return Served::local(ApiError::UnexpectedBody, account_id);
-        }
+        let template = Some(route.template());
+        let account_id = Some(route.account_id().to_string());
         if let Some(allowed) = &settings.allowed_accounts {
-            if !allowed.contains(&lookup.account_id) {
-                return Served::local(ApiError::AccountNotAllowed, account_id);
+            if !allowed.contains(&route.account_id()) {
+                return Served::local(ApiError::AccountNotAllowed, account_id, template);
             }
         }
         let credentials = match credentials::extract(
-            request.headers(),
+            &parts.headers,
             settings.fallback_token.as_ref(),
             &shared.partition_key,
         ) {
             Ok(credentials) => credentials,
-            Err(error) => return Served::local(error, account_id),
+            Err(error) => return Served::local(error, account_id, template),
         };
+        let lookup = match route {
+            Route::Lookup(lookup) => lookup,
+            Route::List { .. } => {
+                if body.may_have_body() {
+                    return Served::local(ApiError::UnexpectedBody, account_id, template);
+                }
+                let served = self.pass_through(&route, parts, None, &credentials).await;
+                return served.about(account_id, template);
+            }
+            Route::Create { .. } | Route::Update { .. } | Route::Delete { .. } => {
+                let bytes = match body.collect_limited(MAX_REQUEST_BODY_BYTES).await {
+                    Ok(bytes) => bytes,
+                    Err(BodyError::TooLarge) => {
+                        return Served::local(ApiError::PayloadTooLarge, account_id, template)
+                    }
+                    Err(BodyError::Broken) => {
+                        return Served::local(ApiError::UnexpectedBody, account_id, template)
+                    }
+                };
+                let served = self
+                    .pass_through(&route, parts, Some(bytes), &credentials)
+                    .await;
+                return served.about(account_id, template);
+            }
+        };
+        if body.may_have_body() {
+            return Served::local(ApiError::UnexpectedBody, account_id, template);
+        }
+        self.serve_lookup(lookup, credentials, &settings)
+            .await
+            .about(account_id, template)
+    }
+
+    /// A cached lookup: the cache, stale serving, coalescing, the upstream fetch.
+    async fn serve_lookup(
+        &self,
+        lookup: Lookup,
+        credentials: Credentials,
+        settings: &LiveSettings,
+    ) -> Served {
+        let shared = &self.shared;
         let key = CacheKey::new(credentials.partition(), &lookup);
 
         // A fresh entry is a hit; a recently expired one is served at once while one background
@@ -434,13 +531,13 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             let now = Instant::now();
             match entry.freshness(now) {
                 Freshness::Fresh { remaining } => {
-                    return Served::hit(&entry, remaining, now, account_id);
+                    return Served::hit(&entry, remaining, now);
                 }
                 Freshness::Stale { expired_ago } => match settings.ttl.stale_use(expired_ago) {
                     StaleUse::ServeAndRevalidate => {
                         self.refresh_in_background(key, lookup, credentials);
                         let detail = StaleReason::WhileRevalidate;
-                        return Served::stale(&entry, detail, None, now, account_id);
+                        return Served::stale(&entry, detail, None, now);
                     }
                     StaleUse::FallbackOnError => fallback = Some(entry),
                     StaleUse::Unusable => {}
@@ -449,9 +546,11 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         }
 
         // Everything below waits on Cloudflare (or on another request that does): bounded.
-        if shared.pending.fetch_add(1, AtomicOrdering::Relaxed) >= settings.limits.max_pending_lookups {
+        if shared.pending.fetch_add(1, AtomicOrdering::Relaxed)
+            >= settings.limits.max_pending_lookups
+        {
             shared.pending.fetch_sub(1, AtomicOrdering::Relaxed);
-            return Served::local(ApiError::Overloaded, account_id);
+            return Served::local(ApiError::Overloaded, None, None);
         }
         let _pending = PendingGuard(&shared.pending);
         let fetch = {
@@ -464,7 +563,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             Ok(fetched) => fetched,
             Err(_abandoned) => {
                 tracing::error!("an upstream fetch task ended without an outcome");
-                return Served::local(ApiError::Internal, account_id);
+                return Served::local(ApiError::Internal, None, None);
             }
         };
         let outcome = match role {
@@ -478,7 +577,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                     Freshness::Fresh { remaining } => remaining,
                     Freshness::Stale { .. } => Duration::ZERO,
                 };
-                Served::hit(&entry, remaining, now, account_id)
+                Served::hit(&entry, remaining, now)
             }
             (
                 Fetched::Answered {
@@ -489,7 +588,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 Some(entry),
             ) => {
                 let status = Some(answer.status);
-                Served::stale(&entry, StaleReason::IfError, status, now, account_id)
+                Served::stale(&entry, StaleReason::IfError, status, now)
             }
             (Fetched::Answered { answer, stored, .. }, _) => {
                 let mut response = relay(&answer, false);
@@ -505,32 +604,27 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                     response,
                     outcome,
                     upstream_status: Some(answer.status),
-                    account_id,
+                    account_id: None,
+                    route: None,
                 }
             }
             (Fetched::Failed(_), Some(entry)) => {
-                Served::stale(&entry, StaleReason::IfError, None, now, account_id)
+                Served::stale(&entry, StaleReason::IfError, None, now)
             }
             (Fetched::Failed(error), None) => {
-                let api_error = match error {
-                    UpstreamError::Connect | UpstreamError::Unreachable => {
-                        ApiError::UpstreamUnreachable
-                    }
-                    UpstreamError::Timeout => ApiError::UpstreamTimeout,
-                    UpstreamError::BodyTooLarge => ApiError::UpstreamInvalidResponse,
-                };
-                let mut response = api_error.to_response();
+                let mut response = upstream_error(error).to_response();
                 let cache_status = format!("{CACHE_NAME}; fwd=miss; detail={}", error.as_str());
                 set_cache_status(&mut response, &cache_status);
                 Served {
                     response,
                     outcome,
                     upstream_status: None,
-                    account_id,
+                    account_id: None,
+                    route: None,
                 }
             }
             (Fetched::Refused(refusal), Some(entry)) => {
-                Served::stale(&entry, refusal.stale_reason(), None, now, account_id)
+                Served::stale(&entry, refusal.stale_reason(), None, now)
             }
             (Fetched::Refused(refusal), None) => {
                 if let Refusal::BudgetExhausted { .. } | Refusal::CoolingDown { .. } = refusal {
@@ -545,9 +639,107 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                     response,
                     outcome: CacheOutcome::Unavailable,
                     upstream_status: None,
-                    account_id,
+                    account_id: None,
+                    route: None,
                 }
             }
+        }
+    }
+
+    /// The rest of the integrations family: one upstream call with the caller's credentials,
+    /// never cached, coalesced or retried; it still spends budget and respects the breaker. A
+    /// successful write then drops every cached lookup it made stale.
+    async fn pass_through(
+        &self,
+        route: &Route,
+        parts: &http::request::Parts,
+        body: Option<Bytes>,
+        credentials: &Credentials,
+    ) -> Served {
+        let shared = &self.shared;
+        let pass = shared.breaker.call();
+        if let Pass::Rejected { retry_after } = pass {
+            return Served::local(Refusal::UpstreamDown { retry_after }.to_error(), None, None);
+        }
+        let partition = credentials.partition();
+        let refusal = match shared.budget.admit(partition).await {
+            Admission::Granted { tokens_left } => {
+                shared.metrics.set_budget_tokens(tokens_left);
+                None
+            }
+            Admission::CoolingDown { retry_after } => Some(Refusal::CoolingDown { retry_after }),
+            Admission::Exhausted { retry_after } => Some(Refusal::BudgetExhausted { retry_after }),
+        };
+        if let Some(refusal) = refusal {
+            shared.breaker.record(pass, Health::NotCalled);
+            shared.metrics.record_local_rate_limited(refusal.detail());
+            return Served::local(refusal.to_error(), None, None);
+        }
+        let is_write = !matches!(route, Route::List { .. });
+        // A HEAD of the collection is asked upstream as GET; the body is dropped on the way back.
+        let (method, mut path) = if is_write {
+            (parts.method.clone(), route.upstream_path())
+        } else {
+            (Method::GET, route.upstream_path())
+        };
+        if !is_write {
+            // The list takes paging parameters; they pass through as they came.
+            if let Some(query) = parts.uri.query() {
+                path.push('?');
+                path.push_str(query);
+            }
+        }
+        let content_type = parts.headers.get(http::header::CONTENT_TYPE).cloned();
+        let body = body.map(|bytes| (bytes, content_type));
+        let deadline = Instant::now() + shared.upstream.request_timeout();
+        let started = Instant::now();
+        let result = shared
+            .upstream
+            .send(method, &path, credentials, body, deadline)
+            .await;
+        let summary = result
+            .as_ref()
+            .map(|answer| answer.status)
+            .map_err(|error| *error);
+        let label = match &summary {
+            Ok(status) => status.as_str().to_owned(),
+            Err(error) => error.as_str().to_owned(),
+        };
+        shared.metrics.record_upstream(&label, started.elapsed());
+        shared.breaker.record(pass, health_of(&summary));
+        let answer = match result {
+            Ok(answer) => answer,
+            Err(error) => return Served::local(upstream_error(error), None, None),
+        };
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = answer
+                .headers
+                .iter()
+                .find(|(name, _)| name == RETRY_AFTER)
+                .and_then(|(_, value)| value.to_str().ok());
+            shared
+                .budget
+                .cool_down(partition, cool_down_for(retry_after))
+                .await;
+        }
+        if is_write && answer.status.is_success() {
+            shared.invalidate_after_write(route, &answer).await;
+        }
+        let mut response = relay(&answer, false);
+        let forward = if is_write { "method" } else { "bypass" };
+        set_cache_status(
+            &mut response,
+            &format!(
+                "{CACHE_NAME}; fwd={forward}; fwd-status={}",
+                answer.status.as_u16()
+            ),
+        );
+        Served {
+            response,
+            outcome: CacheOutcome::Bypass,
+            upstream_status: Some(answer.status),
+            account_id: None,
+            route: None,
         }
     }
 
@@ -562,6 +754,51 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
 }
 
 impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
+    /// After a successful write: no fetch that began before it may store its answer, no lookup
+    /// after it may join such a fetch, and every cached lookup it made stale goes, in every
+    /// credential partition: those that returned the written integration (by id or by reference
+    /// id, so an update's old reference id too), and those of the reference id it now has (a
+    /// cached "not found" of a created integration, or the new reference id of an update).
+    async fn invalidate_after_write(&self, route: &Route, answer: &UpstreamAnswer) {
+        let account_id = route.account_id();
+        self.writes.fetch_add(1, AtomicOrdering::SeqCst);
+        self.flights.detach_if(|key| key.account_id == account_id);
+        let answered = answered_integration(&answer.body);
+        let mut scopes = Vec::new();
+        match route {
+            Route::Update { integration_id, .. } | Route::Delete { integration_id, .. } => {
+                scopes.push(PurgeScope::Integration {
+                    account_id,
+                    integration_id: *integration_id,
+                });
+            }
+            _ => {}
+        }
+        if let Some(answered) = answered {
+            if matches!(route, Route::Create { .. }) {
+                scopes.push(PurgeScope::Integration {
+                    account_id,
+                    integration_id: answered.id,
+                });
+            }
+            if let Some(reference_id) = answered
+                .reference_id
+                .as_deref()
+                .and_then(ReferenceId::from_decoded)
+            {
+                scopes.push(PurgeScope::Lookup {
+                    account_id,
+                    reference_id,
+                });
+            }
+        }
+        let mut purged = 0;
+        for scope in &scopes {
+            purged += self.store.purge(scope).await;
+        }
+        tracing::debug!(purged, "write-through invalidation");
+    }
+
     /// The leader's work, in its own task: upstream calls within the budget, the breaker and the
     /// request's deadline, retried on connection failures and 502/503/504, and the answer stored
     /// when cacheable.
@@ -574,6 +811,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             }
         }
         let settings = self.settings.load_full();
+        let writes_before = self.writes.load(AtomicOrdering::SeqCst);
         let deadline = Instant::now() + self.upstream.request_timeout();
         let path = lookup.upstream_path();
         let partition = credentials.partition();
@@ -668,32 +906,42 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             stored_at: Instant::now(),
             fresh_for,
             retain_for: ttl.retain_for(fresh_for),
+            integration: answered_integration(&answer.body).map(|answered| answered.id),
         };
-        self.store.insert(key, entry).await;
+        self.store.insert(key.clone(), entry).await;
+        // A write that completed while this fetch ran may have made its answer stale; its purge
+        // ran either after this insert (and took it) or before it (and then this takes it back).
+        let stored = self.writes.load(AtomicOrdering::SeqCst) == writes_before;
+        if !stored {
+            self.store.remove(&key).await;
+        }
         Fetched::Answered {
             answer,
-            stored: true,
+            stored,
             failure,
         }
     }
 }
 
 impl Served {
-    fn local(error: ApiError, account_id: Option<String>) -> Served {
+    fn local(error: ApiError, account_id: Option<String>, route: Option<&'static str>) -> Served {
         Served {
             response: error.to_response(),
             outcome: CacheOutcome::Local,
             upstream_status: None,
             account_id,
+            route,
         }
     }
 
-    fn hit(
-        entry: &CacheEntry,
-        remaining: Duration,
-        now: Instant,
-        account_id: Option<String>,
-    ) -> Served {
+    /// Names the account and the route this answer was about, for the log line.
+    fn about(mut self, account_id: Option<String>, route: Option<&'static str>) -> Served {
+        self.account_id = account_id;
+        self.route = route;
+        self
+    }
+
+    fn hit(entry: &CacheEntry, remaining: Duration, now: Instant) -> Served {
         let mut response = relay(&entry.answer, true);
         set_age(&mut response, entry, now);
         let cache_status = format!("{CACHE_NAME}; hit; ttl={}", remaining.as_secs());
@@ -702,7 +950,8 @@ impl Served {
             response,
             outcome: CacheOutcome::Hit,
             upstream_status: None,
-            account_id,
+            account_id: None,
+            route: None,
         }
     }
 
@@ -713,7 +962,6 @@ impl Served {
         reason: StaleReason,
         upstream_status: Option<StatusCode>,
         now: Instant,
-        account_id: Option<String>,
     ) -> Served {
         let mut response = relay(&entry.answer, true);
         set_age(&mut response, entry, now);
@@ -738,7 +986,8 @@ impl Served {
             response,
             outcome: CacheOutcome::Stale(reason),
             upstream_status,
-            account_id,
+            account_id: None,
+            route: None,
         }
     }
 }
@@ -766,6 +1015,15 @@ fn relay(answer: &UpstreamAnswer, replay: bool) -> Response<ResponseBody> {
         }
     }
     response
+}
+
+/// The local answer when no upstream answer could be had.
+fn upstream_error(error: UpstreamError) -> ApiError {
+    match error {
+        UpstreamError::Connect | UpstreamError::Unreachable => ApiError::UpstreamUnreachable,
+        UpstreamError::Timeout => ApiError::UpstreamTimeout,
+        UpstreamError::BodyTooLarge => ApiError::UpstreamInvalidResponse,
+    }
 }
 
 fn set_age(response: &mut Response<ResponseBody>, entry: &CacheEntry, now: Instant) {

@@ -120,6 +120,16 @@ impl ReferenceId {
         Ok(ReferenceId(Arc::from(decoded.as_ref())))
     }
 
+    /// Validates an id that is already decoded (as Cloudflare returns it in `result.reference_id`).
+    pub fn from_decoded(decoded: &str) -> Option<ReferenceId> {
+        let valid = !decoded.is_empty()
+            && decoded.len() <= MAX_REFERENCE_ID_BYTES
+            && !decoded.chars().any(char::is_control)
+            && decoded != "."
+            && decoded != "..";
+        valid.then(|| ReferenceId(Arc::from(decoded)))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -146,70 +156,264 @@ fn escapes_are_well_formed(bytes: &[u8]) -> bool {
     true
 }
 
-/// One lookup: the only thing this sidecar forwards.
+/// An integration id: a UUID, kept as its 16 bytes, printed in lowercase hyphenated form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IntegrationId([u8; 16]);
+
+impl IntegrationId {
+    /// Parses `8-4-4-4-12` hex digits (either case); anything else is `None`.
+    pub fn parse(text: &str) -> Option<IntegrationId> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 36 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        let mut nibbles = 0;
+        for (index, byte) in bytes.iter().enumerate() {
+            if matches!(index, 8 | 13 | 18 | 23) {
+                if *byte != b'-' {
+                    return None;
+                }
+                continue;
+            }
+            let value = match byte {
+                b'0'..=b'9' => byte - b'0',
+                b'a'..=b'f' => byte - b'a' + 10,
+                b'A'..=b'F' => byte - b'A' + 10,
+                _ => return None,
+            };
+            out[nibbles / 2] |= if nibbles % 2 == 0 { value << 4 } else { value };
+            nibbles += 1;
+        }
+        Some(IntegrationId(out))
+    }
+}
+
+impl fmt::Display for IntegrationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, byte) in self.0.iter().enumerate() {
+            if matches!(index, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for IntegrationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IntegrationId({self})")
+    }
+}
+
+/// What a cached lookup names: an integration by its reference id, or by its own id.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum Subject {
+    Reference(ReferenceId),
+    Integration(IntegrationId),
+}
+
+/// A cacheable lookup (GET or HEAD).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Lookup {
     pub account_id: AccountId,
-    pub reference_id: ReferenceId,
+    pub subject: Subject,
 }
 
 impl Lookup {
     /// The upstream path below the configured base (which ends in `/client/v4`).
     pub fn upstream_path(&self) -> String {
-        format!(
-            "/accounts/{}/zt_risk_scoring/integrations/reference_id/{}",
-            self.account_id,
-            self.reference_id.to_path_segment()
-        )
+        match &self.subject {
+            Subject::Reference(reference_id) => format!(
+                "/accounts/{}/zt_risk_scoring/integrations/reference_id/{}",
+                self.account_id,
+                reference_id.to_path_segment()
+            ),
+            Subject::Integration(integration_id) => format!(
+                "/accounts/{}/zt_risk_scoring/integrations/{integration_id}",
+                self.account_id
+            ),
+        }
     }
+
+    /// The route template, for logs and metrics.
+    pub fn template(&self) -> &'static str {
+        match self.subject {
+            Subject::Reference(_) => REFERENCE_ROUTE,
+            Subject::Integration(_) => INTEGRATION_ROUTE,
+        }
+    }
+
+    /// The reference id, for a lookup by reference id.
+    pub fn reference_id(&self) -> Option<&ReferenceId> {
+        match &self.subject {
+            Subject::Reference(reference_id) => Some(reference_id),
+            Subject::Integration(_) => None,
+        }
+    }
+}
+
+/// The route template of the integrations collection.
+pub const INTEGRATIONS_ROUTE: &str =
+    "/client/v4/accounts/{account_id}/zt_risk_scoring/integrations";
+
+/// The route template of one integration.
+pub const INTEGRATION_ROUTE: &str =
+    "/client/v4/accounts/{account_id}/zt_risk_scoring/integrations/{integration_id}";
+
+/// Methods the collection answers.
+pub const COLLECTION_ALLOW: &str = "GET, HEAD, POST";
+
+/// Methods one integration answers.
+pub const ITEM_ALLOW: &str = "GET, HEAD, PUT, DELETE";
+
+/// Every request this sidecar serves: cached lookups, and the rest of the integrations family,
+/// which passes through uncached.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Route {
+    /// GET or HEAD by reference id or by id: cached.
+    Lookup(Lookup),
+    /// GET or HEAD of the collection: passed through, not cached.
+    List { account_id: AccountId },
+    /// POST to the collection.
+    Create { account_id: AccountId },
+    /// PUT of one integration.
+    Update {
+        account_id: AccountId,
+        integration_id: IntegrationId,
+    },
+    /// DELETE of one integration.
+    Delete {
+        account_id: AccountId,
+        integration_id: IntegrationId,
+    },
+}
+
+impl Route {
+    pub fn account_id(&self) -> AccountId {
+        match self {
+            Route::Lookup(lookup) => lookup.account_id,
+            Route::List { account_id }
+            | Route::Create { account_id }
+            | Route::Update { account_id, .. }
+            | Route::Delete { account_id, .. } => *account_id,
+        }
+    }
+
+    /// The route template, for logs and metrics.
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Lookup(lookup) => lookup.template(),
+            Route::List { .. } | Route::Create { .. } => INTEGRATIONS_ROUTE,
+            Route::Update { .. } | Route::Delete { .. } => INTEGRATION_ROUTE,
+        }
+    }
+
+    /// The upstream path below the configured base.
+    pub fn upstream_path(&self) -> String {
+        match self {
+            Route::Lookup(lookup) => lookup.upstream_path(),
+            Route::List { account_id } | Route::Create { account_id } => {
+                format!("/accounts/{account_id}/zt_risk_scoring/integrations")
+            }
+            Route::Update {
+                account_id,
+                integration_id,
+            }
+            | Route::Delete {
+                account_id,
+                integration_id,
+            } => format!("/accounts/{account_id}/zt_risk_scoring/integrations/{integration_id}"),
+        }
+    }
+}
+
+/// The shape of a path below `/accounts/{account_id}/zt_risk_scoring/integrations`.
+enum Shape<'a> {
+    Collection,
+    ByReference(&'a str),
+    Item(&'a str),
 }
 
 /// Routes a request. `path` is the raw, still percent-encoded path without the query string.
 ///
-/// Order of checks: the path shape (else 404), the method (else 405), the account id (else 400
-/// 7003), the reference id (else 400 7003). A query string is ignored by design: the endpoint takes
-/// no parameters, it is neither forwarded nor part of the cache key.
-pub fn route(method: &Method, path: &str) -> Result<Lookup, ApiError> {
+/// Order of checks: the path shape (else 404), the method (else 405 with `Allow`), the account id
+/// (else 400 7003), the reference or integration id (else 400 7003). A query string is ignored on
+/// lookups by design: they take no parameters, so it is neither forwarded nor part of the key.
+pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     let below_prefix = path.strip_prefix(API_PREFIX).unwrap_or(path);
     let mut segments = below_prefix.split('/');
     // A path that does not start with '/' has a non-empty first piece and matches nothing.
-    let shape = (
-        segments.next(),
-        segments.next(),
-        segments.next(),
+    let head = (
         segments.next(),
         segments.next(),
         segments.next(),
         segments.next(),
         segments.next(),
     );
-    let (raw_account, raw_reference) = match shape {
+    let raw_account = match head {
         (
             Some(""),
             Some("accounts"),
             Some(account),
             Some("zt_risk_scoring"),
             Some("integrations"),
-            Some("reference_id"),
-            Some(reference),
-            None,
-        ) if !account.is_empty() && !reference.is_empty() => (account, reference),
+        ) if !account.is_empty() => account,
         _ => return Err(ApiError::NoRoute),
     };
-    if method != Method::GET && method != Method::HEAD {
-        return Err(ApiError::MethodNotAllowed {
-            allow: LOOKUP_ALLOW,
-        });
+    let tail = (segments.next(), segments.next(), segments.next());
+    let shape = match tail {
+        (None, None, None) => Shape::Collection,
+        (Some("reference_id"), Some(reference), None) if !reference.is_empty() => {
+            Shape::ByReference(reference)
+        }
+        (Some(item), None, None) if !item.is_empty() => Shape::Item(item),
+        _ => return Err(ApiError::NoRoute),
+    };
+    let is_read = method == Method::GET || method == Method::HEAD;
+    let allowed = match shape {
+        Shape::Collection => is_read || method == Method::POST,
+        Shape::ByReference(_) => is_read,
+        Shape::Item(_) => is_read || method == Method::PUT || method == Method::DELETE,
+    };
+    if !allowed {
+        let allow = match shape {
+            Shape::Collection => COLLECTION_ALLOW,
+            Shape::ByReference(_) => LOOKUP_ALLOW,
+            Shape::Item(_) => ITEM_ALLOW,
+        };
+        return Err(ApiError::MethodNotAllowed { allow });
     }
     let Some(account_id) = AccountId::parse(raw_account) else {
         return Err(ApiError::InvalidAccountId {
             path: path.to_owned(),
         });
     };
-    let reference_id = ReferenceId::decode(raw_reference)?;
-    Ok(Lookup {
-        account_id,
-        reference_id,
+    let item = |raw: &str| {
+        IntegrationId::parse(raw).ok_or_else(|| ApiError::InvalidAccountId {
+            path: path.to_owned(),
+        })
+    };
+    Ok(match shape {
+        Shape::Collection if is_read => Route::List { account_id },
+        Shape::Collection => Route::Create { account_id },
+        Shape::ByReference(raw) => Route::Lookup(Lookup {
+            account_id,
+            subject: Subject::Reference(ReferenceId::decode(raw)?),
+        }),
+        Shape::Item(raw) if is_read => Route::Lookup(Lookup {
+            account_id,
+            subject: Subject::Integration(item(raw)?),
+        }),
+        Shape::Item(raw) if method == Method::PUT => Route::Update {
+            account_id,
+            integration_id: item(raw)?,
+        },
+        Shape::Item(raw) => Route::Delete {
+            account_id,
+            integration_id: item(raw)?,
+        },
     })
 }
 
@@ -220,11 +424,12 @@ mod tests {
     const ACCOUNT: &str = "023e105f4ecef8ad9ca31a8372d0c353";
 
     fn check(method: Method, path: &str, expected: Result<(&str, &str), ApiError>) {
-        let actual = route(&method, path).map(|lookup| {
-            (
-                lookup.account_id.to_string(),
-                lookup.reference_id.as_str().to_owned(),
-            )
+        let actual = route(&method, path).map(|route| match route {
+            Route::Lookup(Lookup {
+                account_id,
+                subject: Subject::Reference(reference_id),
+            }) => (account_id.to_string(), reference_id.as_str().to_owned()),
+            other => panic!("{method} {path} routed to {other:?}"),
         });
         let expected = expected.map(|(a, r)| (a.to_owned(), r.to_owned()));
         assert_eq!(actual, expected, "{method} {path}");
@@ -255,8 +460,9 @@ mod tests {
             "*",
             "/client/v4",
             "/client/v4/accounts",
-            &format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations"),
-            &format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id"),
+            &format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/summary"),
+            &format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/"),
+            &format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id/a/b"),
             &format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id/"),
             "/client/v4/accounts//zt_risk_scoring/integrations/reference_id/x",
             &lookup_path("abc/"),
@@ -407,6 +613,105 @@ mod tests {
         assert_eq!(
             lookup.upstream_path(),
             format!("/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id/a%2Fb")
+        );
+    }
+
+    const ID: &str = "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e";
+
+    #[test]
+    fn the_integrations_family_routes_by_method() {
+        let account = AccountId::parse(ACCOUNT).expect("account");
+        let id = IntegrationId::parse(ID).expect("id");
+        let collection = format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations");
+        let item = format!("{collection}/{ID}");
+        let check = |method: Method, path: &str, expected: Result<Route, ApiError>| {
+            assert_eq!(route(&method, path), expected, "{method} {path}");
+        };
+        check(
+            Method::GET,
+            &collection,
+            Ok(Route::List {
+                account_id: account,
+            }),
+        );
+        check(
+            Method::HEAD,
+            &collection,
+            Ok(Route::List {
+                account_id: account,
+            }),
+        );
+        check(
+            Method::POST,
+            &collection,
+            Ok(Route::Create {
+                account_id: account,
+            }),
+        );
+        check(
+            Method::PUT,
+            &collection,
+            Err(ApiError::MethodNotAllowed {
+                allow: COLLECTION_ALLOW,
+            }),
+        );
+        let by_id = Route::Lookup(Lookup {
+            account_id: account,
+            subject: Subject::Integration(id),
+        });
+        check(Method::GET, &item, Ok(by_id.clone()));
+        check(
+            Method::GET,
+            &format!("{collection}/{}", ID.to_uppercase()),
+            Ok(by_id),
+        );
+        check(
+            Method::PUT,
+            &item,
+            Ok(Route::Update {
+                account_id: account,
+                integration_id: id,
+            }),
+        );
+        check(
+            Method::DELETE,
+            &item,
+            Ok(Route::Delete {
+                account_id: account,
+                integration_id: id,
+            }),
+        );
+        check(
+            Method::POST,
+            &item,
+            Err(ApiError::MethodNotAllowed { allow: ITEM_ALLOW }),
+        );
+        check(
+            Method::PATCH,
+            &item,
+            Err(ApiError::MethodNotAllowed { allow: ITEM_ALLOW }),
+        );
+        for bad in [
+            "not-a-uuid",
+            "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26",
+            "182bd5e56e1a4fe4a799aa6d9a6ab26e0000",
+            "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab2zz",
+            "reference_id",
+        ] {
+            let path = format!("{collection}/{bad}");
+            check(
+                Method::GET,
+                &path,
+                Err(ApiError::InvalidAccountId { path: path.clone() }),
+            );
+        }
+        assert_eq!(
+            route(&Method::PUT, &item).expect("routes").upstream_path(),
+            format!("/accounts/{ACCOUNT}/zt_risk_scoring/integrations/{ID}")
+        );
+        assert_eq!(
+            IntegrationId::parse(&ID.to_uppercase()).map(|id| id.to_string()),
+            Some(ID.to_owned())
         );
     }
 }

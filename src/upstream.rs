@@ -152,7 +152,8 @@ impl Default for TlsSettings {
 
 /// Reads every certificate of a PEM file; an empty or unreadable file is an error.
 pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let text = std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let text =
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
     let certificates = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| format!("{} is not PEM ({error})", path.display()))?;
@@ -202,9 +203,14 @@ impl ProxyUrl {
             .parse()
             .map_err(|_| "not a valid URL (expected http://host:port)".to_owned())?;
         if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err("must be an http:// proxy URL (the tunnel to Cloudflare is TLS inside it)".to_owned());
+            return Err(
+                "must be an http:// proxy URL (the tunnel to Cloudflare is TLS inside it)"
+                    .to_owned(),
+            );
         }
-        let authority = uri.authority().ok_or_else(|| "must name a host".to_owned())?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| "must name a host".to_owned())?;
         let (credentials, host_port) = match authority.as_str().rsplit_once('@') {
             Some((credentials, host_port)) => (Some(credentials), host_port),
             None => (None, authority.as_str()),
@@ -372,17 +378,39 @@ impl Upstream {
         credentials: &Credentials,
         deadline: tokio::time::Instant,
     ) -> Result<UpstreamAnswer, UpstreamError> {
-        let uri = self.base.uri_for(path_below_base).map_err(|error| {
-            // The path comes from routes.rs and is always valid; this is a bug if it happens.
-            tracing::error!(%error, "could not build the upstream URI");
-            UpstreamError::Unreachable
-        })?;
-        let mut request = Request::new(RequestBody::default());
-        *request.method_mut() = Method::GET;
+        self.send(Method::GET, path_below_base, credentials, None, deadline)
+            .await
+    }
+
+    /// Sends `{method} {base}{path_and_query_below_base}` with the caller's credentials and, for
+    /// a write, its body and content type, unchanged. Forwarded headers: the credentials,
+    /// `Accept`, the sidecar's `User-Agent` and, with a body, `Content-Type`; nothing else.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query_below_base: &str,
+        credentials: &Credentials,
+        body: Option<(Bytes, Option<HeaderValue>)>,
+        deadline: tokio::time::Instant,
+    ) -> Result<UpstreamAnswer, UpstreamError> {
+        let uri = self
+            .base
+            .uri_for(path_and_query_below_base)
+            .map_err(|error| {
+                // The path comes from routes.rs and is always valid; this is a bug if it happens.
+                tracing::error!(%error, "could not build the upstream URI");
+                UpstreamError::Unreachable
+            })?;
+        let (bytes, content_type) = body.unwrap_or_default();
+        let mut request = Request::new(RequestBody::new(bytes));
+        *request.method_mut() = method;
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, self.user_agent.clone());
+        if let Some(content_type) = content_type {
+            headers.insert(CONTENT_TYPE, content_type);
+        }
         for (name, value) in credentials.headers() {
             headers.insert(name.clone(), value.clone());
         }
@@ -564,10 +592,17 @@ mod tests {
         let plain = ProxyUrl::parse("http://127.0.0.1:3128").expect("valid");
         assert_eq!(plain.uri.to_string(), "http://127.0.0.1:3128/");
         assert!(plain.authorization.is_none());
-        let with_credentials = ProxyUrl::parse("http://user:s3cret@proxy.internal:8080").expect("valid");
-        assert_eq!(with_credentials.uri.to_string(), "http://proxy.internal:8080/");
+        let with_credentials =
+            ProxyUrl::parse("http://user:s3cret@proxy.internal:8080").expect("valid");
         assert_eq!(
-            with_credentials.authorization.as_ref().map(HeaderValue::as_bytes),
+            with_credentials.uri.to_string(),
+            "http://proxy.internal:8080/"
+        );
+        assert_eq!(
+            with_credentials
+                .authorization
+                .as_ref()
+                .map(HeaderValue::as_bytes),
             Some(&b"Basic dXNlcjpzM2NyZXQ="[..])
         );
         assert!(!format!("{with_credentials:?}").contains("s3cret"));
@@ -582,8 +617,12 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "").expect("write");
-        assert!(read_ca_file(&empty).expect_err("empty").contains("no certificate"));
-        assert!(read_ca_file(&dir.join("missing.pem")).expect_err("missing").contains("cannot read"));
+        assert!(read_ca_file(&empty)
+            .expect_err("empty")
+            .contains("no certificate"));
+        assert!(read_ca_file(&dir.join("missing.pem"))
+            .expect_err("missing")
+            .contains("cannot read"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -377,7 +377,7 @@ async fn no_request_can_make_the_sidecar_an_open_proxy() {
             Expect::Forwarded("x5"),
         ),
         (
-            format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations"),
+            format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/behaviors"),
             String::new(),
             Expect::Local(404),
         ),
@@ -399,7 +399,7 @@ async fn no_request_can_make_the_sidecar_an_open_proxy() {
         (
             format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id%2Fx"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(400),
         ),
         (
             format!(
