@@ -14,8 +14,8 @@ use serde::Deserialize;
 use crate::budget::BudgetPolicy;
 use crate::cache::TtlPolicy;
 use crate::credentials::Secret;
-use crate::resilience::BreakerPolicy;
 use crate::proxy::RequestLimits;
+use crate::resilience::BreakerPolicy;
 use crate::routes::AccountId;
 use crate::server::{ListenAddr, ServerLimits, UnixSocketSettings};
 use crate::upstream::{ProxyUrl, TlsRoots, TlsSettings, UpstreamBase, DEFAULT_UPSTREAM};
@@ -96,7 +96,12 @@ pub struct Cli {
     #[arg(long, env = "ZT_SIDECAR_MAX_REQUEST_HEADERS", value_name = "N")]
     pub max_request_headers: Option<usize>,
     /// Only these accounts may be looked up (repeat the flag, or comma-separate) [default: any].
-    #[arg(long = "allowed-account", env = "ZT_SIDECAR_ALLOWED_ACCOUNTS", value_delimiter = ',', value_name = "ACCOUNT_ID")]
+    #[arg(
+        long = "allowed-account",
+        env = "ZT_SIDECAR_ALLOWED_ACCOUNTS",
+        value_delimiter = ',',
+        value_name = "ACCOUNT_ID"
+    )]
     pub allowed_accounts: Option<Vec<String>>,
     /// Root certificates for Cloudflare's TLS: webpki (built in) or system [default: webpki].
     #[arg(long, env = "ZT_SIDECAR_TLS_ROOTS", value_name = "ROOTS")]
@@ -342,12 +347,22 @@ pub fn resolve(
     token_env: Option<String>,
 ) -> Result<Config, ConfigError> {
     let listen_text = pick(cli.listen.clone(), file.listen, DEFAULT_LISTEN.to_owned());
-    let listen = ListenAddr::parse(&listen_text).map_err(|problem| ConfigError::new("listen", problem))?;
-    let mode_text = pick(cli.unix_socket_mode.clone(), file.unix_socket_mode, "0660".to_owned());
+    let listen =
+        ListenAddr::parse(&listen_text).map_err(|problem| ConfigError::new("listen", problem))?;
+    let mode_text = pick(
+        cli.unix_socket_mode.clone(),
+        file.unix_socket_mode,
+        "0660".to_owned(),
+    );
     let mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
         .ok()
         .filter(|mode| *mode <= 0o777)
-        .ok_or_else(|| ConfigError::new("unix_socket_mode", format!("{mode_text:?} is not an octal file mode like 0660")))?;
+        .ok_or_else(|| {
+            ConfigError::new(
+                "unix_socket_mode",
+                format!("{mode_text:?} is not an octal file mode like 0660"),
+            )
+        })?;
     let unix_socket = UnixSocketSettings {
         mode,
         group: cli.unix_socket_group.clone().or(file.unix_socket_group),
@@ -370,7 +385,10 @@ pub fn resolve(
         None => server_defaults.idle_timeout,
     };
     if header_read_timeout.is_zero() {
-        return Err(ConfigError::new("header_read_timeout", "must be greater than 0s"));
+        return Err(ConfigError::new(
+            "header_read_timeout",
+            "must be greater than 0s",
+        ));
     }
     if idle_timeout.is_zero() {
         return Err(ConfigError::new("idle_timeout", "must be greater than 0s"));
@@ -378,25 +396,45 @@ pub fn resolve(
     let request_limits = RequestLimits {
         max_uri_bytes: positive(
             "max_uri_bytes",
-            pick(cli.max_uri_bytes, file.max_uri_bytes, request_defaults.max_uri_bytes),
+            pick(
+                cli.max_uri_bytes,
+                file.max_uri_bytes,
+                request_defaults.max_uri_bytes,
+            ),
         )?,
         max_header_bytes: positive(
             "max_header_bytes",
-            pick(cli.max_header_bytes, file.max_header_bytes, request_defaults.max_header_bytes),
+            pick(
+                cli.max_header_bytes,
+                file.max_header_bytes,
+                request_defaults.max_header_bytes,
+            ),
         )?,
         max_request_headers: positive(
             "max_request_headers",
-            pick(cli.max_request_headers, file.max_request_headers, request_defaults.max_request_headers),
+            pick(
+                cli.max_request_headers,
+                file.max_request_headers,
+                request_defaults.max_request_headers,
+            ),
         )?,
         max_pending_lookups: positive(
             "max_pending_lookups",
-            pick(cli.max_pending_lookups, file.max_pending_lookups, request_defaults.max_pending_lookups),
+            pick(
+                cli.max_pending_lookups,
+                file.max_pending_lookups,
+                request_defaults.max_pending_lookups,
+            ),
         )?,
     };
     let server_limits = ServerLimits {
         max_connections: positive(
             "max_connections",
-            pick(cli.max_connections, file.max_connections, server_defaults.max_connections),
+            pick(
+                cli.max_connections,
+                file.max_connections,
+                server_defaults.max_connections,
+            ),
         )?,
         header_read_timeout,
         idle_timeout,
@@ -417,7 +455,10 @@ pub fn resolve(
                 .iter()
                 .map(|text| {
                     AccountId::parse(text.trim()).ok_or_else(|| {
-                        ConfigError::new("allowed_accounts", format!("{text:?} is not an account id (32 lowercase hex characters)"))
+                        ConfigError::new(
+                            "allowed_accounts",
+                            format!("{text:?} is not an account id (32 lowercase hex characters)"),
+                        )
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?,
@@ -427,7 +468,10 @@ pub fn resolve(
         "webpki" => TlsRoots::Webpki,
         "system" => TlsRoots::System,
         other => {
-            return Err(ConfigError::new("tls_roots", format!("{other:?} is not webpki or system")))
+            return Err(ConfigError::new(
+                "tls_roots",
+                format!("{other:?} is not webpki or system"),
+            ))
         }
     };
     let tls = TlsSettings {
@@ -435,11 +479,13 @@ pub fn resolve(
         extra_ca_file: cli.tls_extra_ca_file.clone().or(file.tls_extra_ca_file),
     };
     if let Some(path) = &tls.extra_ca_file {
-        crate::upstream::read_ca_file(path).map_err(|problem| ConfigError::new("tls_extra_ca_file", problem))?;
+        crate::upstream::read_ca_file(path)
+            .map_err(|problem| ConfigError::new("tls_extra_ca_file", problem))?;
     }
     let https_proxy = match cli.https_proxy.clone().or(file.https_proxy) {
         Some(text) if !text.trim().is_empty() => Some(
-            ProxyUrl::parse(text.trim()).map_err(|problem| ConfigError::new("https_proxy", problem))?,
+            ProxyUrl::parse(text.trim())
+                .map_err(|problem| ConfigError::new("https_proxy", problem))?,
         ),
         _ => None,
     };
@@ -733,11 +779,23 @@ pub fn plan_reload(running: &Config, new: &Config) -> ReloadPlan {
     };
     note("listen", running.listen != new.listen, false);
     note("unix_socket", running.unix_socket != new.unix_socket, false);
-    note("server_limits", running.server_limits != new.server_limits, false);
+    note(
+        "server_limits",
+        running.server_limits != new.server_limits,
+        false,
+    );
     note("tls", running.tls != new.tls, false);
     note("https_proxy", running.https_proxy != new.https_proxy, false);
-    note("request_limits", running.request_limits != new.request_limits, true);
-    note("allowed_accounts", running.allowed_accounts != new.allowed_accounts, true);
+    note(
+        "request_limits",
+        running.request_limits != new.request_limits,
+        true,
+    );
+    note(
+        "allowed_accounts",
+        running.allowed_accounts != new.allowed_accounts,
+        true,
+    );
     note(
         "admin_listen",
         running.admin_listen != new.admin_listen,
@@ -985,14 +1043,24 @@ mod tests {
         );
         assert!(ListenAddr::parse("localhost:8080").is_err());
         let config = resolve(
-            &cli(&["--listen", "unix:/tmp/zt.sock", "--unix-socket-mode", "0600", "--allowed-account", "023e105f4ecef8ad9ca31a8372d0c353,9a7806061c88ada191ed06f989cc3dac"]),
+            &cli(&[
+                "--listen",
+                "unix:/tmp/zt.sock",
+                "--unix-socket-mode",
+                "0600",
+                "--allowed-account",
+                "023e105f4ecef8ad9ca31a8372d0c353,9a7806061c88ada191ed06f989cc3dac",
+            ]),
             FileConfig::default(),
             None,
         )
         .expect("valid");
         assert_eq!(config.listen.to_string(), "unix:/tmp/zt.sock");
         assert_eq!(config.unix_socket.mode, 0o600);
-        assert_eq!(config.allowed_accounts.map(|accounts| accounts.len()), Some(2));
+        assert_eq!(
+            config.allowed_accounts.map(|accounts| accounts.len()),
+            Some(2)
+        );
     }
 
     #[test]

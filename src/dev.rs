@@ -36,7 +36,10 @@ impl DevMode {
     /// puts it: `127.0.0.1:8080` or `unix:/path`).
     pub fn instructions(&self, listen: &str) -> String {
         let (curl, base) = match listen.strip_prefix("unix:") {
-            Some(path) => (format!("curl --unix-socket {path} -i"), "http://localhost/client/v4".to_owned()),
+            Some(path) => (
+                format!("curl --unix-socket {path} -i"),
+                "http://localhost/client/v4".to_owned(),
+            ),
             None => ("curl -i".to_owned(), format!("http://{listen}/client/v4")),
         };
         let account = &self.seed.account_id;

@@ -136,10 +136,17 @@ pub async fn bind(addr: &ListenAddr, settings: &UnixSocketSettings) -> io::Resul
             if let Some(group) = &settings.group {
                 let gid = match group.parse::<u32>() {
                     Ok(gid) => nix::unistd::Gid::from_raw(gid),
-                    Err(_) => nix::unistd::Group::from_name(group)
-                        .map_err(io::Error::from)?
-                        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no group {group:?}")))?
-                        .gid,
+                    Err(_) => {
+                        nix::unistd::Group::from_name(group)
+                            .map_err(io::Error::from)?
+                            .ok_or_else(|| {
+                                io::Error::new(
+                                    io::ErrorKind::NotFound,
+                                    format!("no group {group:?}"),
+                                )
+                            })?
+                            .gid
+                    }
                 };
                 nix::unistd::chown(path.as_path(), None, Some(gid)).map_err(io::Error::from)?;
             }
@@ -151,7 +158,10 @@ pub async fn bind(addr: &ListenAddr, settings: &UnixSocketSettings) -> io::Resul
 /// A listening socket: TCP, or a Unix domain socket whose file is removed when the listener goes.
 pub enum Listener {
     Tcp(TcpListener),
-    Unix { listener: UnixListener, path: PathBuf },
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+    },
 }
 
 impl From<TcpListener> for Listener {
@@ -201,7 +211,11 @@ pub enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
             Stream::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
@@ -210,7 +224,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
             Stream::Unix(stream) => Pin::new(stream).poll_write(cx, buf),
@@ -256,7 +274,11 @@ struct Tracked {
 }
 
 impl AsyncRead for Tracked {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
@@ -268,7 +290,11 @@ impl AsyncRead for Tracked {
 }
 
 impl AsyncWrite for Tracked {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.stream).poll_write(cx, buf);
         if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
@@ -453,20 +479,34 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("zt-sidecar-uds-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("sidecar.sock");
-        let settings = UnixSocketSettings { mode: 0o600, group: None };
-        let listener = bind(&ListenAddr::Unix(path.clone()), &settings).await.expect("bind");
-        let mode = std::fs::metadata(&path).expect("socket").permissions().mode() & 0o777;
+        let settings = UnixSocketSettings {
+            mode: 0o600,
+            group: None,
+        };
+        let listener = bind(&ListenAddr::Unix(path.clone()), &settings)
+            .await
+            .expect("bind");
+        let mode = std::fs::metadata(&path)
+            .expect("socket")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         // A socket left behind by a crash is replaced.
         std::mem::forget(listener);
-        let again = bind(&ListenAddr::Unix(path.clone()), &settings).await.expect("rebind");
+        let again = bind(&ListenAddr::Unix(path.clone()), &settings)
+            .await
+            .expect("rebind");
         drop(again);
         assert!(!path.exists(), "the socket file goes with the listener");
         // A regular file is never clobbered.
         std::fs::write(&path, "not a socket").expect("write");
         let refused = bind(&ListenAddr::Unix(path.clone()), &settings).await;
         assert!(refused.is_err());
-        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "not a socket");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("kept"),
+            "not a socket"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -474,7 +514,8 @@ mod tests {
     fn the_canned_refusal_is_a_valid_response_with_a_cloudflare_envelope() {
         let mut headers = [httparse::EMPTY_HEADER; 8];
         let mut response = httparse::Response::new(&mut headers);
-        let httparse::Status::Complete(head) = response.parse(OVER_CAPACITY).expect("parses") else {
+        let httparse::Status::Complete(head) = response.parse(OVER_CAPACITY).expect("parses")
+        else {
             panic!("incomplete");
         };
         assert_eq!(response.code, Some(503));
