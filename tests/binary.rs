@@ -192,16 +192,28 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
     sim.handle()
         .insert_integration(ACCOUNT, "ref-log", "https://tenant.okta.com");
     let upstream = sim.base_url();
+    const ADMIN_TOKEN: &str = "admin-secret-6f5e4d3c";
+    let admin_token_file = tempdir().join("admin-token");
+    std::fs::write(&admin_token_file, ADMIN_TOKEN).expect("admin token");
+    let admin_token_path = admin_token_file.to_str().expect("utf-8").to_owned();
     for format in ["json", "pretty"] {
+        // The admin listener of this process only (the harness adds an ephemeral one first).
         let mut running = SidecarProcess::start(
-            &["--listen", "127.0.0.1:0", "--upstream", &upstream],
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                &upstream,
+                "--admin-token-file",
+                &admin_token_path,
+            ],
             &[
                 ("RUST_LOG", "trace"),
                 ("CLOUDFLARE_API_TOKEN", SIDECAR_TOKEN),
                 ("ZT_SIDECAR_LOG_FORMAT", format),
             ],
         );
-        let addr = running.listening_addr();
+        let (addr, admin) = running.listening_addrs();
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
@@ -230,6 +242,33 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
             send_with(&client, http::Method::GET, &url, &headers).await;
             send_with(&h2, http::Method::GET, &url, &headers).await;
         }
+        // The admin listener with the right and a wrong token, a write with a body, a reload.
+        for token in [ADMIN_TOKEN, "admin-wrong-secret-1234"] {
+            let auth = bearer(token);
+            send_with(
+                &client,
+                http::Method::GET,
+                &format!("http://{admin}/metrics"),
+                &[("authorization", &auth)],
+            )
+            .await;
+            send_with(
+                &client,
+                http::Method::POST,
+                &format!("http://{admin}/cache/purge?all=true"),
+                &[("authorization", &auth)],
+            )
+            .await;
+        }
+        send_with(
+            &client,
+            http::Method::DELETE,
+            &format!("http://{addr}/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e"),
+            &[("authorization", &bearer(TOKEN_A))],
+        )
+        .await;
+        running.signal(Signal::SIGHUP);
+        running.wait_for_line("SIGHUP");
         // A failing upstream exercises the error paths' logging too.
         sim.handle()
             .fail_next(1, zt_risk_sidecar::simulator::Fault::Reset);
@@ -257,6 +296,8 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
             "the request log line names the cache outcome"
         );
         for secret in [
+            ADMIN_TOKEN,
+            "admin-wrong-secret-1234",
             TOKEN_A,
             TOKEN_B,
             "wrong-secret-token-99",

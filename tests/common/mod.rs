@@ -350,25 +350,21 @@ impl SidecarProcess {
         }
     }
 
-    /// The address from the JSON "listening" log line.
+    /// The lookup address from the "listening" log line.
     pub fn listening_addr(&mut self) -> std::net::SocketAddr {
+        self.listening_addrs().0
+    }
+
+    /// The lookup and admin addresses from the "listening" log line (JSON or pretty).
+    pub fn listening_addrs(&mut self) -> (std::net::SocketAddr, std::net::SocketAddr) {
         let line = self.wait_for_line("zt-risk-sidecar listening");
-        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-            return json["listen"]
-                .as_str()
-                .expect("listen field")
+        let parse = |name: &str| -> std::net::SocketAddr {
+            log_field(&line, name)
+                .unwrap_or_else(|| panic!("no {name} in {line}"))
                 .parse()
-                .expect("address");
-        }
-        let (_, after) = line
-            .split_once("listen=")
-            .expect("listen= in the pretty line");
-        after
-            .split_whitespace()
-            .next()
-            .expect("address")
-            .parse()
-            .expect("address")
+                .expect("address")
+        };
+        (parse("listen"), parse("admin_listen"))
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -394,4 +390,14 @@ impl SidecarProcess {
         }
         (status.code(), self.seen)
     }
+}
+
+/// A field of a log line, in either format: `"name":"value"` (JSON) or `name=value` (pretty).
+pub fn log_field(line: &str, name: &str) -> Option<String> {
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return json[name].as_str().map(str::to_owned);
+    }
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{name}=")))
+        .map(|value| value.trim_matches('"').to_owned())
 }
