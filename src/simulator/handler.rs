@@ -59,7 +59,8 @@ pub(crate) async fn handle_catching_panics(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, SimulatedAbort> {
-    match tokio::spawn(handle(Arc::clone(&shared), request)).await {
+    let owner = owner_of(&shared, request.headers());
+    let result = match tokio::spawn(handle(Arc::clone(&shared), request)).await {
         Ok(result) => result,
         Err(error) => {
             if error.is_panic() {
@@ -67,6 +68,29 @@ pub(crate) async fn handle_catching_panics(
             }
             Err(SimulatedAbort::HandlerPanicked)
         }
+    };
+    // Noted before the answer leaves, so that whoever receives it can already look its ray up.
+    if let (Ok(response), Some(owner)) = (&result, owner) {
+        if let Some(ray) = response
+            .headers()
+            .get(envelope::CF_RAY)
+            .and_then(|value| value.to_str().ok())
+        {
+            shared.note_ray(ray, &owner);
+        }
+    }
+    result
+}
+
+/// The user of the known credential a request carries, as [`handle`] will find it. Looked up here
+/// as well so that every answer's ray can be attributed without threading the user through each
+/// of `handle`'s early returns.
+fn owner_of(shared: &Shared, headers: &HeaderMap) -> Option<String> {
+    match auth::extract(headers) {
+        Presented::Credential(credential) => shared
+            .principal(&credential)
+            .map(|principal| principal.user.clone()),
+        _ => None,
     }
 }
 

@@ -67,6 +67,7 @@ mod auth;
 mod envelope;
 mod handler;
 mod rate_limit;
+mod rays;
 mod routes;
 mod state;
 mod store;
@@ -94,6 +95,9 @@ pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
 /// How many requests [`SimHandle::recorded`] keeps (the most recent ones).
 pub const RECORDED_CAPACITY: usize = 1024;
+
+/// How many `cf-ray` owners [`SimHandle::ray_owner`] remembers (the most recent ones).
+pub const RAY_OWNERS_CAPACITY: usize = 200_000;
 
 /// The account [`SimHandle::seed_dev`] creates: the example account id of Cloudflare's API docs.
 pub const DEV_ACCOUNT_ID: &str = "023e105f4ecef8ad9ca31a8372d0c353";
@@ -486,6 +490,15 @@ impl SimHandle {
         self.shared.requests_by_user(user)
     }
 
+    /// The user whose credential made the request that `ray` (a `cf-ray` value) answered, among
+    /// the last [`RAY_OWNERS_CAPACITY`] answers to a known credential; `None` for an unknown ray or
+    /// one answered to an unknown or missing credential. It lets a test prove that an answer it got
+    /// through a cache was fetched with its own credential. Kept across
+    /// [`SimHandle::reset_counters`].
+    pub fn ray_owner(&self, ray: &str) -> Option<String> {
+        self.shared.ray_owner(ray)
+    }
+
     /// The last [`RECORDED_CAPACITY`] requests, oldest first.
     pub fn recorded(&self) -> Vec<RecordedRequest> {
         self.shared.recorded()
@@ -529,5 +542,74 @@ impl SimHandle {
             user: DEV_USER.to_owned(),
             integrations,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    use super::*;
+
+    /// Sends a GET with `token` (if any) and returns the status and the `cf-ray`.
+    async fn ray_of(sim: &SimulatedCloudflare, path: &str, token: Option<&str>) -> (u16, String) {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let mut request = Request::get(format!("{}{path}", sim.base_url()));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(Empty::new()).expect("valid request");
+        let response = client
+            .request(request)
+            .await
+            .expect("the simulator answers");
+        let ray = response.headers()[envelope::CF_RAY]
+            .to_str()
+            .expect("ASCII ray")
+            .to_owned();
+        (response.status().as_u16(), ray)
+    }
+
+    #[tokio::test]
+    async fn every_ray_is_attributed_to_the_user_whose_credential_asked() {
+        let sim = SimulatedCloudflare::start(SimConfig::default())
+            .await
+            .expect("simulator starts");
+        sim.add_token("token-a", "user-a", &[DEV_ACCOUNT_ID]);
+        sim.add_token("token-b", "user-b", &[DEV_ACCOUNT_ID]);
+        sim.add_token("token-c", "user-c", &["9a7806061c88ada191ed06f989cc3dac"]);
+        sim.insert_integration(DEV_ACCOUNT_ID, "ref", "https://tenant.okta.com");
+        let path =
+            format!("/accounts/{DEV_ACCOUNT_ID}/zt_risk_scoring/integrations/reference_id/ref");
+
+        let (status_a, ray_a) = ray_of(&sim, &path, Some("token-a")).await;
+        let (status_b, ray_b) = ray_of(&sim, &path, Some("token-b")).await;
+        assert_eq!((status_a, status_b), (200, 200));
+        assert_ne!(ray_a, ray_b);
+        assert_eq!(sim.ray_owner(&ray_a).as_deref(), Some("user-a"));
+        assert_eq!(sim.ray_owner(&ray_b).as_deref(), Some("user-b"));
+        // A refusal to a known user is attributed too; an unknown token has no owner.
+        let (status_c, ray_c) = ray_of(&sim, &path, Some("token-c")).await;
+        assert_eq!(status_c, 403);
+        assert_eq!(sim.ray_owner(&ray_c).as_deref(), Some("user-c"));
+        let (status_unknown, ray_unknown) = ray_of(&sim, &path, Some("token-x")).await;
+        assert_eq!(status_unknown, 403);
+        assert_eq!(sim.ray_owner(&ray_unknown), None);
+        let (status_missing, ray_missing) = ray_of(&sim, &path, None).await;
+        assert_eq!(status_missing, 400);
+        assert_eq!(sim.ray_owner(&ray_missing), None);
+        // Injected answers carry rays of their own, attributed alike; owners survive a reset.
+        sim.fail_next(1, Fault::GarbageBody);
+        let (status_garbage, ray_garbage) = ray_of(&sim, &path, Some("token-a")).await;
+        assert_eq!(status_garbage, 200);
+        sim.reset_counters();
+        assert_eq!(sim.ray_owner(&ray_garbage).as_deref(), Some("user-a"));
+        assert_eq!(sim.ray_owner(&ray_a).as_deref(), Some("user-a"));
+        assert_eq!(sim.ray_owner("0000000000000000-SJC"), None);
+        sim.shutdown().await;
     }
 }

@@ -13,9 +13,11 @@ use tokio::time::Instant;
 
 use super::auth::Credential;
 use super::rate_limit::{self, Decision, UserWindow};
+use super::rays::RayOwners;
 use super::store::{ReferenceTaken, Store, UpdateError};
 use super::{
-    Fault, Integration, RateLimitPolicy, RecordedRequest, SimConfig, SimRoute, RECORDED_CAPACITY,
+    Fault, Integration, RateLimitPolicy, RecordedRequest, SimConfig, SimRoute, RAY_OWNERS_CAPACITY,
+    RECORDED_CAPACITY,
 };
 
 /// Who a credential belongs to and where it may be used.
@@ -44,6 +46,7 @@ pub(crate) struct Shared {
     by_route: [AtomicU64; SimRoute::ALL.len()],
     by_user: Mutex<HashMap<String, u64>>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
+    rays: Mutex<RayOwners>,
     arrivals: Notify,
     control: Mutex<Control>,
     principals: Mutex<HashMap<Credential, Arc<Principal>>>,
@@ -79,6 +82,7 @@ impl Shared {
             by_route: Default::default(),
             by_user: Mutex::new(HashMap::new()),
             recorded: Mutex::new(VecDeque::with_capacity(RECORDED_CAPACITY)),
+            rays: Mutex::new(RayOwners::with_capacity(RAY_OWNERS_CAPACITY)),
             arrivals: Notify::new(),
             control: Mutex::new(Control {
                 latency: config.latency,
@@ -195,6 +199,16 @@ impl Shared {
         lock(&self.recorded).iter().cloned().collect()
     }
 
+    /// Notes that the answer carrying `ray` was made for a request of `user`.
+    pub fn note_ray(&self, ray: &str, user: &str) {
+        lock(&self.rays).note(ray, user);
+    }
+
+    pub fn ray_owner(&self, ray: &str) -> Option<String> {
+        lock(&self.rays).owner(ray)
+    }
+
+    /// Ray owners are kept: answers cached downstream keep carrying their rays.
     pub fn reset_counters(&self) {
         self.total.store(0, Ordering::SeqCst);
         for counter in &self.by_route {
