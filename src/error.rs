@@ -31,7 +31,8 @@ pub enum ApiError {
     UpstreamUnreachable,
     /// Cloudflare did not answer within the configured time.
     UpstreamTimeout,
-    /// Cloudflare answered with something the sidecar must not relay (a body over the size bound).
+    /// Cloudflare answered with something the sidecar must not relay: a body over the size bound,
+    /// or a lookup answer that is not a Cloudflare envelope.
     UpstreamInvalidResponse,
     /// This credential may not call Cloudflare now (its budget is spent, or Cloudflare answered it
     /// 429 and the cool-down runs), and nothing stale can stand in. `reason` is a stable label.

@@ -590,6 +590,32 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 let status = Some(answer.status);
                 Served::stale(&entry, StaleReason::IfError, status, now)
             }
+            // A 200 or 404 whose body is not an envelope is no answer an SDK can read: with nothing
+            // stale to stand in, it becomes a 502 rather than a success with a broken body.
+            (
+                Fetched::Answered {
+                    answer,
+                    failure: true,
+                    ..
+                },
+                None,
+            ) if !answer.status.is_server_error()
+                && answer.status != StatusCode::TOO_MANY_REQUESTS =>
+            {
+                let mut response = ApiError::UpstreamInvalidResponse.to_response();
+                let cache_status = format!(
+                    "{CACHE_NAME}; fwd=miss; fwd-status={}; detail=upstream-invalid-body",
+                    answer.status.as_u16()
+                );
+                set_cache_status(&mut response, &cache_status);
+                Served {
+                    response,
+                    outcome,
+                    upstream_status: Some(answer.status),
+                    account_id: None,
+                    route: None,
+                }
+            }
             (Fetched::Answered { answer, stored, .. }, _) => {
                 let mut response = relay(&answer, false);
                 let mut cache_status = format!("{CACHE_NAME}; fwd=miss");

@@ -240,12 +240,15 @@ async fn failures_are_relayed_but_never_cached() {
             failed.error_code();
         }
     }
-    // A garbage body is relayed as is and not stored.
+    // A body that is not an envelope is no answer: a 502 (code 10506), not stored.
     sim.fail_next(1, Fault::GarbageBody);
     let garbage = harness.get(&path, &headers(&auth)).await;
-    assert_eq!(garbage.status, StatusCode::OK);
-    assert!(!garbage.cache_status().contains("stored"));
-    assert!(serde_json::from_slice::<serde_json::Value>(&garbage.body).is_err());
+    assert_eq!(garbage.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(garbage.error_code(), 10506);
+    assert_eq!(
+        garbage.cache_status(),
+        "zt-risk-sidecar; fwd=miss; fwd-status=200; detail=upstream-invalid-body"
+    );
     // The next lookup goes upstream and, being good, is stored.
     let good = harness.get(&path, &headers(&auth)).await;
     assert!(
