@@ -335,7 +335,7 @@ struct Served {
     response: Response<ResponseBody>,
     outcome: CacheOutcome,
     upstream_status: Option<StatusCode>,
-    account_id: Option<String>,
+    account_id: Option<AccountId>,
     /// The route template; `None` when the request matched no route.
     route: Option<&'static str>,
 }
@@ -426,7 +426,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         tracing::info!(
             method = %parts.method,
             route = served.route.unwrap_or("unrouted"),
-            account_id = served.account_id.as_deref().unwrap_or("-"),
+            account_id = %OrDash(served.account_id),
             status = status.as_u16(),
             cache = served.outcome.as_str(),
             stale_reason,
@@ -467,7 +467,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             Err(error) => return Served::local(error, None, Some(REFERENCE_ROUTE)),
         };
         let template = Some(route.template());
-        let account_id = Some(route.account_id().to_string());
+        let account_id = Some(route.account_id());
         if let Some(allowed) = &settings.allowed_accounts {
             if !allowed.contains(&route.account_id()) {
                 return Served::local(ApiError::AccountNotAllowed, account_id, template);
@@ -950,7 +950,11 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
 }
 
 impl Served {
-    fn local(error: ApiError, account_id: Option<String>, route: Option<&'static str>) -> Served {
+    fn local(
+        error: ApiError,
+        account_id: Option<AccountId>,
+        route: Option<&'static str>,
+    ) -> Served {
         Served {
             response: error.to_response(),
             outcome: CacheOutcome::Local,
@@ -961,7 +965,7 @@ impl Served {
     }
 
     /// Names the account and the route this answer was about, for the log line.
-    fn about(mut self, account_id: Option<String>, route: Option<&'static str>) -> Served {
+    fn about(mut self, account_id: Option<AccountId>, route: Option<&'static str>) -> Served {
         self.account_id = account_id;
         self.route = route;
         self
@@ -1041,6 +1045,18 @@ fn relay(answer: &UpstreamAnswer, replay: bool) -> Response<ResponseBody> {
         }
     }
     response
+}
+
+/// Formats an optional value for the log line without allocating: the value, or `-`.
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// The local answer when no upstream answer could be had.
