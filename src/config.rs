@@ -326,9 +326,15 @@ pub fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
             .get(line_start..)
             .and_then(|rest| rest.lines().next())
             .unwrap_or("");
-        let key = match line.split_once('=') {
-            Some((key, _)) if !key.trim().is_empty() => key.trim().trim_matches('"').to_owned(),
-            _ => key_named_in(&message).unwrap_or_else(|| "config".to_owned()),
+        let on_line = line
+            .split_once('=')
+            .map(|(key, _)| key.trim().trim_matches('"').trim())
+            .filter(|key| !key.is_empty());
+        let key = match on_line {
+            Some(key) => key.to_owned(),
+            None => key_named_in(&message)
+                .filter(|key| !key.trim().is_empty())
+                .unwrap_or_else(|| "config".to_owned()),
         };
         ConfigError::new(&key, format!("{message} at line {line_number}"))
     })
@@ -858,13 +864,25 @@ fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
 
 /// Durations are written like `500ms`, `60s`, `24h`, `1h 30m`.
 pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(text.trim()).map_err(|error| {
+    let duration = humantime::parse_duration(text.trim()).map_err(|error| {
         ConfigError::new(
             key,
             format!("{text:?} is not a duration like 500ms, 60s or 24h ({error})"),
         )
-    })
+    })?;
+    // Every duration ends up added to an Instant; far beyond any sensible setting, that would
+    // overflow at run time. Ten years is longer than any of these settings can mean.
+    if duration > MAX_DURATION {
+        return Err(ConfigError::new(
+            key,
+            format!("{text:?} is longer than the 10 years any setting here can use"),
+        ));
+    }
+    Ok(duration)
 }
+
+/// The longest duration any setting accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Byte counts are a plain integer or a number with a unit: B, KB, MB, GB (powers of 1000) or
 /// KiB, MiB, GiB (powers of 1024).
@@ -1069,6 +1087,8 @@ mod tests {
         assert_eq!(parse_duration("k", "24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("k", "0s"), Ok(Duration::ZERO));
         assert!(parse_duration("k", "-1s").is_err());
+        assert!(parse_duration("k", "3650days").is_ok());
+        assert!(parse_duration("k", "11years").is_err());
         assert_eq!(parse_bytes("k", "67108864"), Ok(67_108_864));
         assert_eq!(parse_bytes("k", "64MiB"), Ok(64 << 20));
         assert_eq!(parse_bytes("k", "64 MiB"), Ok(64 << 20));
