@@ -6,12 +6,13 @@ use std::fmt::Write as _;
 
 use crate::config::Config;
 use crate::credentials::Secret;
-use crate::simulator::{DevSeed, SimConfig, SimulatedCloudflare};
+use crate::simulator::{DevSeed, SimConfig, SimControl, SimulatedCloudflare};
 use crate::upstream::UpstreamBase;
 
 /// The running simulator and what it was seeded with.
 pub struct DevMode {
     simulator: SimulatedCloudflare,
+    control: SimControl,
     seed: DevSeed,
 }
 
@@ -23,13 +24,26 @@ impl DevMode {
             .await
             .map_err(|error| format!("could not start the simulated Cloudflare API: {error}"))?;
         let seed = simulator.handle().seed_dev();
+        let control = SimControl::start(simulator.handle())
+            .await
+            .map_err(|error| format!("could not start the simulator's control API: {error}"))?;
         config.upstream = UpstreamBase::parse(&simulator.base_url(), false)?;
         config.token = Some(Secret::new(seed.token.clone()));
-        Ok(DevMode { simulator, seed })
+        Ok(DevMode {
+            simulator,
+            control,
+            seed,
+        })
     }
 
     pub fn simulator(&self) -> &SimulatedCloudflare {
         &self.simulator
+    }
+
+    /// The simulator's control API (faults, rate limit, counters, seeding); see
+    /// `simulator::SimControl`.
+    pub fn control_url(&self) -> String {
+        self.control.url()
     }
 
     /// Ready-to-paste instructions for a sidecar listening on `listen` (as `Listener::describe`
@@ -49,6 +63,7 @@ impl DevMode {
             "zt-risk-sidecar --dev: simulated Cloudflare API at {}",
             self.simulator.base_url()
         );
+        let _ = writeln!(text, "Simulator control: {}", self.control.url());
         let _ = writeln!(text, "Point Cloudflare's SDKs at the sidecar with:");
         let _ = writeln!(text, "  export CLOUDFLARE_BASE_URL={base}");
         let _ = writeln!(text, "  export CLOUDFLARE_API_TOKEN={}", self.seed.token);
@@ -83,6 +98,7 @@ impl DevMode {
     }
 
     pub async fn shutdown(self) {
+        self.control.shutdown().await;
         self.simulator.shutdown().await;
     }
 }

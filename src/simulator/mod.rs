@@ -64,6 +64,7 @@
 //! rounded up). Time is Tokio's clock, so tests can pause and advance it.
 
 mod auth;
+mod control;
 mod envelope;
 mod handler;
 mod rate_limit;
@@ -85,6 +86,7 @@ use tokio::task::JoinHandle;
 
 use crate::server::{self, DrainOutcome};
 
+pub use control::{SimControl, CONTROL_BODY_LIMIT_BYTES};
 pub use envelope::codes;
 
 use auth::Credential;
