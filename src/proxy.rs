@@ -608,13 +608,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                     answer.status.as_u16()
                 );
                 set_cache_status(&mut response, &cache_status);
-                Served {
-                    response,
-                    outcome,
-                    upstream_status: Some(answer.status),
-                    account_id: None,
-                    route: None,
-                }
+                Served::answered(response, outcome, Some(answer.status))
             }
             (Fetched::Answered { answer, stored, .. }, _) => {
                 let mut response = relay(&answer, false);
@@ -626,13 +620,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 }
                 cache_status.push_str(&format!("; fwd-status={}", answer.status.as_u16()));
                 set_cache_status(&mut response, &cache_status);
-                Served {
-                    response,
-                    outcome,
-                    upstream_status: Some(answer.status),
-                    account_id: None,
-                    route: None,
-                }
+                Served::answered(response, outcome, Some(answer.status))
             }
             (Fetched::Failed(_), Some(entry)) => {
                 Served::stale(&entry, StaleReason::IfError, None, now)
@@ -641,13 +629,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 let mut response = upstream_error(error).to_response();
                 let cache_status = format!("{CACHE_NAME}; fwd=miss; detail={}", error.as_str());
                 set_cache_status(&mut response, &cache_status);
-                Served {
-                    response,
-                    outcome,
-                    upstream_status: None,
-                    account_id: None,
-                    route: None,
-                }
+                Served::answered(response, outcome, None)
             }
             (Fetched::Refused(refusal), Some(entry)) => {
                 Served::stale(&entry, refusal.stale_reason(), None, now)
@@ -661,13 +643,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                     &mut response,
                     &format!("{CACHE_NAME}; detail={}", refusal.detail()),
                 );
-                Served {
-                    response,
-                    outcome: CacheOutcome::Unavailable,
-                    upstream_status: None,
-                    account_id: None,
-                    route: None,
-                }
+                Served::answered(response, CacheOutcome::Unavailable, None)
             }
         }
     }
@@ -760,13 +736,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 answer.status.as_u16()
             ),
         );
-        Served {
-            response,
-            outcome: CacheOutcome::Bypass,
-            upstream_status: Some(answer.status),
-            account_id: None,
-            route: None,
-        }
+        Served::answered(response, CacheOutcome::Bypass, Some(answer.status))
     }
 
     /// Starts one refresh of `key` unless one is already in flight; nobody waits for it.
@@ -964,6 +934,21 @@ impl Served {
         }
     }
 
+    /// An answer from upstream (relayed, or standing in for one).
+    fn answered(
+        response: Response<ResponseBody>,
+        outcome: CacheOutcome,
+        upstream_status: Option<StatusCode>,
+    ) -> Served {
+        Served {
+            response,
+            outcome,
+            upstream_status,
+            account_id: None,
+            route: None,
+        }
+    }
+
     /// Names the account and the route this answer was about, for the log line.
     fn about(mut self, account_id: Option<AccountId>, route: Option<&'static str>) -> Served {
         self.account_id = account_id;
@@ -976,13 +961,7 @@ impl Served {
         set_age(&mut response, entry, now);
         let cache_status = format!("{CACHE_NAME}; hit; ttl={}", remaining.as_secs());
         set_cache_status(&mut response, &cache_status);
-        Served {
-            response,
-            outcome: CacheOutcome::Hit,
-            upstream_status: None,
-            account_id: None,
-            route: None,
-        }
+        Served::answered(response, CacheOutcome::Hit, None)
     }
 
     /// A stale entry standing in. `Cache-Status` gives a negative `ttl` (seconds past expiry) and
@@ -1012,13 +991,7 @@ impl Served {
             cache_status.push_str(&format!("; fwd-status={}", status.as_u16()));
         }
         set_cache_status(&mut response, &cache_status);
-        Served {
-            response,
-            outcome: CacheOutcome::Stale(reason),
-            upstream_status,
-            account_id: None,
-            route: None,
-        }
+        Served::answered(response, CacheOutcome::Stale(reason), upstream_status)
     }
 }
 
