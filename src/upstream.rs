@@ -449,19 +449,21 @@ impl Upstream {
                     UpstreamError::Unreachable
                 }
             })?;
+        // hyper hands out the body and the header values as slices of its connection's read
+        // buffers (8 KiB and more). Kept as they are, every cached answer would pin a whole
+        // buffer; copied, it costs its own size. Only misses pay for the copy.
         let headers = RELAYED_HEADERS
             .iter()
             .filter_map(|name| {
-                parts
-                    .headers
-                    .get(name)
-                    .map(|value| (name.clone(), value.clone()))
+                let value = parts.headers.get(name)?;
+                let owned = HeaderValue::from_bytes(value.as_bytes()).ok()?;
+                Some((name.clone(), owned))
             })
             .collect();
         Ok(UpstreamAnswer {
             status: parts.status,
             headers,
-            body: collected.to_bytes(),
+            body: Bytes::copy_from_slice(&collected.to_bytes()),
         })
     }
 }
