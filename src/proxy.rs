@@ -898,7 +898,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             };
         };
         let entry = CacheEntry {
-            answer: Arc::clone(&answer),
+            answer: Arc::new(for_storage(&answer)),
             stored_at: Instant::now(),
             fresh_for,
             retain_for: ttl.retain_for(fresh_for),
@@ -1029,6 +1029,24 @@ impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
             Some(value) => value.fmt(f),
             None => f.write_str("-"),
         }
+    }
+}
+
+/// The answer as the cache keeps it: the body (shared, not copied) and only the headers a replay
+/// sends. `Ratelimit` is never replayed and `Retry-After` never comes with a cacheable answer, so
+/// neither is kept: at a million entries every header is tens of megabytes.
+fn for_storage(answer: &UpstreamAnswer) -> UpstreamAnswer {
+    let mut headers: Vec<(HeaderName, HeaderValue)> = answer
+        .headers
+        .iter()
+        .filter(|(name, _)| name != RATELIMIT && name != RETRY_AFTER)
+        .cloned()
+        .collect();
+    headers.shrink_to_fit();
+    UpstreamAnswer {
+        status: answer.status,
+        headers,
+        body: answer.body.clone(),
     }
 }
 
