@@ -356,14 +356,6 @@ impl LocalStore {
         LocalStore { cache, max_bytes }
     }
 
-    pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
-    }
-
-    pub fn weighted_size(&self) -> u64 {
-        self.cache.weighted_size()
-    }
-
     /// Applies pending housekeeping so counts are current (tests and stats).
     pub async fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks().await;

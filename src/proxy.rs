@@ -381,10 +381,6 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         }
     }
 
-    pub fn settings(&self) -> Arc<LiveSettings> {
-        self.shared.settings.load_full()
-    }
-
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
     }
@@ -417,7 +413,8 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             _ => None,
         };
         let metrics = &self.shared.metrics;
-        metrics.record_lookup(served.outcome.as_str(), status, started.elapsed());
+        let elapsed = started.elapsed();
+        metrics.record_lookup(served.outcome.as_str(), status, elapsed);
         match served.outcome {
             CacheOutcome::Stale(reason) => metrics.record_stale(reason.as_str()),
             CacheOutcome::Collapsed => metrics.record_coalesced(),
@@ -431,7 +428,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             cache = served.outcome.as_str(),
             stale_reason,
             upstream_status = served.upstream_status.map(|s| s.as_u16()),
-            latency_us = started.elapsed().as_micros() as u64,
+            latency_us = elapsed.as_micros() as u64,
             "request"
         );
         let mut response = served.response;

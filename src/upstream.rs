@@ -361,10 +361,6 @@ impl Upstream {
         })
     }
 
-    pub fn base(&self) -> &UpstreamBase {
-        &self.base
-    }
-
     /// The configured whole-request timeout; callers derive their deadline from it.
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
