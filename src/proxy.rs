@@ -6,11 +6,11 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, AGE, RETRY_AFTER};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AGE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::Full;
@@ -406,7 +406,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
-        let served = self.serve(&parts, body).await;
+        let served = self.serve(&parts, body, started).await;
         let status = served.response.status();
         let stale_reason = match served.outcome {
             CacheOutcome::Stale(reason) => Some(reason.as_str()),
@@ -445,9 +445,15 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         response
     }
 
-    async fn serve<Body: RequestBody>(&self, parts: &http::request::Parts, body: Body) -> Served {
+    /// `received`: when the request arrived; a cache read right after it uses it as "now".
+    async fn serve<Body: RequestBody>(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+        received: Instant,
+    ) -> Served {
         let shared = &self.shared;
-        let settings = shared.settings.load_full();
+        let settings = shared.settings.load();
         if let Err(error) = check_request_head(&parts.uri, &parts.headers, &settings.limits) {
             return Served::local(error, None, None);
         }
@@ -506,7 +512,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         if body.may_have_body() {
             return Served::local(ApiError::UnexpectedBody, account_id, template);
         }
-        self.serve_lookup(lookup, credentials, &settings)
+        self.serve_lookup(lookup, credentials, &settings, received)
             .await
             .about(account_id, template)
     }
@@ -517,6 +523,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         lookup: Lookup,
         credentials: Credentials,
         settings: &LiveSettings,
+        received: Instant,
     ) -> Served {
         let shared = &self.shared;
         let key = CacheKey::new(credentials.partition(), &lookup);
@@ -525,7 +532,8 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         // refresh runs; an older one may stand in if the refresh fails.
         let mut fallback = None;
         if let Some(entry) = shared.store.get(&key).await {
-            let now = Instant::now();
+            // The read took well under a microsecond: the arrival time stands for now.
+            let now = received;
             match entry.freshness(now) {
                 Freshness::Fresh { remaining } => {
                     return Served::hit(&entry, remaining, now);
@@ -956,8 +964,12 @@ impl Served {
     fn hit(entry: &CacheEntry, remaining: Duration, now: Instant) -> Served {
         let mut response = relay(&entry.answer, true);
         set_age(&mut response, entry, now);
-        let cache_status = format!("{CACHE_NAME}; hit; ttl={}", remaining.as_secs());
-        set_cache_status(&mut response, &cache_status);
+        let ttl = remaining.as_secs();
+        let cache_status = HIT_CACHE_STATUS.get(ttl, || {
+            HeaderValue::from_str(&format!("{CACHE_NAME}; hit; ttl={ttl}"))
+                .unwrap_or(HeaderValue::from_static(CACHE_NAME))
+        });
+        response.headers_mut().insert(CACHE_STATUS, cache_status);
         Served::answered(response, CacheOutcome::Hit, None)
     }
 
@@ -998,6 +1010,8 @@ impl Served {
 fn relay(answer: &UpstreamAnswer, replay: bool) -> Response<ResponseBody> {
     let mut response = Response::new(Full::new(answer.body.clone()));
     *response.status_mut() = answer.status;
+    // Room for the relayed headers and the two this cache adds (`Age`, `Cache-Status`).
+    *response.headers_mut() = HeaderMap::with_capacity(answer.headers.len() + 2);
     let headers = response.headers_mut();
     for (name, value) in &answer.headers {
         if replay && name == RATELIMIT {
@@ -1058,8 +1072,35 @@ fn upstream_error(error: UpstreamError) -> ApiError {
 
 fn set_age(response: &mut Response<ResponseBody>, entry: &CacheEntry, now: Instant) {
     let age = now.saturating_duration_since(entry.stored_at).as_secs();
-    response.headers_mut().insert(AGE, HeaderValue::from(age));
+    let value = AGE_VALUES.get(age, || HeaderValue::from(age));
+    response.headers_mut().insert(AGE, value);
 }
+
+/// Header values that depend only on a count of seconds, made once and then shared: a hit clones
+/// one (a reference-count increment) instead of formatting and allocating it. Counts from
+/// [`TABLED_SECONDS`] up are made per use.
+struct SecondsTable(Box<[OnceLock<HeaderValue>]>);
+
+/// Covers the default TTLs and stale windows; a table is 1,024 empty slots (48 KiB) until used.
+const TABLED_SECONDS: u64 = 1024;
+
+impl SecondsTable {
+    fn new() -> SecondsTable {
+        SecondsTable((0..TABLED_SECONDS).map(|_| OnceLock::new()).collect())
+    }
+
+    fn get(&self, seconds: u64, make: impl FnOnce() -> HeaderValue) -> HeaderValue {
+        match usize::try_from(seconds).ok().and_then(|i| self.0.get(i)) {
+            Some(slot) => slot.get_or_init(make).clone(),
+            None => make(),
+        }
+    }
+}
+
+/// `Age` of a hit or stale answer.
+static AGE_VALUES: LazyLock<SecondsTable> = LazyLock::new(SecondsTable::new);
+/// `Cache-Status` of a fresh hit, by seconds of freshness left.
+static HIT_CACHE_STATUS: LazyLock<SecondsTable> = LazyLock::new(SecondsTable::new);
 
 fn set_cache_status(response: &mut Response<ResponseBody>, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
