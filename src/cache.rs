@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use moka::future::Cache;
-use moka::Expiry;
 use tokio::time::Instant;
 
 use crate::credentials::Partition;
@@ -75,7 +73,7 @@ impl CacheEntry {
     }
 
     /// Bytes charged against the cache bound: the body, the relayed headers, and a fixed
-    /// allowance for the key, the entry and moka's own bookkeeping. The allowance is measured
+    /// allowance for the key, the entry and the store's own bookkeeping. The allowance is measured
     /// (BENCHMARKS.md, memory): about 1.2 KB of resident memory per entry beyond its body, so that
     /// `cache_max_bytes` bounds real memory rather than a fraction of it.
     pub fn weight(&self, key: &CacheKey) -> u32 {
@@ -281,10 +279,12 @@ pub struct StoreSize {
     pub max_bytes: u64,
 }
 
-/// The cache interface of the request path and the admin listener. The in-process moka store
+/// The cache interface of the request path and the admin listener. The in-process store
 /// implements it; a shared tier (Redis) would implement it too, usually wrapping the local store as
 /// its first level.
 pub trait AnswerStore: Send + Sync + 'static {
+    /// The entry under `key`, unless there is none or it is past its retention
+    /// ([`CacheEntry::is_retained`]).
     fn get(&self, key: &CacheKey) -> impl Future<Output = Option<CacheEntry>> + Send;
     fn insert(&self, key: CacheKey, entry: CacheEntry) -> impl Future<Output = ()> + Send;
     /// Drops one entry, if present.
@@ -294,109 +294,185 @@ pub trait AnswerStore: Send + Sync + 'static {
     fn size(&self) -> impl Future<Output = StoreSize> + Send;
 }
 
-/// The in-process store: a moka cache bounded by weighted bytes, each entry dropped once it can no
-/// longer be served.
+/// The in-process store: a `quick_cache` map bounded by weighted bytes. An entry past its
+/// retention (freshness plus the longest stale window) is never returned: a read that finds one
+/// drops it, and [`LocalStore::sweep_expired`] drops the rest.
+///
+/// Why `quick_cache` and not moka: on the hit path moka's `get` cost 7–8× as much (its read log,
+/// frequency sketch and inline housekeeping run on every read) and its index ~300 bytes more per
+/// entry (BENCHMARKS.md, "The store"). Freshness never depended on moka's expiry anyway.
 #[derive(Clone)]
 pub struct LocalStore {
-    cache: Cache<CacheKey, CacheEntry>,
+    cache: Arc<EntryCache>,
     max_bytes: u64,
+    on_removal: Arc<dyn Fn(&'static str, u64) + Send + Sync>,
 }
 
-/// Why moka removed an entry, as a stable metric label.
-pub fn removal_cause(cause: moka::notification::RemovalCause) -> &'static str {
-    match cause {
-        moka::notification::RemovalCause::Expired => "expired",
-        moka::notification::RemovalCause::Explicit => "explicit",
-        moka::notification::RemovalCause::Replaced => "replaced",
-        moka::notification::RemovalCause::Size => "size",
+type EntryCache = quick_cache::sync::Cache<
+    CacheKey,
+    CacheEntry,
+    ByWeight,
+    quick_cache::DefaultHashBuilder,
+    CollectEvicted,
+>;
+
+/// Charges each entry [`CacheEntry::weight`].
+#[derive(Clone, Copy)]
+struct ByWeight;
+
+impl quick_cache::Weighter<CacheKey, CacheEntry> for ByWeight {
+    fn weight(&self, key: &CacheKey, entry: &CacheEntry) -> u64 {
+        u64::from(entry.weight(key))
     }
 }
 
-/// Moka removes an entry once it can no longer be served even as stale. Freshness itself is always
-/// decided by [`freshness`] on read, so serving never depends on when moka's housekeeping runs.
-struct RetainUntilUnusable;
+/// Hands what an insert pushed out back to the inserter, to be told apart and counted (and dropped
+/// outside the shard's lock).
+#[derive(Clone, Copy)]
+struct CollectEvicted;
 
-impl Expiry<CacheKey, CacheEntry> for RetainUntilUnusable {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        entry: &CacheEntry,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(entry.retain_for)
+impl quick_cache::Lifecycle<CacheKey, CacheEntry> for CollectEvicted {
+    type RequestState = Vec<(CacheKey, CacheEntry)>;
+
+    fn begin_request(&self) -> Self::RequestState {
+        Vec::new()
     }
 
-    fn expire_after_update(
-        &self,
-        _key: &CacheKey,
-        entry: &CacheEntry,
-        _updated_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.retain_for)
+    fn on_evict(&self, state: &mut Self::RequestState, key: CacheKey, entry: CacheEntry) {
+        state.push((key, entry));
     }
 }
+
+/// Each shard must hold the largest answer (1 MiB and its overhead) with room to spare, since the
+/// byte bound is enforced per shard; within that, up to 16 shards keep writers apart.
+const MIN_SHARD_BYTES: u64 = 8 * 1024 * 1024;
+const MAX_SHARDS: u64 = 16;
+/// A typical entry's weight, to size the index up front.
+const TYPICAL_ENTRY_BYTES: u64 = 2048;
 
 impl LocalStore {
     pub fn new(max_bytes: u64) -> LocalStore {
-        LocalStore::with_removal_listener(max_bytes, |_| {})
+        LocalStore::with_removal_listener(max_bytes, |_, _| {})
     }
 
-    /// `on_removal` hears the cause of every removal (for the eviction metrics).
+    /// `on_removal` hears the cause (`expired`, `explicit`, `replaced`, `size`) and count of every
+    /// removal (for the eviction metrics).
     pub fn with_removal_listener(
         max_bytes: u64,
-        on_removal: impl Fn(&'static str) + Send + Sync + 'static,
+        on_removal: impl Fn(&'static str, u64) + Send + Sync + 'static,
     ) -> LocalStore {
-        let cache = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|key: &CacheKey, entry: &CacheEntry| entry.weight(key))
-            .expire_after(RetainUntilUnusable)
-            .eviction_listener(move |_key, _entry, cause| on_removal(removal_cause(cause)))
+        let max_bytes = max_bytes.max(1);
+        let shards = (max_bytes / MIN_SHARD_BYTES).clamp(1, MAX_SHARDS);
+        let estimated_items = (max_bytes / TYPICAL_ENTRY_BYTES).clamp(16, 1 << 24);
+        let options = quick_cache::OptionsBuilder::new()
+            .shards(usize::try_from(shards).unwrap_or(1))
+            .estimated_items_capacity(usize::try_from(estimated_items).unwrap_or(1 << 16))
+            .weight_capacity(max_bytes)
             .build();
-        LocalStore { cache, max_bytes }
+        let cache = match options {
+            Ok(options) => EntryCache::with_options(
+                options,
+                ByWeight,
+                quick_cache::DefaultHashBuilder::default(),
+                CollectEvicted,
+            ),
+            // Every option above is in range; should a later version disagree, fall back to its
+            // own shard layout rather than fail.
+            Err(_) => EntryCache::with(
+                usize::try_from(estimated_items).unwrap_or(1 << 16),
+                max_bytes,
+                ByWeight,
+                quick_cache::DefaultHashBuilder::default(),
+                CollectEvicted,
+            ),
+        };
+        LocalStore {
+            cache: Arc::new(cache),
+            max_bytes,
+            on_removal: Arc::new(on_removal),
+        }
     }
 
-    /// Applies pending housekeeping so counts are current (tests and stats).
-    pub async fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks().await;
+    /// Drops every entry past its retention and says how many went. Walks the whole cache, one
+    /// shard at a time under its write lock: run it off the request path, now and then.
+    pub fn sweep_expired(&self) -> u64 {
+        let now = Instant::now();
+        let swept = self.remove_where(|_, entry| !entry.is_retained(now));
+        if swept > 0 {
+            (self.on_removal)("expired", swept);
+        }
+        swept
+    }
+
+    /// Removes the entries `doomed` picks; counts them exactly (each shard is locked while it is
+    /// walked).
+    fn remove_where(&self, doomed: impl Fn(&CacheKey, &CacheEntry) -> bool) -> u64 {
+        let removed = std::cell::Cell::new(0u64);
+        self.cache.retain(|key, entry| {
+            let remove = doomed(key, entry);
+            removed.set(removed.get() + u64::from(remove));
+            !remove
+        });
+        removed.get()
+    }
+}
+
+impl CacheEntry {
+    /// Whether the entry may still be served at `now` in any way (fresh or stale).
+    pub fn is_retained(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.stored_at) < self.retain_for
     }
 }
 
 impl AnswerStore for LocalStore {
     async fn get(&self, key: &CacheKey) -> Option<CacheEntry> {
-        self.cache.get(key).await
+        let entry = self.cache.get(key)?;
+        let now = Instant::now();
+        if entry.is_retained(now) {
+            return Some(entry);
+        }
+        if self
+            .cache
+            .remove_if(key, |entry| !entry.is_retained(now))
+            .is_some()
+        {
+            (self.on_removal)("expired", 1);
+        }
+        None
     }
 
     async fn insert(&self, key: CacheKey, entry: CacheEntry) {
-        self.cache.insert(key, entry).await;
+        let answer = Arc::clone(&entry.answer);
+        let evicted = self.cache.insert_with_lifecycle(key.clone(), entry);
+        for (evicted_key, evicted_entry) in &evicted {
+            // The new entry itself comes back when it is too large for a shard.
+            let cause = if evicted_key == &key && !Arc::ptr_eq(&evicted_entry.answer, &answer) {
+                "replaced"
+            } else {
+                "size"
+            };
+            (self.on_removal)(cause, 1);
+        }
     }
 
     async fn remove(&self, key: &CacheKey) {
-        self.cache.remove(key).await;
+        if self.cache.remove(key).is_some() {
+            (self.on_removal)("explicit", 1);
+        }
     }
 
     async fn purge(&self, scope: &PurgeScope) -> u64 {
-        // Walk the entries to count exactly what goes; purges are rare operator actions.
-        let doomed: Vec<Arc<CacheKey>> = self
-            .cache
-            .iter()
-            .filter(|(key, entry)| scope.matches(key, entry))
-            .map(|(key, _)| key)
-            .collect();
-        let mut purged = 0;
-        for key in doomed {
-            if self.cache.remove(key.as_ref()).await.is_some() {
-                purged += 1;
-            }
+        let purged = self.remove_where(|key, entry| scope.matches(key, entry));
+        if purged > 0 {
+            (self.on_removal)("explicit", purged);
         }
         purged
     }
 
     async fn size(&self) -> StoreSize {
-        self.cache.run_pending_tasks().await;
         StoreSize {
-            entries: self.cache.entry_count(),
-            weighted_bytes: self.cache.weighted_size(),
+            entries: u64::try_from(self.cache.len()).unwrap_or(u64::MAX),
+            weighted_bytes: self.cache.weight(),
             max_bytes: self.max_bytes,
         }
     }
@@ -612,20 +688,101 @@ mod tests {
         let causes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let heard = Arc::clone(&causes);
         // Room for about four 1 KiB entries.
-        let store = LocalStore::with_removal_listener(4 * 1400, move |cause| {
-            heard.lock().expect("lock").push(cause);
+        let store = LocalStore::with_removal_listener(4 * 1400, move |cause, count| {
+            for _ in 0..count {
+                heard.lock().expect("lock").push(cause);
+            }
         });
         let body: &'static str = Box::leak("x".repeat(1024).into_boxed_str());
         for index in 0..20 {
             store
                 .insert(key("t", A1, &format!("r{index}")), entry(body, 60))
                 .await;
-            store.run_pending_tasks().await;
         }
         let size = store.size().await;
         assert!(size.entries <= 4 && size.entries >= 1, "{size:?}");
         assert!(size.weighted_bytes <= 4 * 1400, "{size:?}");
         assert!(causes.lock().expect("lock").contains(&"size"));
+    }
+
+    fn recording_store(max_bytes: u64) -> (LocalStore, Arc<std::sync::Mutex<Vec<&'static str>>>) {
+        let causes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let heard = Arc::clone(&causes);
+        let store = LocalStore::with_removal_listener(max_bytes, move |cause, count| {
+            for _ in 0..count {
+                heard.lock().expect("lock").push(cause);
+            }
+        });
+        (store, causes)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_past_retention_are_never_returned_and_are_swept() {
+        let (store, causes) = recording_store(1 << 20);
+        store.insert(key("t", A1, "short"), entry("{}", 10)).await;
+        store.insert(key("t", A1, "read"), entry("{}", 10)).await;
+        store.insert(key("t", A1, "long"), entry("{}", 60)).await;
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(
+            store.get(&key("t", A1, "read")).await.is_some(),
+            "still retained"
+        );
+        assert_eq!(store.sweep_expired(), 0);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            store.get(&key("t", A1, "read")).await.is_none(),
+            "retention ends at retain_for exactly"
+        );
+        assert_eq!(
+            *causes.lock().expect("lock"),
+            ["expired"],
+            "the read dropped it"
+        );
+        assert_eq!(store.size().await.entries, 2);
+        assert_eq!(store.sweep_expired(), 1, "the other short entry");
+        assert_eq!(store.size().await.entries, 1);
+        assert!(store.get(&key("t", A1, "long")).await.is_some());
+        assert_eq!(*causes.lock().expect("lock"), ["expired", "expired"]);
+    }
+
+    #[tokio::test]
+    async fn removals_are_reported_by_cause_and_the_weight_follows() {
+        let (store, causes) = recording_store(1 << 20);
+        let k = key("t", A1, "r");
+        store.insert(k.clone(), entry("{}", 60)).await;
+        let one = store.size().await;
+        assert_eq!(one.entries, 1);
+        assert_eq!(
+            one.weighted_bytes,
+            u64::from(entry("{}", 60).weight(&k)),
+            "{one:?}"
+        );
+        store.insert(k.clone(), entry("{}", 60)).await;
+        assert_eq!(store.size().await, one, "a replacement is not an addition");
+        store.remove(&k).await;
+        store.remove(&k).await;
+        assert_eq!(store.size().await.weighted_bytes, 0);
+        for reference in ["a", "b", "c"] {
+            store.insert(key("t", A2, reference), entry("{}", 60)).await;
+        }
+        let scope = PurgeScope::Account {
+            account_id: AccountId::parse(A2).expect("account"),
+        };
+        assert_eq!(store.purge(&scope).await, 3);
+        assert_eq!(
+            *causes.lock().expect("lock"),
+            ["replaced", "explicit", "explicit", "explicit", "explicit"]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_too_large_for_the_bound_is_not_kept() {
+        let (store, causes) = recording_store(4 * 1400);
+        let body: &'static str = Box::leak("x".repeat(8 * 1024).into_boxed_str());
+        store.insert(key("t", A1, "big"), entry(body, 60)).await;
+        assert!(store.get(&key("t", A1, "big")).await.is_none());
+        assert_eq!(store.size().await.weighted_bytes, 0);
+        assert_eq!(*causes.lock().expect("lock"), ["size"]);
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub type LocalProxy = Proxy<LocalStore, LocalBudget>;
 /// How long the admin listener keeps answering after the lookup listener drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
 
+/// How often entries past their retention are swept out of the cache (a read drops one at once).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
 fn live_settings(config: &Config) -> Result<LiveSettings, String> {
     Ok(LiveSettings {
         ttl: config.ttl,
@@ -67,9 +70,10 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, String> {
         proxy: config.https_proxy.clone(),
     })?;
     let evictions = Arc::clone(&metrics);
-    let store = LocalStore::with_removal_listener(config.cache_max_bytes.get(), move |cause| {
-        evictions.record_eviction(cause);
-    });
+    let store =
+        LocalStore::with_removal_listener(config.cache_max_bytes.get(), move |cause, count| {
+            evictions.record_eviction(cause, count)
+        });
     let budget = LocalBudget::new(config.budget);
     Ok(Proxy::new(
         store,
@@ -126,6 +130,7 @@ impl App {
             },
             ADMIN_GRACE,
         ));
+        let sweeper = tokio::spawn(sweep_now_and_then(self.proxy.store().clone()));
         self.readiness.set_ready();
         let readiness = self.readiness.clone();
         let proxy = self.proxy.clone();
@@ -138,6 +143,7 @@ impl App {
             readiness.set_draining();
         };
         let outcome = server::serve_with(listener, handler, drain, grace, &self.limits).await;
+        sweeper.abort();
         let _ = stop_admin.send(());
         if let Err(error) = admin_task.await {
             tracing::error!(%error, "the admin listener task failed");
@@ -167,6 +173,22 @@ impl App {
         self.proxy.reconfigure(settings, new.breaker, budget);
         self.admin.set_token(new.admin_token.clone());
         Ok(plan)
+    }
+}
+
+/// Every [`SWEEP_EVERY`], drops the cache entries past their retention, on a blocking thread: a
+/// sweep walks every entry.
+async fn sweep_now_and_then(store: LocalStore) {
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.sweep_expired()).await {
+            Ok(swept) => tracing::debug!(swept, "swept expired cache entries"),
+            Err(error) => tracing::error!(%error, "the cache sweep failed"),
+        }
     }
 }
 

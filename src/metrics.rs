@@ -76,6 +76,15 @@ pub struct Metrics {
     budget_tokens: Gauge,
     breaker_state: Family<StateLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
+    /// Handles into `lookups` and `request_duration` for the hits, taken once: a hit then updates
+    /// its series without a label lookup.
+    hits: HitSeries,
+}
+
+struct HitSeries {
+    ok: Counter,
+    not_found: Counter,
+    duration: Histogram,
 }
 
 /// The breaker states, for the state-set gauge.
@@ -178,6 +187,22 @@ impl Metrics {
             "Configuration reloads on SIGHUP, by result",
             reloads.clone(),
         );
+        let hit = |status_class| LookupLabels {
+            outcome: "hit",
+            status_class,
+        };
+        // One statement each: `get_or_create` returns a read guard, which a later
+        // `get_or_create` of the same family would wait on if it were still alive.
+        let ok = lookups.get_or_create(&hit("2xx")).clone();
+        let not_found = lookups.get_or_create(&hit("4xx")).clone();
+        let duration = request_duration
+            .get_or_create(&OutcomeLabel { outcome: "hit" })
+            .clone();
+        let hits = HitSeries {
+            ok,
+            not_found,
+            duration,
+        };
         let metrics = Metrics {
             registry,
             lookups,
@@ -194,6 +219,7 @@ impl Metrics {
             budget_tokens,
             breaker_state,
             reloads,
+            hits,
         };
         metrics.set_breaker_state("closed");
         metrics
@@ -205,10 +231,23 @@ impl Metrics {
         status: http::StatusCode,
         elapsed: Duration,
     ) {
+        let class = status_class(status);
+        if outcome == "hit" {
+            let counter = match class {
+                "2xx" => Some(&self.hits.ok),
+                "4xx" => Some(&self.hits.not_found),
+                _ => None,
+            };
+            if let Some(counter) = counter {
+                counter.inc();
+                self.hits.duration.observe(elapsed.as_secs_f64());
+                return;
+            }
+        }
         self.lookups
             .get_or_create(&LookupLabels {
                 outcome,
-                status_class: status_class(status),
+                status_class: class,
             })
             .inc();
         self.request_duration
@@ -245,10 +284,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn record_eviction(&self, cause: &'static str) {
+    pub fn record_eviction(&self, cause: &'static str, count: u64) {
         self.cache_evictions
             .get_or_create(&CauseLabel { cause })
-            .inc();
+            .inc_by(count);
     }
 
     pub fn set_budget_tokens(&self, tokens: u32) {
@@ -335,5 +374,28 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
         assert_eq!(metrics.lookups_with_outcome("hit"), 1);
+    }
+
+    /// Hits go through handles taken at start; they must land in the same series as any other
+    /// outcome's, by status class.
+    #[test]
+    fn hits_of_each_status_class_are_counted_in_their_series() {
+        let metrics = Metrics::new();
+        let elapsed = Duration::from_micros(80);
+        metrics.record_lookup("hit", http::StatusCode::OK, elapsed);
+        metrics.record_lookup("hit", http::StatusCode::OK, elapsed);
+        metrics.record_lookup("hit", http::StatusCode::NOT_FOUND, elapsed);
+        metrics.record_lookup("miss", http::StatusCode::OK, elapsed);
+        let text = metrics.encode();
+        for line in [
+            "zt_sidecar_lookups_total{outcome=\"hit\",status_class=\"2xx\"} 2",
+            "zt_sidecar_lookups_total{outcome=\"hit\",status_class=\"4xx\"} 1",
+            "zt_sidecar_lookups_total{outcome=\"miss\",status_class=\"2xx\"} 1",
+            "zt_sidecar_request_duration_seconds_count{outcome=\"hit\"} 3",
+            "zt_sidecar_request_duration_seconds_count{outcome=\"miss\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert_eq!(metrics.lookups_with_outcome("hit"), 3);
     }
 }
