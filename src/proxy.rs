@@ -965,11 +965,10 @@ impl Served {
         let mut response = relay(&entry.answer, true);
         set_age(&mut response, entry, now);
         let ttl = remaining.as_secs();
-        let cache_status = HIT_CACHE_STATUS.get(ttl, || {
-            HeaderValue::from_str(&format!("{CACHE_NAME}; hit; ttl={ttl}"))
-                .unwrap_or(HeaderValue::from_static(CACHE_NAME))
-        });
-        response.headers_mut().insert(CACHE_STATUS, cache_status);
+        let cache_status = HIT_CACHE_STATUS.get(ttl, || format!("{CACHE_NAME}; hit; ttl={ttl}"));
+        if let Some(cache_status) = cache_status {
+            response.headers_mut().insert(CACHE_STATUS, cache_status);
+        }
         Served::answered(response, CacheOutcome::Hit, None)
     }
 
@@ -1072,14 +1071,16 @@ fn upstream_error(error: UpstreamError) -> ApiError {
 
 fn set_age(response: &mut Response<ResponseBody>, entry: &CacheEntry, now: Instant) {
     let age = now.saturating_duration_since(entry.stored_at).as_secs();
-    let value = AGE_VALUES.get(age, || HeaderValue::from(age));
-    response.headers_mut().insert(AGE, value);
+    if let Some(value) = AGE_VALUES.get(age, || age.to_string()) {
+        response.headers_mut().insert(AGE, value);
+    }
 }
 
-/// Header values that depend only on a count of seconds, made once and then shared: a hit clones
-/// one (a reference-count increment) instead of formatting and allocating it. Counts from
-/// [`TABLED_SECONDS`] up are made per use.
-struct SecondsTable(Box<[OnceLock<HeaderValue>]>);
+/// Header values that depend only on a count of seconds, made once and then shared. Their bytes
+/// are static (leaked once: at most [`TABLED_SECONDS`] short strings per table), so a hit's clone
+/// is a plain copy: no allocation, and no reference count that every core would write to. Counts
+/// from [`TABLED_SECONDS`] up are made per use.
+struct SecondsTable(Box<[OnceLock<Option<HeaderValue>>]>);
 
 /// Covers the default TTLs and stale windows; a table is 1,024 empty slots (48 KiB) until used.
 const TABLED_SECONDS: u64 = 1024;
@@ -1089,11 +1090,15 @@ impl SecondsTable {
         SecondsTable((0..TABLED_SECONDS).map(|_| OnceLock::new()).collect())
     }
 
-    fn get(&self, seconds: u64, make: impl FnOnce() -> HeaderValue) -> HeaderValue {
-        match usize::try_from(seconds).ok().and_then(|i| self.0.get(i)) {
-            Some(slot) => slot.get_or_init(make).clone(),
-            None => make(),
-        }
+    fn get(&self, seconds: u64, text: impl FnOnce() -> String) -> Option<HeaderValue> {
+        let Some(slot) = usize::try_from(seconds).ok().and_then(|i| self.0.get(i)) else {
+            return HeaderValue::try_from(text()).ok();
+        };
+        slot.get_or_init(|| {
+            let text: &'static str = Box::leak(text().into_boxed_str());
+            HeaderValue::from_maybe_shared(Bytes::from_static(text.as_bytes())).ok()
+        })
+        .clone()
     }
 }
 
@@ -1105,5 +1110,34 @@ static HIT_CACHE_STATUS: LazyLock<SecondsTable> = LazyLock::new(SecondsTable::ne
 fn set_cache_status(response: &mut Response<ResponseBody>, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         response.headers_mut().insert(CACHE_STATUS, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_tables_give_the_same_values_inside_and_past_the_table() {
+        let table = SecondsTable::new();
+        for seconds in [
+            0,
+            1,
+            59,
+            TABLED_SECONDS - 1,
+            TABLED_SECONDS,
+            86_400,
+            u64::MAX,
+        ] {
+            let text = format!("{CACHE_NAME}; hit; ttl={seconds}");
+            for _ in 0..2 {
+                let value = table.get(seconds, || text.clone()).expect("a valid value");
+                assert_eq!(value.to_str().ok(), Some(text.as_str()), "{seconds}");
+            }
+        }
+        let kept = table.get(7, || "first".to_owned());
+        let again = table.get(7, || "second".to_owned());
+        assert_eq!(kept, again, "a tabled value is made once");
+        assert_eq!(table.get(8, || "bad\nvalue".to_owned()), None);
     }
 }
