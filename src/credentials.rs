@@ -18,6 +18,14 @@ pub const CREDENTIAL_HEADERS: [(&str, &str); 4] = [
     ("x-auth-user-service-key", "X-Auth-User-Service-Key"),
 ];
 
+/// [`CREDENTIAL_HEADERS`] as header names, in the same order.
+const CREDENTIAL_HEADER_NAMES: [HeaderName; 4] = [
+    AUTHORIZATION,
+    HeaderName::from_static("x-auth-email"),
+    HeaderName::from_static("x-auth-key"),
+    HeaderName::from_static("x-auth-user-service-key"),
+];
+
 /// A secret string (the sidecar's API token). `Debug` and `Display` print a placeholder.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -158,8 +166,9 @@ pub fn extract(
     key: &PartitionKey,
 ) -> Result<Credentials, ApiError> {
     let mut headers = Vec::with_capacity(2);
-    for (lower, display) in CREDENTIAL_HEADERS {
-        let mut values = request_headers.get_all(lower).iter();
+    for (name, (_, display)) in CREDENTIAL_HEADER_NAMES.iter().zip(CREDENTIAL_HEADERS) {
+        // A `HeaderName` is looked up as it is; a `&str` would be parsed first, on every request.
+        let mut values = request_headers.get_all(name).iter();
         let Some(value) = values.next() else {
             continue;
         };
@@ -168,7 +177,7 @@ pub fn extract(
         }
         let mut value = value.clone();
         value.set_sensitive(true);
-        headers.push((HeaderName::from_static(lower), value));
+        headers.push((name.clone(), value));
     }
     if headers.is_empty() {
         let Some(fallback) = fallback else {
@@ -196,6 +205,13 @@ mod tests {
         extract(&headers(pairs), None, key)
             .expect("credentials present")
             .partition()
+    }
+
+    #[test]
+    fn header_names_match_the_listed_headers() {
+        for (name, (lower, _)) in CREDENTIAL_HEADER_NAMES.iter().zip(CREDENTIAL_HEADERS) {
+            assert_eq!(name.as_str(), lower);
+        }
     }
 
     #[test]
