@@ -18,16 +18,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use http::header::{HeaderName, AGE, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use percent_encoding::percent_decode_str;
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
-use zt_risk_sidecar::cache::{answered_integration, AnswerStore, CacheEntry, CacheKey, LocalStore};
+use zt_risk_sidecar::cache::{
+    answered_integration, AnswerStore, CacheEntry, CacheKey, Freshness, LocalStore,
+};
 use zt_risk_sidecar::config::{self, Cli, FileConfig};
 use zt_risk_sidecar::credentials::{self, PartitionKey};
-use zt_risk_sidecar::proxy::CACHE_STATUS;
+use zt_risk_sidecar::proxy::{hit_response, CACHE_STATUS};
 use zt_risk_sidecar::routes::{self, Lookup, Route};
 use zt_risk_sidecar::simulator::{SimConfig, SimulatedCloudflare, DEV_ACCOUNT_ID, DEV_TOKEN};
 use zt_risk_sidecar::upstream::{UpstreamAnswer, UpstreamBase};
@@ -249,28 +251,13 @@ fn naive_handle(store: &NaiveStore, request: &Request<()>) -> Option<Response<Fu
     naive_response(map.get(&key)?)
 }
 
-/// The sidecar's own response building for a hit, replicated (`proxy::relay`, `set_age`,
-/// `set_cache_status` are private): shared body bytes, relayed headers minus `Ratelimit`, `Age`,
-/// and a formatted `Cache-Status`.
-fn sidecar_style_response(entry: &CacheEntry, now: Instant) -> Response<Full<Bytes>> {
-    let answer = &entry.answer;
-    let mut response = Response::new(Full::new(answer.body.clone()));
-    *response.status_mut() = answer.status;
-    let headers = response.headers_mut();
-    for (name, value) in &answer.headers {
-        if name == "ratelimit" {
-            continue;
-        }
-        headers.insert(name.clone(), value.clone());
-    }
-    let age = now.saturating_duration_since(entry.stored_at);
-    headers.insert(AGE, HeaderValue::from(age.as_secs()));
-    let remaining = entry.fresh_for.saturating_sub(age);
-    let cache_status = format!("zt-risk-sidecar; hit; ttl={}", remaining.as_secs());
-    if let Ok(value) = HeaderValue::from_str(&cache_status) {
-        headers.insert(CACHE_STATUS, value);
-    }
-    response
+/// The sidecar's own response to a hit (`proxy::hit_response`), at `now`.
+fn sidecar_response(entry: &CacheEntry, now: Instant) -> Response<Full<Bytes>> {
+    let remaining = match entry.freshness(now) {
+        Freshness::Fresh { remaining } => remaining,
+        Freshness::Stale { .. } => Duration::ZERO,
+    };
+    hit_response(entry, remaining, now)
 }
 
 // ---- the groups ----
@@ -427,12 +414,11 @@ fn response(c: &mut Criterion) {
     let answer = answer();
     let cached = entry(&answer);
     let naive = naive_entry();
-    let ceiling_headers = sidecar_style_response(&cached, Instant::now())
-        .headers()
-        .clone();
-    group.bench_function("sidecar-style (Bytes clone, HeaderMap, format!)", |b| {
-        b.iter(|| sidecar_style_response(black_box(&cached), Instant::now()))
-    });
+    let ceiling_headers = sidecar_response(&cached, Instant::now()).headers().clone();
+    group.bench_function(
+        "proxy::hit_response (shared body, header map, tabled values)",
+        |b| b.iter(|| sidecar_response(black_box(&cached), Instant::now())),
+    );
     group.bench_function("naive serde_json re-serialise + builder", |b| {
         b.iter(|| naive_response(black_box(&naive)))
     });
