@@ -15,7 +15,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, StatusCode, Uri};
@@ -445,27 +445,60 @@ impl Upstream {
                     UpstreamError::Unreachable
                 }
             })?;
-        // hyper hands out the body and the header values as slices of its connection's read
-        // buffers (8 KiB and more). Kept as they are, every cached answer would pin a whole
-        // buffer; copied, it costs its own size. Only misses pay for the copy.
-        let headers = RELAYED_HEADERS
-            .iter()
-            .filter_map(|name| {
-                let value = parts.headers.get(name)?;
-                // Nearly every answer says exactly this: a static value costs no allocation.
-                let owned = if value.as_bytes() == b"application/json" {
-                    HeaderValue::from_static("application/json")
-                } else {
-                    HeaderValue::from_bytes(value.as_bytes()).ok()?
-                };
-                Some((name.clone(), owned))
-            })
-            .collect();
-        Ok(UpstreamAnswer {
-            status: parts.status,
-            headers,
-            body: Bytes::copy_from_slice(&collected.to_bytes()),
+        Ok(owned_answer(
+            parts.status,
+            &parts.headers,
+            &collected.to_bytes(),
+        ))
+    }
+}
+
+/// The answer as it will be relayed and cached, in memory of its own. hyper hands out the body and
+/// header values as slices of its connection's read buffers (8 KiB and more): kept as they are,
+/// every cached answer would pin a whole buffer. So the body and the relayed header values are
+/// copied into one allocation, and each is a slice of it: one allocation and one reference count
+/// per answer, which a hit touches once for all of them. Only misses pay for the copy.
+pub fn owned_answer(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> UpstreamAnswer {
+    // Nearly every answer says exactly this: a static value costs nothing.
+    const JSON: &[u8] = b"application/json";
+    let names = RELAYED_HEADERS;
+    let relayed: Vec<(&HeaderName, &HeaderValue)> = names
+        .iter()
+        .filter_map(|name| Some((name, headers.get(name)?)))
+        .collect();
+    let copied: usize = relayed
+        .iter()
+        .filter(|(_, value)| value.as_bytes() != JSON)
+        .map(|(_, value)| value.len())
+        .sum();
+    let mut blob = BytesMut::with_capacity(body.len() + copied);
+    blob.extend_from_slice(body);
+    let spans: Vec<(&HeaderName, Option<std::ops::Range<usize>>)> = relayed
+        .into_iter()
+        .map(|(name, value)| {
+            if value.as_bytes() == JSON {
+                return (name, None);
+            }
+            let start = blob.len();
+            blob.extend_from_slice(value.as_bytes());
+            (name, Some(start..blob.len()))
         })
+        .collect();
+    let blob = blob.freeze();
+    let headers = spans
+        .into_iter()
+        .filter_map(|(name, span)| {
+            let value = match span {
+                None => HeaderValue::from_static("application/json"),
+                Some(span) => HeaderValue::from_maybe_shared(blob.slice(span)).ok()?,
+            };
+            Some((name.clone(), value))
+        })
+        .collect();
+    UpstreamAnswer {
+        status,
+        headers,
+        body: blob.slice(..body.len()),
     }
 }
 
@@ -511,6 +544,61 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owned_answer_copies_the_relayed_parts_into_one_allocation() {
+        // As hyper hands them out: the body and every header value slices of one read buffer.
+        let body = r#"{"success":true,"errors":[],"messages":[],"result":null}"#;
+        let texts = [
+            "application/json",
+            "8f1e2d3c4b5a6978-SJC",
+            "\"default\";r=1199;t=300",
+            "not=relayed",
+            body,
+        ];
+        let mut read_buffer = BytesMut::with_capacity(8192);
+        let mut spans = Vec::new();
+        for text in texts {
+            let start = read_buffer.len();
+            read_buffer.extend_from_slice(text.as_bytes());
+            spans.push(start..read_buffer.len());
+        }
+        read_buffer.resize(8192, b' ');
+        let read_buffer = read_buffer.freeze();
+        let slice = |i: usize| read_buffer.slice(spans[i].clone());
+        let value = |i: usize| HeaderValue::from_maybe_shared(slice(i)).expect("valid");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(CONTENT_TYPE, value(0));
+        headers.insert("cf-ray", value(1));
+        headers.insert("ratelimit", value(2));
+        headers.insert("set-cookie", value(3));
+        let answer = owned_answer(StatusCode::OK, &headers, &slice(4));
+
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(&answer.body[..], body.as_bytes());
+        let names: Vec<&str> = answer
+            .headers
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["content-type", "ratelimit", "cf-ray"],
+            "relayed only, in order"
+        );
+        assert_eq!(answer.headers[1].1, texts[2]);
+        assert_eq!(answer.headers[2].1, texts[1]);
+        // One allocation holds the body and the copied values, one after another, and nothing
+        // points into the read buffer any more.
+        let start = answer.body.as_ptr() as usize;
+        let end = start + body.len() + texts[1].len() + texts[2].len();
+        let read = read_buffer.as_ptr() as usize..read_buffer.as_ptr() as usize + 8192;
+        assert!(!read.contains(&start));
+        for (name, value) in &answer.headers[1..] {
+            let at = value.as_bytes().as_ptr() as usize;
+            assert!(at >= start + body.len() && at < end, "{name}");
+        }
+    }
 
     fn check(text: &str, insecure: bool, expected: Result<&str, &str>) {
         let actual = UpstreamBase::parse(text, insecure).map(|base| base.to_string());
