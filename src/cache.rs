@@ -74,9 +74,9 @@ impl CacheEntry {
 
     /// Bytes charged against the cache bound: the body, the relayed headers, and a fixed
     /// allowance for the key, the entry and the store's own bookkeeping. The allowance is measured
-    /// (BENCHMARKS.md, memory): about 820 bytes of resident memory per entry beyond its body, of
-    /// which ~110 are the header and reference-id bytes counted here; it errs a little high, so
-    /// that `cache_max_bytes` bounds real memory rather than a fraction of it.
+    /// (BENCHMARKS.md, memory): about 730 bytes of resident memory per entry beyond its body, of
+    /// which ~110 are the header and reference-id bytes counted here. It errs high (by ~13% for a
+    /// typical answer), so that `cache_max_bytes` bounds real memory rather than a fraction of it.
     pub fn weight(&self, key: &CacheKey) -> u32 {
         const FIXED_OVERHEAD: usize = 768;
         let headers: usize = self
