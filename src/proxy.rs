@@ -24,7 +24,7 @@ use crate::cache::{
     Freshness, PurgeScope, StaleUse, TtlPolicy,
 };
 use crate::coalesce::{Coalescer, Role};
-use crate::credentials::{self, Credentials, FallbackToken, PartitionKey};
+use crate::credentials::{self, Credentials, FallbackToken, Partition, PartitionKey};
 use crate::error::{ApiError, SDK_RETRY_AFTER_LIMIT_SECS, X_SHOULD_RETRY};
 use crate::metrics::Metrics;
 use crate::resilience::{backoff, health_of, is_retryable, Breaker, BreakerPolicy, Health, Pass};
@@ -669,15 +669,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             return Served::local(Refusal::UpstreamDown { retry_after }.to_error(), None, None);
         }
         let partition = credentials.partition();
-        let refusal = match shared.budget.admit(partition).await {
-            Admission::Granted { tokens_left } => {
-                shared.metrics.set_budget_tokens(tokens_left);
-                None
-            }
-            Admission::CoolingDown { retry_after } => Some(Refusal::CoolingDown { retry_after }),
-            Admission::Exhausted { retry_after } => Some(Refusal::BudgetExhausted { retry_after }),
-        };
-        if let Some(refusal) = refusal {
+        if let Some(refusal) = shared.admit(partition).await {
             shared.breaker.record(pass, Health::NotCalled);
             shared.metrics.record_local_rate_limited(refusal.detail());
             return Served::local(refusal.to_error(), None, None);
@@ -698,37 +690,18 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         }
         let content_type = parts.headers.get(http::header::CONTENT_TYPE).cloned();
         let body = body.map(|bytes| (bytes, content_type));
-        let deadline = Instant::now() + shared.upstream.request_timeout();
         let started = Instant::now();
+        let deadline = started + shared.upstream.request_timeout();
         let result = shared
             .upstream
             .send(method, &path, credentials, body, deadline)
             .await;
-        let summary = result
-            .as_ref()
-            .map(|answer| answer.status)
-            .map_err(|error| *error);
-        let label = match &summary {
-            Ok(status) => status.as_str().to_owned(),
-            Err(error) => error.as_str().to_owned(),
-        };
-        shared.metrics.record_upstream(&label, started.elapsed());
-        shared.breaker.record(pass, health_of(&summary));
+        // The summary it returns is read off `result` itself below.
+        let _summary = shared.settle(pass, partition, started, &result).await;
         let answer = match result {
             Ok(answer) => answer,
             Err(error) => return Served::local(upstream_error(error), None, None),
         };
-        if answer.status == StatusCode::TOO_MANY_REQUESTS {
-            let retry_after = answer
-                .headers
-                .iter()
-                .find(|(name, _)| name == RETRY_AFTER)
-                .and_then(|(_, value)| value.to_str().ok());
-            shared
-                .budget
-                .cool_down(partition, cool_down_for(retry_after))
-                .await;
-        }
         if is_write && answer.status.is_success() {
             shared.invalidate_after_write(route, &answer).await;
         }
@@ -755,6 +728,53 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
 }
 
 impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
+    /// Asks the budget for one upstream call by `partition`: `None` when it may go ahead.
+    async fn admit(&self, partition: Partition) -> Option<Refusal> {
+        match self.budget.admit(partition).await {
+            Admission::Granted { tokens_left } => {
+                self.metrics.set_budget_tokens(tokens_left);
+                None
+            }
+            Admission::CoolingDown { retry_after } => Some(Refusal::CoolingDown { retry_after }),
+            Admission::Exhausted { retry_after } => Some(Refusal::BudgetExhausted { retry_after }),
+        }
+    }
+
+    /// The bookkeeping after every upstream call, lookup or pass-through alike: its duration under
+    /// its status (or failure kind), its health for the breaker, and after a 429 a cool-down for
+    /// the credential. Returns the call's status or failure.
+    async fn settle(
+        &self,
+        pass: Pass,
+        partition: Partition,
+        started: Instant,
+        result: &Result<UpstreamAnswer, UpstreamError>,
+    ) -> Result<StatusCode, UpstreamError> {
+        let summary = result
+            .as_ref()
+            .map(|answer| answer.status)
+            .map_err(|error| *error);
+        let label = match &summary {
+            Ok(status) => status.as_str(),
+            Err(error) => error.as_str(),
+        };
+        self.metrics.record_upstream(label, started.elapsed());
+        self.breaker.record(pass, health_of(&summary));
+        if let Ok(answer) = result {
+            if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                let retry_after = answer
+                    .headers
+                    .iter()
+                    .find(|(name, _)| name == RETRY_AFTER)
+                    .and_then(|(_, value)| value.to_str().ok());
+                self.budget
+                    .cool_down(partition, cool_down_for(retry_after))
+                    .await;
+            }
+        }
+        summary
+    }
+
     /// After a successful write: no fetch that began before it may store its answer, no lookup
     /// after it may join such a fetch, and every cached lookup it made stale goes, in every
     /// credential partition: those that returned the written integration (by id or by reference
@@ -827,19 +847,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
                     None => return Fetched::Refused(Refusal::UpstreamDown { retry_after }),
                 }
             }
-            let refusal = match self.budget.admit(partition).await {
-                Admission::Granted { tokens_left } => {
-                    self.metrics.set_budget_tokens(tokens_left);
-                    None
-                }
-                Admission::CoolingDown { retry_after } => {
-                    Some(Refusal::CoolingDown { retry_after })
-                }
-                Admission::Exhausted { retry_after } => {
-                    Some(Refusal::BudgetExhausted { retry_after })
-                }
-            };
-            if let Some(refusal) = refusal {
+            if let Some(refusal) = self.admit(partition).await {
                 self.breaker.record(pass, Health::NotCalled);
                 match last {
                     Some(result) => break result,
@@ -848,29 +856,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             }
             let attempt_started = Instant::now();
             let result = self.upstream.get(&path, &credentials, deadline).await;
-            let summary = result
-                .as_ref()
-                .map(|answer| answer.status)
-                .map_err(|error| *error);
-            let label = match &summary {
-                Ok(status) => status.as_str().to_owned(),
-                Err(error) => error.as_str().to_owned(),
-            };
-            self.metrics
-                .record_upstream(&label, attempt_started.elapsed());
-            self.breaker.record(pass, health_of(&summary));
-            if let Ok(answer) = &result {
-                if answer.status == StatusCode::TOO_MANY_REQUESTS {
-                    let retry_after = answer
-                        .headers
-                        .iter()
-                        .find(|(name, _)| name == RETRY_AFTER)
-                        .and_then(|(_, value)| value.to_str().ok());
-                    self.budget
-                        .cool_down(partition, cool_down_for(retry_after))
-                        .await;
-                }
-            }
+            let summary = self.settle(pass, partition, attempt_started, &result).await;
             if !is_retryable(&summary) || retries >= settings.max_retries {
                 break result;
             }
