@@ -72,6 +72,11 @@ impl CacheEntry {
         freshness(self.stored_at, self.fresh_for, now)
     }
 
+    /// Whether the entry may still be served at `now` in any way (fresh or stale).
+    pub fn is_retained(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.stored_at) < self.retain_for
+    }
+
     /// Bytes charged against the cache bound: the body, the relayed headers, and a fixed
     /// allowance for the key, the entry and the store's own bookkeeping. The allowance is measured
     /// (BENCHMARKS.md, memory): about 730 bytes of resident memory per entry beyond its body, of
@@ -369,24 +374,15 @@ impl LocalStore {
             .shards(usize::try_from(shards).unwrap_or(1))
             .estimated_items_capacity(usize::try_from(estimated_items).unwrap_or(1 << 16))
             .weight_capacity(max_bytes)
-            .build();
-        let cache = match options {
-            Ok(options) => EntryCache::with_options(
-                options,
-                ByWeight,
-                quick_cache::DefaultHashBuilder::default(),
-                CollectEvicted,
-            ),
-            // Every option above is in range; should a later version disagree, fall back to its
-            // own shard layout rather than fail.
-            Err(_) => EntryCache::with(
-                usize::try_from(estimated_items).unwrap_or(1 << 16),
-                max_bytes,
-                ByWeight,
-                quick_cache::DefaultHashBuilder::default(),
-                CollectEvicted,
-            ),
-        };
+            .build()
+            // `build` fails only when one of the two capacities is missing; both are set above.
+            .expect("both capacities are set");
+        let cache = EntryCache::with_options(
+            options,
+            ByWeight,
+            quick_cache::DefaultHashBuilder::default(),
+            CollectEvicted,
+        );
         LocalStore {
             cache: Arc::new(cache),
             max_bytes,
@@ -415,13 +411,6 @@ impl LocalStore {
             !remove
         });
         removed.get()
-    }
-}
-
-impl CacheEntry {
-    /// Whether the entry may still be served at `now` in any way (fresh or stale).
-    pub fn is_retained(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.stored_at) < self.retain_for
     }
 }
 
