@@ -76,15 +76,6 @@ pub struct Metrics {
     budget_tokens: Gauge,
     breaker_state: Family<StateLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
-    /// Handles into `lookups` and `request_duration` for the hits, taken once: a hit then updates
-    /// its series without a label lookup.
-    hits: HitSeries,
-}
-
-struct HitSeries {
-    ok: Counter,
-    not_found: Counter,
-    duration: Histogram,
 }
 
 /// The breaker states, for the state-set gauge.
@@ -187,22 +178,6 @@ impl Metrics {
             "Configuration reloads on SIGHUP, by result",
             reloads.clone(),
         );
-        let hit = |status_class| LookupLabels {
-            outcome: "hit",
-            status_class,
-        };
-        // One statement each: `get_or_create` returns a read guard, which a later
-        // `get_or_create` of the same family would wait on if it were still alive.
-        let ok = lookups.get_or_create(&hit("2xx")).clone();
-        let not_found = lookups.get_or_create(&hit("4xx")).clone();
-        let duration = request_duration
-            .get_or_create(&OutcomeLabel { outcome: "hit" })
-            .clone();
-        let hits = HitSeries {
-            ok,
-            not_found,
-            duration,
-        };
         let metrics = Metrics {
             registry,
             lookups,
@@ -219,7 +194,6 @@ impl Metrics {
             budget_tokens,
             breaker_state,
             reloads,
-            hits,
         };
         metrics.set_breaker_state("closed");
         metrics
@@ -231,23 +205,10 @@ impl Metrics {
         status: http::StatusCode,
         elapsed: Duration,
     ) {
-        let class = status_class(status);
-        if outcome == "hit" {
-            let counter = match class {
-                "2xx" => Some(&self.hits.ok),
-                "4xx" => Some(&self.hits.not_found),
-                _ => None,
-            };
-            if let Some(counter) = counter {
-                counter.inc();
-                self.hits.duration.observe(elapsed.as_secs_f64());
-                return;
-            }
-        }
         self.lookups
             .get_or_create(&LookupLabels {
                 outcome,
-                status_class: class,
+                status_class: status_class(status),
             })
             .inc();
         self.request_duration
@@ -376,8 +337,7 @@ mod tests {
         assert_eq!(metrics.lookups_with_outcome("hit"), 1);
     }
 
-    /// Hits go through handles taken at start; they must land in the same series as any other
-    /// outcome's, by status class.
+    /// Each outcome and status class is its own series, and durations are kept per outcome.
     #[test]
     fn hits_of_each_status_class_are_counted_in_their_series() {
         let metrics = Metrics::new();
