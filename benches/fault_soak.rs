@@ -963,7 +963,7 @@ async fn soak(options: &Options) -> Result<RunResult, String> {
     for key in keys.iter().filter(|key| key.exists) {
         handle.insert_integration(ACCOUNT, &key.reference_id, "https://soak-tenant.okta.com");
     }
-    let proxy = zt_risk_sidecar::build_proxy(&config)?;
+    let proxy = zt_risk_sidecar::build_proxy(&config).map_err(|error| error.to_string())?;
     let (stop_sidecar, sidecar_stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(zt_risk_sidecar::serve(
         listener,

@@ -150,20 +150,60 @@ impl Default for TlsSettings {
     }
 }
 
+/// Why a CA file cannot extend the roots.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not PEM ({source})", path.display())]
+    NotPem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{} holds no certificate", path.display())]
+    Empty { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Rejected {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+}
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("TLS setup failed: {0}")]
+    Tls(rustls::Error),
+    #[error("no usable certificate in the system's root store")]
+    NoSystemRoots,
+    #[error(transparent)]
+    CaFile(#[from] CaFileError),
+}
+
 /// Reads every certificate of a PEM file; an empty or unreadable file is an error.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let text =
-        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
+    let text = std::fs::read(path).map_err(|source| CaFileError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
     let certificates = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("{} is not PEM ({error})", path.display()))?;
+        .map_err(|source| CaFileError::NotPem {
+            path: path.to_owned(),
+            source,
+        })?;
     if certificates.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
+        return Err(CaFileError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(certificates)
 }
 
-fn root_store(tls: &TlsSettings) -> Result<RootCertStore, String> {
+fn root_store(tls: &TlsSettings) -> Result<RootCertStore, ClientBuildError> {
     let mut store = match tls.roots {
         TlsRoots::Webpki => RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -173,7 +213,7 @@ fn root_store(tls: &TlsSettings) -> Result<RootCertStore, String> {
             let mut store = RootCertStore::empty();
             let (added, _ignored) = store.add_parsable_certificates(loaded.certs);
             if added == 0 {
-                return Err("no usable certificate in the system's root store".to_owned());
+                return Err(ClientBuildError::NoSystemRoots);
             }
             store
         }
@@ -182,7 +222,10 @@ fn root_store(tls: &TlsSettings) -> Result<RootCertStore, String> {
         for certificate in read_ca_file(path)? {
             store
                 .add(certificate)
-                .map_err(|error| format!("{}: {error}", path.display()))?;
+                .map_err(|source| CaFileError::Rejected {
+                    path: path.clone(),
+                    source,
+                })?;
         }
     }
     Ok(store)
@@ -319,7 +362,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(settings: &UpstreamSettings) -> Result<Upstream, String> {
+    pub fn new(settings: &UpstreamSettings) -> Result<Upstream, ClientBuildError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -328,7 +371,7 @@ impl Upstream {
         // Safe default protocol versions are TLS 1.2 and 1.3.
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|error| format!("TLS setup failed: {error}"))?
+            .map_err(ClientBuildError::Tls)?
             .with_root_certificates(root_store(&settings.tls)?)
             .with_no_client_auth();
         // ALPN offers h2, then http/1.1.
@@ -710,9 +753,11 @@ mod tests {
         std::fs::write(&empty, "").expect("write");
         assert!(read_ca_file(&empty)
             .expect_err("empty")
+            .to_string()
             .contains("no certificate"));
         assert!(read_ca_file(&dir.join("missing.pem"))
             .expect_err("missing")
+            .to_string()
             .contains("cannot read"));
         let _ = std::fs::remove_dir_all(&dir);
     }
