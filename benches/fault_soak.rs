@@ -902,7 +902,7 @@ impl ClientReport {
 fn soak_config(upstream: &str) -> Result<Config, String> {
     let mut config = config::resolve(&Cli::default(), FileConfig::default(), None)
         .map_err(|error| error.to_string())?;
-    config.upstream = UpstreamBase::parse(upstream, false)?;
+    config.upstream = UpstreamBase::parse(upstream, false).map_err(|error| error.to_string())?;
     config.ttl.positive = Duration::from_secs(2);
     config.ttl.negative = Duration::from_secs(1);
     config.ttl.stale_while_revalidate = Duration::from_secs(1);

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use crate::config::Config;
 use crate::credentials::Secret;
 use crate::simulator::{DevSeed, SimConfig, SimControl, SimulatedCloudflare};
-use crate::upstream::UpstreamBase;
+use crate::upstream::{UpstreamBase, UpstreamUrlError};
 
 /// Why `--dev` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +17,7 @@ pub enum DevError {
     #[error("could not start the simulator's control API: {0}")]
     Control(std::io::Error),
     #[error("the simulator's address is not a usable upstream: {0}")]
-    Upstream(String),
+    Upstream(#[from] UpstreamUrlError),
 }
 
 /// The running simulator and what it was seeded with.
@@ -38,8 +38,7 @@ impl DevMode {
         let control = SimControl::start(simulator.handle())
             .await
             .map_err(DevError::Control)?;
-        let upstream =
-            UpstreamBase::parse(&simulator.base_url(), false).map_err(DevError::Upstream)?;
+        let upstream = UpstreamBase::parse(&simulator.base_url(), false)?;
         config.replace_upstream(upstream, Some(Secret::new(seed.token.clone())));
         Ok(DevMode {
             simulator,

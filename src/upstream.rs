@@ -51,37 +51,49 @@ pub struct UpstreamBase {
     path_prefix: String,
 }
 
+/// Why a text is not an upstream base URL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamUrlError {
+    #[error("not a valid URL ({0})")]
+    NotAUrl(String),
+    #[error("must start with https:// (or http:// for loopback)")]
+    NoScheme,
+    #[error("must name a host")]
+    NoHost,
+    #[error("must not contain user information")]
+    UserInformation,
+    #[error("must not have a query string")]
+    QueryString,
+    #[error(
+        "http:// is only allowed for a loopback host (127.0.0.1, ::1, localhost); \
+         set allow_insecure_upstream to override"
+    )]
+    InsecureHttp,
+    #[error("unsupported scheme {0}")]
+    UnsupportedScheme(String),
+}
+
 impl UpstreamBase {
     /// Accepts `https://` anywhere, and `http://` only for a loopback host unless
     /// `allow_insecure_http` is set: an API token must not cross a network in clear text by accident.
-    pub fn parse(text: &str, allow_insecure_http: bool) -> Result<UpstreamBase, String> {
+    pub fn parse(text: &str, allow_insecure_http: bool) -> Result<UpstreamBase, UpstreamUrlError> {
         let uri: Uri = text
             .parse()
-            .map_err(|error| format!("not a valid URL ({error})"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| "must start with https:// (or http:// for loopback)".to_owned())?;
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| "must name a host".to_owned())?;
+            .map_err(|error: http::uri::InvalidUri| UpstreamUrlError::NotAUrl(error.to_string()))?;
+        let scheme = uri.scheme().cloned().ok_or(UpstreamUrlError::NoScheme)?;
+        let authority = uri.authority().cloned().ok_or(UpstreamUrlError::NoHost)?;
         if authority.as_str().contains('@') {
-            return Err("must not contain user information".to_owned());
+            return Err(UpstreamUrlError::UserInformation);
         }
         if uri.query().is_some() {
-            return Err("must not have a query string".to_owned());
+            return Err(UpstreamUrlError::QueryString);
         }
         if scheme == Scheme::HTTP {
             if !allow_insecure_http && !is_loopback_host(authority.host()) {
-                return Err(
-                    "http:// is only allowed for a loopback host (127.0.0.1, ::1, localhost); \
-                     set allow_insecure_upstream to override"
-                        .to_owned(),
-                );
+                return Err(UpstreamUrlError::InsecureHttp);
             }
         } else if scheme != Scheme::HTTPS {
-            return Err(format!("unsupported scheme {scheme}"));
+            return Err(UpstreamUrlError::UnsupportedScheme(scheme.to_string()));
         }
         let path_prefix = uri.path().trim_end_matches('/').to_owned();
         Ok(UpstreamBase {
@@ -239,34 +251,42 @@ pub struct ProxyUrl {
     authorization: Option<HeaderValue>,
 }
 
+/// Why a text is not a proxy URL. It never holds the text, which may carry credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyUrlError {
+    #[error("not a valid URL (expected http://host:port)")]
+    NotAUrl,
+    #[error("must be an http:// proxy URL (the tunnel to Cloudflare is TLS inside it)")]
+    NotHttp,
+    #[error("must name a host")]
+    NoHost,
+    #[error("not a valid proxy host")]
+    BadHost,
+    #[error("proxy credentials cannot be sent in a header")]
+    BadCredentials,
+}
+
 impl ProxyUrl {
     /// Pure: `http://host:port` or `http://user:password@host:port`.
-    pub fn parse(text: &str) -> Result<ProxyUrl, String> {
-        let uri: Uri = text
-            .parse()
-            .map_err(|_| "not a valid URL (expected http://host:port)".to_owned())?;
+    pub fn parse(text: &str) -> Result<ProxyUrl, ProxyUrlError> {
+        let uri: Uri = text.parse().map_err(|_| ProxyUrlError::NotAUrl)?;
         if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(
-                "must be an http:// proxy URL (the tunnel to Cloudflare is TLS inside it)"
-                    .to_owned(),
-            );
+            return Err(ProxyUrlError::NotHttp);
         }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| "must name a host".to_owned())?;
+        let authority = uri.authority().ok_or(ProxyUrlError::NoHost)?;
         let (credentials, host_port) = match authority.as_str().rsplit_once('@') {
             Some((credentials, host_port)) => (Some(credentials), host_port),
             None => (None, authority.as_str()),
         };
         let clean: Uri = format!("http://{host_port}")
             .parse()
-            .map_err(|_| "not a valid proxy host".to_owned())?;
+            .map_err(|_| ProxyUrlError::BadHost)?;
         let authorization = match credentials {
             None => None,
             Some(credentials) => {
                 let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
                 let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
-                    .map_err(|_| "proxy credentials cannot be sent in a header".to_owned())?;
+                    .map_err(|_| ProxyUrlError::BadCredentials)?;
                 value.set_sensitive(true);
                 Some(value)
             }
@@ -648,7 +668,7 @@ mod tests {
         match expected {
             Ok(display) => assert_eq!(actual.as_deref(), Ok(display), "{text}"),
             Err(fragment) => {
-                let error = actual.expect_err(text);
+                let error = actual.expect_err(text).to_string();
                 assert!(error.contains(fragment), "{text}: {error}");
             }
         }

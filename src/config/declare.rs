@@ -117,14 +117,17 @@ pub(crate) fn merge_one<T: SettingValue>(
     default: DefaultValue,
     given: Option<&Given>,
     file: Option<&FileValue>,
+    path: Option<&std::path::Path>,
 ) -> Result<T, ConfigError> {
     if let Some(given) = given {
         return T::parse_texts(&given.texts)
             .map_err(|problem| ConfigError::new(key, format!("{problem} ({})", given.origin)));
     }
     if let Some(file) = file {
-        return T::parse_toml(file.value.clone())
-            .map_err(|problem| ConfigError::new(key, format!("{problem} at line {}", file.line)));
+        return T::parse_toml(file.value.clone()).map_err(|problem| {
+            let within = path.map_or(String::new(), |path| format!(" (in {})", path.display()));
+            ConfigError::new(key, format!("{problem} at line {}{within}", file.line))
+        });
     }
     T::parse_default(default).map_err(|problem| {
         ConfigError::new(
@@ -159,6 +162,8 @@ macro_rules! settings {
         #[derive(Clone, Debug, Default, PartialEq)]
         pub struct FileConfig {
             $(pub $key: Option<$crate::config::declare::FileValue>,)*
+            /// The file the values came from, named in errors; not a key.
+            pub path: Option<std::path::PathBuf>,
         }
 
         /// The file's keys as serde reads them: an unknown key is an error.
@@ -176,6 +181,7 @@ macro_rules! settings {
                         line: line_of(spanned.span().start),
                         value: spanned.into_inner(),
                     }),)*
+                    path: None,
                 }
             }
         }
@@ -210,6 +216,7 @@ macro_rules! settings {
                         $crate::config::values::DefaultValue::from($default),
                         given.get(stringify!($key)),
                         file.$key.as_ref(),
+                        file.path.as_deref(),
                     )?,)*
                 })
             }

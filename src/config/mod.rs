@@ -9,6 +9,8 @@ mod docs;
 mod reload;
 mod sources;
 mod table;
+#[cfg(test)]
+mod table_tests;
 mod validate;
 mod values;
 

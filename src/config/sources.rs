@@ -45,6 +45,13 @@ impl SettingArgs {
     pub(crate) fn get(&self, key: &str) -> Option<&Given> {
         self.given.get(key)
     }
+
+    /// Gives a value as clap would have reported it, for tests that must not touch the process
+    /// environment.
+    #[cfg(test)]
+    pub(crate) fn insert(&mut self, key: &'static str, given: Given) {
+        self.given.insert(key, given);
+    }
 }
 
 impl Args for SettingArgs {
@@ -56,7 +63,7 @@ impl Args for SettingArgs {
                 .value_name(setting.value_name)
                 .help(format!(
                     "{} [default: {}]",
-                    setting.help(),
+                    setting.help().replace('`', ""),
                     setting.default.describe().replace('`', "")
                 ))
                 .hide_env_values(setting.sensitive);
@@ -106,9 +113,13 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| {
         ConfigError::new("config", format!("cannot read {}: {error}", path.display()))
     })?;
-    parse_file(&text).map_err(|error| ConfigError {
+    let file = parse_file(&text).map_err(|error| ConfigError {
         problem: format!("{} (in {})", error.problem, path.display()),
         ..error
+    })?;
+    Ok(FileConfig {
+        path: Some(path.to_owned()),
+        ..file
     })
 }
 
