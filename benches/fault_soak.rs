@@ -902,7 +902,7 @@ impl ClientReport {
 fn soak_config(upstream: &str) -> Result<Config, String> {
     let mut config = config::resolve(&Cli::default(), FileConfig::default(), None)
         .map_err(|error| error.to_string())?;
-    config.upstream = UpstreamBase::parse(upstream, false)?;
+    config.upstream = UpstreamBase::parse(upstream, false).map_err(|error| error.to_string())?;
     config.ttl.positive = Duration::from_secs(2);
     config.ttl.negative = Duration::from_secs(1);
     config.ttl.stale_while_revalidate = Duration::from_secs(1);
@@ -963,7 +963,7 @@ async fn soak(options: &Options) -> Result<RunResult, String> {
     for key in keys.iter().filter(|key| key.exists) {
         handle.insert_integration(ACCOUNT, &key.reference_id, "https://soak-tenant.okta.com");
     }
-    let proxy = zt_risk_sidecar::build_proxy(&config)?;
+    let proxy = zt_risk_sidecar::build_proxy(&config).map_err(|error| error.to_string())?;
     let (stop_sidecar, sidecar_stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(zt_risk_sidecar::serve(
         listener,

@@ -128,6 +128,15 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// Why a token cannot be the sidecar's own credential. It never holds the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidToken {
+    #[error("the API token is empty")]
+    Empty,
+    #[error("the API token contains characters that cannot be sent in an HTTP header")]
+    NotAHeaderValue,
+}
+
 /// The sidecar's own credential, used for requests that carry none.
 #[derive(Clone)]
 pub struct FallbackToken {
@@ -135,15 +144,14 @@ pub struct FallbackToken {
 }
 
 impl FallbackToken {
-    /// Builds `Authorization: Bearer <token>`. The error message never contains the token.
-    pub fn new(token: &Secret) -> Result<FallbackToken, String> {
+    /// Builds `Authorization: Bearer <token>`. The error never contains the token.
+    pub fn new(token: &Secret) -> Result<FallbackToken, InvalidToken> {
         let token = token.expose().trim();
         if token.is_empty() {
-            return Err("the API token is empty".to_owned());
+            return Err(InvalidToken::Empty);
         }
-        let mut header = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-            "the API token contains characters that cannot be sent in an HTTP header".to_owned()
-        })?;
+        let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| InvalidToken::NotAHeaderValue)?;
         header.set_sensitive(true);
         Ok(FallbackToken { header })
     }
@@ -352,7 +360,7 @@ mod tests {
     fn fallback_token_errors_do_not_echo_the_token() {
         let error =
             FallbackToken::new(&Secret::new("bad\ntoken-value".into())).expect_err("invalid");
-        assert!(!error.contains("token-value"));
+        assert!(!error.to_string().contains("token-value"));
         assert!(FallbackToken::new(&Secret::new("   ".into())).is_err());
     }
 }

@@ -7,7 +7,18 @@ use std::fmt::Write as _;
 use crate::config::Config;
 use crate::credentials::Secret;
 use crate::simulator::{DevSeed, SimConfig, SimControl, SimulatedCloudflare};
-use crate::upstream::UpstreamBase;
+use crate::upstream::{UpstreamBase, UpstreamUrlError};
+
+/// Why `--dev` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("could not start the simulated Cloudflare API: {0}")]
+    Simulator(std::io::Error),
+    #[error("could not start the simulator's control API: {0}")]
+    Control(std::io::Error),
+    #[error("the simulator's address is not a usable upstream: {0}")]
+    Upstream(#[from] UpstreamUrlError),
+}
 
 /// The running simulator and what it was seeded with.
 pub struct DevMode {
@@ -19,16 +30,16 @@ pub struct DevMode {
 impl DevMode {
     /// Starts the simulator and rewrites `config` to use it, with its dev token as the sidecar's
     /// own token so that plain `curl` needs no credentials.
-    pub async fn start(config: &mut Config) -> Result<DevMode, String> {
+    pub async fn start(config: &mut Config) -> Result<DevMode, DevError> {
         let simulator = SimulatedCloudflare::start(SimConfig::default())
             .await
-            .map_err(|error| format!("could not start the simulated Cloudflare API: {error}"))?;
+            .map_err(DevError::Simulator)?;
         let seed = simulator.handle().seed_dev();
         let control = SimControl::start(simulator.handle())
             .await
-            .map_err(|error| format!("could not start the simulator's control API: {error}"))?;
-        config.upstream = UpstreamBase::parse(&simulator.base_url(), false)?;
-        config.token = Some(Secret::new(seed.token.clone()));
+            .map_err(DevError::Control)?;
+        let upstream = UpstreamBase::parse(&simulator.base_url(), false)?;
+        config.replace_upstream(upstream, Some(Secret::new(seed.token.clone())));
         Ok(DevMode {
             simulator,
             control,

@@ -28,13 +28,13 @@ use tokio::net::TcpListener;
 use crate::admin::{Admin, Readiness};
 use crate::budget::LocalBudget;
 use crate::cache::LocalStore;
-use crate::config::{plan_reload, Config, ReloadPlan};
-use crate::credentials::FallbackToken;
+use crate::config::{plan_reload, Config, ConfigError, ReloadPlan};
+use crate::credentials::{FallbackToken, InvalidToken};
 use crate::metrics::Metrics;
 use crate::proxy::{LiveSettings, Proxy};
 use crate::server::{DrainOutcome, Listener, ServerLimits};
-use crate::telemetry::LogControl;
-use crate::upstream::{Upstream, UpstreamSettings};
+use crate::telemetry::{LogControl, LogFilterError};
+use crate::upstream::{ClientBuildError, Upstream, UpstreamSettings};
 
 /// The proxy as the binary runs it: in-process store and budget.
 pub type LocalProxy = Proxy<LocalStore, LocalBudget>;
@@ -45,7 +45,35 @@ const ADMIN_GRACE: Duration = Duration::from_secs(1);
 /// How often entries past their retention are swept out of the cache (a read drops one at once).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-fn live_settings(config: &Config) -> Result<LiveSettings, String> {
+/// Why the service could not be built from a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot build the upstream client: {0}")]
+    Upstream(#[from] ClientBuildError),
+    #[error("the sidecar's token cannot be used: {0}")]
+    Token(#[from] InvalidToken),
+}
+
+/// Why a reload was rejected; the running configuration stays whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    LogFilter(#[from] LogFilterError),
+}
+
+/// A reload's outcome: what changed, and the configuration now in force (restart-only keys keep
+/// their running values).
+#[derive(Debug)]
+pub struct Reloaded {
+    pub plan: ReloadPlan,
+    pub config: Config,
+}
+
+fn live_settings(config: &Config) -> Result<LiveSettings, BuildError> {
     Ok(LiveSettings {
         ttl: config.ttl,
         fallback_token: config.token.as_ref().map(FallbackToken::new).transpose()?,
@@ -60,7 +88,7 @@ fn live_settings(config: &Config) -> Result<LiveSettings, String> {
 
 /// Builds the request handler from a validated configuration: metrics, the store, the budget, the
 /// upstream client and the request-path settings.
-pub fn build_proxy(config: &Config) -> Result<LocalProxy, String> {
+pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
     let metrics = Arc::new(Metrics::new());
     let upstream = Upstream::new(&UpstreamSettings {
         base: config.upstream.clone(),
@@ -95,7 +123,7 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: &Config) -> Result<App, String> {
+    pub fn new(config: &Config) -> Result<App, BuildError> {
         let proxy = build_proxy(config)?;
         let readiness = Readiness::default();
         let admin = Admin::new(proxy.clone(), readiness.clone(), config.admin_token.clone());
@@ -152,27 +180,28 @@ impl App {
     }
 
     /// Applies a re-read configuration: what can change live changes now, what cannot is returned
-    /// for the caller to log. `running` is the configuration in force.
+    /// for the caller to log, with the configuration now in force. `running` is the one in force
+    /// until now. Nothing changes unless the whole new configuration is accepted.
     pub fn reload(
         &self,
         running: &Config,
-        new: &Config,
+        new: Config,
         logs: Option<&LogControl>,
-    ) -> Result<ReloadPlan, String> {
-        let plan = plan_reload(running, new);
-        let settings = live_settings(new)?;
+    ) -> Result<Reloaded, ReloadError> {
+        let plan = plan_reload(running, &new);
+        let config = new.keeping_restart_values(running)?;
+        let settings = live_settings(&config)?;
         if plan.applied.contains(&"log_level") {
             if let Some(logs) = logs {
-                logs.apply(new.log_level.as_deref())?;
+                logs.apply(config.log_level.as_deref())?;
             }
         }
-        let budget = plan
-            .applied
-            .contains(&"upstream_budget")
-            .then_some(new.budget);
-        self.proxy.reconfigure(settings, new.breaker, budget);
-        self.admin.set_token(new.admin_token.clone());
-        Ok(plan)
+        // A new budget policy starts every credential with a full bucket, so only a changed one
+        // replaces the running budget.
+        let budget = (config.budget != running.budget).then_some(config.budget);
+        self.proxy.reconfigure(settings, config.breaker, budget);
+        self.admin.set_token(config.admin_token.clone());
+        Ok(Reloaded { plan, config })
     }
 }
 

@@ -2,6 +2,7 @@
 //! until SIGTERM or SIGINT, re-reading the configuration on SIGHUP. Everything else lives in the
 //! library.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -9,9 +10,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use zt_risk_sidecar::config::{self, Cli, Config, TOKEN_ENV};
 use zt_risk_sidecar::dev::DevMode;
-use zt_risk_sidecar::server::{self, DrainOutcome, Listener};
+use zt_risk_sidecar::server::{self, DrainOutcome, ListenAddr, Listener};
 use zt_risk_sidecar::telemetry::{self, LogControl};
-use zt_risk_sidecar::App;
+use zt_risk_sidecar::{App, Reloaded};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -58,8 +59,8 @@ fn main() -> ExitCode {
         };
         let (listener, admin_listener) = match bind(&config).await {
             Ok(listeners) => listeners,
-            Err(message) => {
-                tracing::error!("{message}");
+            Err(error) => {
+                tracing::error!("{error}");
                 return ExitCode::FAILURE;
             }
         };
@@ -100,17 +101,33 @@ fn main() -> ExitCode {
     })
 }
 
-async fn bind(config: &Config) -> Result<(Listener, TcpListener), String> {
+/// Which listener could not be bound, and why.
+#[derive(Debug, thiserror::Error)]
+enum BindError {
+    #[error("cannot listen on {address}: {source}")]
+    Lookup {
+        address: ListenAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {address} (admin_listen): {source}")]
+    Admin {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+async fn bind(config: &Config) -> Result<(Listener, TcpListener), BindError> {
     let listener = server::bind(&config.listen, &config.unix_socket)
         .await
-        .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+        .map_err(|source| BindError::Lookup {
+            address: config.listen.clone(),
+            source,
+        })?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
-        .map_err(|error| {
-            format!(
-                "cannot listen on {} (admin_listen): {error}",
-                config.admin_listen
-            )
+        .map_err(|source| BindError::Admin {
+            address: config.admin_listen,
+            source,
         })?;
     Ok((listener, admin))
 }
@@ -164,30 +181,16 @@ async fn reload_on_hangup(
         };
         if running.dev {
             // --dev points the sidecar at its own simulator; a reload keeps that.
-            new.upstream = running.upstream.clone();
-            new.token = running.token.clone();
+            new.replace_upstream(running.upstream.clone(), running.token.clone());
         }
-        match app.reload(&running, &new, Some(&logs)) {
-            Ok(plan) => {
+        match app.reload(&running, new, Some(&logs)) {
+            Ok(Reloaded { plan, config }) => {
                 metrics.record_reload("applied");
                 if !plan.needs_restart.is_empty() {
                     tracing::warn!(keys = ?plan.needs_restart, "SIGHUP: these changes need a restart and were not applied");
                 }
                 tracing::info!(applied = ?plan.applied, "SIGHUP: configuration reloaded");
-                // Keys that need a restart keep their running values.
-                new.listen = running.listen.clone();
-                new.unix_socket = running.unix_socket.clone();
-                new.server_limits = running.server_limits.clone();
-                new.tls = running.tls.clone();
-                new.https_proxy = running.https_proxy.clone();
-                new.admin_listen = running.admin_listen;
-                new.upstream = running.upstream.clone();
-                new.connect_timeout = running.connect_timeout;
-                new.request_timeout = running.request_timeout;
-                new.cache_max_bytes = running.cache_max_bytes;
-                new.log_format = running.log_format;
-                new.shutdown_grace = running.shutdown_grace;
-                running = new;
+                running = config;
             }
             Err(error) => {
                 metrics.record_reload("rejected");

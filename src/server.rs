@@ -79,19 +79,28 @@ pub enum ListenAddr {
     Unix(PathBuf),
 }
 
+/// Why a text is not a listen address; it holds the text as given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ListenAddrError {
+    #[error("{0:?}: the socket path must be absolute")]
+    RelativeSocketPath(String),
+    #[error("{0:?} is not an IP address and port (e.g. 127.0.0.1:8080) or unix:/path")]
+    NotAnAddress(String),
+}
+
 impl ListenAddr {
     /// Pure: `127.0.0.1:8080`, `[::1]:8080` or `unix:/run/zt/sidecar.sock`.
-    pub fn parse(text: &str) -> Result<ListenAddr, String> {
+    pub fn parse(text: &str) -> Result<ListenAddr, ListenAddrError> {
         if let Some(path) = text.strip_prefix("unix:") {
             let path = PathBuf::from(path);
             if !path.is_absolute() {
-                return Err(format!("{text:?}: the socket path must be absolute"));
+                return Err(ListenAddrError::RelativeSocketPath(text.to_owned()));
             }
             return Ok(ListenAddr::Unix(path));
         }
-        text.parse().map(ListenAddr::Tcp).map_err(|_| {
-            format!("{text:?} is not an IP address and port (e.g. 127.0.0.1:8080) or unix:/path")
-        })
+        text.parse()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| ListenAddrError::NotAnAddress(text.to_owned()))
     }
 }
 

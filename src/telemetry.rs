@@ -8,7 +8,12 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), LogFilterError> + Send + Sync>;
+
+/// The running subscriber refused a new filter (it is gone, or was never ours).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot change the log filter: {0}")]
+pub struct LogFilterError(#[from] tracing_subscriber::reload::Error);
 
 /// Changes the log filter of the running process.
 pub struct LogControl {
@@ -17,7 +22,7 @@ pub struct LogControl {
 
 impl LogControl {
     /// Applies the configured filter, or `RUST_LOG` (else `info`) when none is configured.
-    pub fn apply(&self, configured: Option<&str>) -> Result<(), String> {
+    pub fn apply(&self, configured: Option<&str>) -> Result<(), LogFilterError> {
         let (filter, _) = choose_filter(configured);
         (self.set_filter)(filter)
     }
@@ -55,7 +60,7 @@ pub fn init(format: LogFormat, configured: Option<&str>) -> (LogControl, Option<
             let builder = builder.with_filter_reloading();
             let handle = builder.reload_handle();
             (
-                Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string())),
+                Box::new(move |filter| Ok(handle.reload(filter)?)),
                 builder.try_init(),
             )
         }
@@ -63,7 +68,7 @@ pub fn init(format: LogFormat, configured: Option<&str>) -> (LogControl, Option<
             let builder = builder.json().flatten_event(true).with_filter_reloading();
             let handle = builder.reload_handle();
             (
-                Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string())),
+                Box::new(move |filter| Ok(handle.reload(filter)?)),
                 builder.try_init(),
             )
         }

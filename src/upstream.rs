@@ -51,37 +51,49 @@ pub struct UpstreamBase {
     path_prefix: String,
 }
 
+/// Why a text is not an upstream base URL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamUrlError {
+    #[error("not a valid URL ({0})")]
+    NotAUrl(String),
+    #[error("must start with https:// (or http:// for loopback)")]
+    NoScheme,
+    #[error("must name a host")]
+    NoHost,
+    #[error("must not contain user information")]
+    UserInformation,
+    #[error("must not have a query string")]
+    QueryString,
+    #[error(
+        "http:// is only allowed for a loopback host (127.0.0.1, ::1, localhost); \
+         set allow_insecure_upstream to override"
+    )]
+    InsecureHttp,
+    #[error("unsupported scheme {0}")]
+    UnsupportedScheme(String),
+}
+
 impl UpstreamBase {
     /// Accepts `https://` anywhere, and `http://` only for a loopback host unless
     /// `allow_insecure_http` is set: an API token must not cross a network in clear text by accident.
-    pub fn parse(text: &str, allow_insecure_http: bool) -> Result<UpstreamBase, String> {
+    pub fn parse(text: &str, allow_insecure_http: bool) -> Result<UpstreamBase, UpstreamUrlError> {
         let uri: Uri = text
             .parse()
-            .map_err(|error| format!("not a valid URL ({error})"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| "must start with https:// (or http:// for loopback)".to_owned())?;
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| "must name a host".to_owned())?;
+            .map_err(|error: http::uri::InvalidUri| UpstreamUrlError::NotAUrl(error.to_string()))?;
+        let scheme = uri.scheme().cloned().ok_or(UpstreamUrlError::NoScheme)?;
+        let authority = uri.authority().cloned().ok_or(UpstreamUrlError::NoHost)?;
         if authority.as_str().contains('@') {
-            return Err("must not contain user information".to_owned());
+            return Err(UpstreamUrlError::UserInformation);
         }
         if uri.query().is_some() {
-            return Err("must not have a query string".to_owned());
+            return Err(UpstreamUrlError::QueryString);
         }
         if scheme == Scheme::HTTP {
             if !allow_insecure_http && !is_loopback_host(authority.host()) {
-                return Err(
-                    "http:// is only allowed for a loopback host (127.0.0.1, ::1, localhost); \
-                     set allow_insecure_upstream to override"
-                        .to_owned(),
-                );
+                return Err(UpstreamUrlError::InsecureHttp);
             }
         } else if scheme != Scheme::HTTPS {
-            return Err(format!("unsupported scheme {scheme}"));
+            return Err(UpstreamUrlError::UnsupportedScheme(scheme.to_string()));
         }
         let path_prefix = uri.path().trim_end_matches('/').to_owned();
         Ok(UpstreamBase {
@@ -150,20 +162,60 @@ impl Default for TlsSettings {
     }
 }
 
+/// Why a CA file cannot extend the roots.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not PEM ({source})", path.display())]
+    NotPem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{} holds no certificate", path.display())]
+    Empty { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Rejected {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+}
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("TLS setup failed: {0}")]
+    Tls(rustls::Error),
+    #[error("no usable certificate in the system's root store")]
+    NoSystemRoots,
+    #[error(transparent)]
+    CaFile(#[from] CaFileError),
+}
+
 /// Reads every certificate of a PEM file; an empty or unreadable file is an error.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let text =
-        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
+    let text = std::fs::read(path).map_err(|source| CaFileError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
     let certificates = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("{} is not PEM ({error})", path.display()))?;
+        .map_err(|source| CaFileError::NotPem {
+            path: path.to_owned(),
+            source,
+        })?;
     if certificates.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
+        return Err(CaFileError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(certificates)
 }
 
-fn root_store(tls: &TlsSettings) -> Result<RootCertStore, String> {
+fn root_store(tls: &TlsSettings) -> Result<RootCertStore, ClientBuildError> {
     let mut store = match tls.roots {
         TlsRoots::Webpki => RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -173,7 +225,7 @@ fn root_store(tls: &TlsSettings) -> Result<RootCertStore, String> {
             let mut store = RootCertStore::empty();
             let (added, _ignored) = store.add_parsable_certificates(loaded.certs);
             if added == 0 {
-                return Err("no usable certificate in the system's root store".to_owned());
+                return Err(ClientBuildError::NoSystemRoots);
             }
             store
         }
@@ -182,7 +234,10 @@ fn root_store(tls: &TlsSettings) -> Result<RootCertStore, String> {
         for certificate in read_ca_file(path)? {
             store
                 .add(certificate)
-                .map_err(|error| format!("{}: {error}", path.display()))?;
+                .map_err(|source| CaFileError::Rejected {
+                    path: path.clone(),
+                    source,
+                })?;
         }
     }
     Ok(store)
@@ -196,34 +251,42 @@ pub struct ProxyUrl {
     authorization: Option<HeaderValue>,
 }
 
+/// Why a text is not a proxy URL. It never holds the text, which may carry credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyUrlError {
+    #[error("not a valid URL (expected http://host:port)")]
+    NotAUrl,
+    #[error("must be an http:// proxy URL (the tunnel to Cloudflare is TLS inside it)")]
+    NotHttp,
+    #[error("must name a host")]
+    NoHost,
+    #[error("not a valid proxy host")]
+    BadHost,
+    #[error("proxy credentials cannot be sent in a header")]
+    BadCredentials,
+}
+
 impl ProxyUrl {
     /// Pure: `http://host:port` or `http://user:password@host:port`.
-    pub fn parse(text: &str) -> Result<ProxyUrl, String> {
-        let uri: Uri = text
-            .parse()
-            .map_err(|_| "not a valid URL (expected http://host:port)".to_owned())?;
+    pub fn parse(text: &str) -> Result<ProxyUrl, ProxyUrlError> {
+        let uri: Uri = text.parse().map_err(|_| ProxyUrlError::NotAUrl)?;
         if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(
-                "must be an http:// proxy URL (the tunnel to Cloudflare is TLS inside it)"
-                    .to_owned(),
-            );
+            return Err(ProxyUrlError::NotHttp);
         }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| "must name a host".to_owned())?;
+        let authority = uri.authority().ok_or(ProxyUrlError::NoHost)?;
         let (credentials, host_port) = match authority.as_str().rsplit_once('@') {
             Some((credentials, host_port)) => (Some(credentials), host_port),
             None => (None, authority.as_str()),
         };
         let clean: Uri = format!("http://{host_port}")
             .parse()
-            .map_err(|_| "not a valid proxy host".to_owned())?;
+            .map_err(|_| ProxyUrlError::BadHost)?;
         let authorization = match credentials {
             None => None,
             Some(credentials) => {
                 let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
                 let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
-                    .map_err(|_| "proxy credentials cannot be sent in a header".to_owned())?;
+                    .map_err(|_| ProxyUrlError::BadCredentials)?;
                 value.set_sensitive(true);
                 Some(value)
             }
@@ -319,7 +382,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(settings: &UpstreamSettings) -> Result<Upstream, String> {
+    pub fn new(settings: &UpstreamSettings) -> Result<Upstream, ClientBuildError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -328,7 +391,7 @@ impl Upstream {
         // Safe default protocol versions are TLS 1.2 and 1.3.
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|error| format!("TLS setup failed: {error}"))?
+            .map_err(ClientBuildError::Tls)?
             .with_root_certificates(root_store(&settings.tls)?)
             .with_no_client_auth();
         // ALPN offers h2, then http/1.1.
@@ -605,7 +668,7 @@ mod tests {
         match expected {
             Ok(display) => assert_eq!(actual.as_deref(), Ok(display), "{text}"),
             Err(fragment) => {
-                let error = actual.expect_err(text);
+                let error = actual.expect_err(text).to_string();
                 assert!(error.contains(fragment), "{text}: {error}");
             }
         }
@@ -710,9 +773,11 @@ mod tests {
         std::fs::write(&empty, "").expect("write");
         assert!(read_ca_file(&empty)
             .expect_err("empty")
+            .to_string()
             .contains("no certificate"));
         assert!(read_ca_file(&dir.join("missing.pem"))
             .expect_err("missing")
+            .to_string()
             .contains("cannot read"));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -22,12 +22,15 @@ fuzz_target!(|data: &[u8]| {
             let token = String::from_utf8_lossy(token).into_owned();
             match FallbackToken::new(&Secret::new(token)) {
                 Ok(token) => fallback = Some(token),
-                Err(message) => assert!(
-                    message == "the API token is empty"
-                        || message
-                            == "the API token contains characters that cannot be sent in an HTTP header",
-                    "unexpected message {message:?}"
-                ),
+                Err(error) => {
+                    let message = error.to_string();
+                    assert!(
+                        message == "the API token is empty"
+                            || message
+                                == "the API token contains characters that cannot be sent in an HTTP header",
+                        "unexpected message {message:?}"
+                    )
+                }
             }
             continue;
         }

@@ -1,0 +1,212 @@
+//! The rules between settings, and the secrets: turns merged [`Settings`] into the typed
+//! [`Config`] the program runs with (limits, policies, the upstream base), and reads the token
+//! files. Values are already parsed one by one; an error names the key. Never prints a secret.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::table::Settings;
+use super::{Config, ConfigError, TOKEN_ENV};
+use crate::budget::BudgetPolicy;
+use crate::cache::TtlPolicy;
+use crate::credentials::{FallbackToken, Secret};
+use crate::proxy::RequestLimits;
+use crate::resilience::BreakerPolicy;
+use crate::server::{ListenAddr, ServerLimits, UnixSocketSettings};
+use crate::upstream::{TlsSettings, UpstreamBase};
+
+/// The most retries a lookup may make: each one spends budget and time.
+const MAX_UPSTREAM_RETRIES: u32 = 2;
+
+/// What the settings point at rather than hold: the two tokens, read from their files (or, for
+/// the sidecar's token, from `CLOUDFLARE_API_TOKEN`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Secrets {
+    pub token: Option<Secret>,
+    pub admin_token: Option<Secret>,
+}
+
+/// Reads what the settings name on disk: the token files, and the extra CA file (checked here
+/// so that a reload keeping the running TLS settings need not read it again).
+pub(crate) fn read_secrets(
+    settings: &Settings,
+    token_env: Option<String>,
+) -> Result<Secrets, ConfigError> {
+    if let Some(path) = &settings.tls_extra_ca_file {
+        crate::upstream::read_ca_file(path)
+            .map_err(|problem| ConfigError::new("tls_extra_ca_file", problem.to_string()))?;
+    }
+    let admin_token = match &settings.admin_token_file {
+        Some(path) => Some(read_secret_file("admin_token_file", path)?),
+        None => None,
+    };
+    let token = match &settings.token_file {
+        Some(path) => Some(read_secret_file("token_file", path)?),
+        None => token_env
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| Secret::new(value.trim().to_owned())),
+    };
+    if let Some(token) = &token {
+        FallbackToken::new(token).map_err(|problem| {
+            ConfigError::new(token_source(&settings.token_file), problem.to_string())
+        })?;
+    }
+    Ok(Secrets { token, admin_token })
+}
+
+fn token_source(token_file: &Option<PathBuf>) -> &'static str {
+    if token_file.is_some() {
+        "token_file"
+    } else {
+        TOKEN_ENV
+    }
+}
+
+/// Reads a token from a file (a mounted secret), without its trailing newline. The error names
+/// the key and the file, never its content.
+pub fn read_secret_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError::new(key, format!("cannot read {}: {error}", path.display()))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::new(
+            key,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(Secret::new(token.to_owned()))
+}
+
+fn not_zero(key: &str, duration: Duration) -> Result<Duration, ConfigError> {
+    if duration.is_zero() {
+        return Err(ConfigError::new(key, "must be greater than 0s"));
+    }
+    Ok(duration)
+}
+
+/// Pure: applies the rules between settings and builds the typed configuration.
+pub(crate) fn build(
+    settings: Settings,
+    secrets: Secrets,
+    dev: bool,
+) -> Result<Config, ConfigError> {
+    let server_defaults = ServerLimits::default();
+    let header_read_timeout = not_zero("header_read_timeout", settings.header_read_timeout)?;
+    let idle_timeout = not_zero("idle_timeout", settings.idle_timeout)?;
+    let request_limits = RequestLimits {
+        max_uri_bytes: settings.max_uri_bytes.get(),
+        max_header_bytes: settings.max_header_bytes.get(),
+        max_request_headers: settings.max_request_headers.get(),
+        max_pending_lookups: settings.max_pending_lookups.get(),
+    };
+    let server_limits = ServerLimits {
+        max_connections: settings.max_connections.get(),
+        header_read_timeout,
+        idle_timeout,
+        // hyper's own buffers stay above the handler's limits, so that requests just over them
+        // still get an envelope rather than hyper's bodiless 414/431.
+        max_head_bytes: (request_limits.max_uri_bytes + request_limits.max_header_bytes)
+            .saturating_mul(2)
+            .max(server_defaults.max_head_bytes),
+        max_headers: request_limits
+            .max_request_headers
+            .saturating_mul(2)
+            .max(server_defaults.max_headers),
+    };
+
+    let admin_listen = settings.admin_listen;
+    if settings.listen == ListenAddr::Tcp(admin_listen) && admin_listen.port() != 0 {
+        return Err(ConfigError::new(
+            "admin_listen",
+            format!("{admin_listen} is the lookup listener's address; the admin listener needs its own port"),
+        ));
+    }
+    if !admin_listen.ip().is_loopback() && secrets.admin_token.is_none() {
+        return Err(ConfigError::new(
+            "admin_listen",
+            format!("{admin_listen} is reachable beyond this host; set admin_token_file so that purge and metrics need a token"),
+        ));
+    }
+
+    let upstream = UpstreamBase::parse(&settings.upstream, settings.allow_insecure_upstream)
+        .map_err(|problem| {
+            ConfigError::new("upstream", format!("{:?}: {problem}", settings.upstream))
+        })?;
+
+    let budget = BudgetPolicy {
+        requests: settings.upstream_budget_requests,
+        period: not_zero("upstream_budget_period", settings.upstream_budget_period)?,
+        burst: settings.upstream_budget_burst,
+    };
+    if settings.upstream_retries > MAX_UPSTREAM_RETRIES {
+        return Err(ConfigError::new(
+            "upstream_retries",
+            format!(
+                "{} is more than {MAX_UPSTREAM_RETRIES}: each retry spends budget and time",
+                settings.upstream_retries
+            ),
+        ));
+    }
+    let breaker = BreakerPolicy {
+        failure_threshold: settings.breaker_failures,
+        cool_down: settings.breaker_cool_down,
+    };
+    if breaker.failure_threshold > 0 && breaker.cool_down.is_zero() {
+        return Err(ConfigError::new(
+            "breaker_cool_down",
+            "must be greater than 0s while the breaker is on",
+        ));
+    }
+    let connect_timeout = not_zero("connect_timeout", settings.connect_timeout)?;
+    let request_timeout = not_zero("request_timeout", settings.request_timeout)?;
+    if connect_timeout > request_timeout {
+        return Err(ConfigError::new(
+            "connect_timeout",
+            format!(
+                "{} is longer than request_timeout ({}), which bounds the whole request",
+                humantime::format_duration(connect_timeout),
+                humantime::format_duration(request_timeout)
+            ),
+        ));
+    }
+
+    Ok(Config {
+        listen: settings.listen.clone(),
+        unix_socket: UnixSocketSettings {
+            mode: settings.unix_socket_mode.0,
+            group: settings.unix_socket_group.clone(),
+        },
+        server_limits,
+        request_limits,
+        allowed_accounts: settings.allowed_accounts.clone(),
+        tls: TlsSettings {
+            roots: settings.tls_roots,
+            extra_ca_file: settings.tls_extra_ca_file.clone(),
+        },
+        https_proxy: settings.https_proxy.clone(),
+        admin_listen,
+        admin_token: secrets.admin_token,
+        admin_token_file: settings.admin_token_file.clone(),
+        log_level: settings.log_level.clone().map(|filter| filter.0),
+        upstream,
+        ttl: TtlPolicy {
+            positive: settings.cache_ttl,
+            negative: settings.negative_ttl,
+            stale_while_revalidate: settings.stale_while_revalidate,
+            stale_if_error: settings.stale_if_error,
+        },
+        cache_max_bytes: settings.cache_max_bytes,
+        connect_timeout,
+        request_timeout,
+        token: secrets.token,
+        token_file: settings.token_file.clone(),
+        shutdown_grace: settings.shutdown_grace,
+        log_format: settings.log_format,
+        dev,
+        budget,
+        upstream_retries: settings.upstream_retries,
+        breaker,
+        settings,
+    })
+}

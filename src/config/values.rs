@@ -1,0 +1,379 @@
+//! How one setting's value is read from text (a flag or an environment variable), from a TOML
+//! value, or from its built-in default: the [`SettingValue`] trait and its implementations for
+//! every type the settings table uses. Each parser sees one value; rules that relate two settings
+//! belong to `validate.rs`, and nothing here knows a setting's name.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::routes::AccountId;
+use crate::server::ListenAddr;
+use crate::upstream::{ProxyUrl, TlsRoots};
+
+/// The longest duration any setting accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A built-in default as the table declares it: text parsed like a flag's value, or no value at
+/// all, with what that means in words (for `--help` and the documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultValue {
+    Text(&'static str),
+    Unset(&'static str),
+}
+
+impl DefaultValue {
+    /// The default as the documentation and `--help` show it.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            DefaultValue::Text(text) | DefaultValue::Unset(text) => text,
+        }
+    }
+}
+
+impl From<&'static str> for DefaultValue {
+    fn from(text: &'static str) -> Self {
+        DefaultValue::Text(text)
+    }
+}
+
+/// An optional setting's default: unset, which means `meaning` (e.g. "any", "none").
+pub const fn unset(meaning: &'static str) -> DefaultValue {
+    DefaultValue::Unset(meaning)
+}
+
+/// A type a setting can have. Errors are the problem only ("… is not a duration"); the caller
+/// adds the key and where the value came from.
+pub trait SettingValue: Sized {
+    /// Whether a value may carry a secret, so that `--help` never shows what the environment holds.
+    const SENSITIVE: bool = false;
+    /// Whether the flag may be repeated and the environment variable comma-separated.
+    const LIST: bool = false;
+    /// What a flag given without a value means, for flags that may stand alone.
+    const BARE_FLAG: Option<&'static str> = None;
+
+    /// One value as written after a flag or in an environment variable.
+    fn parse_text(text: &str) -> Result<Self, String>;
+
+    /// A value from the configuration file. Most settings are written as TOML strings.
+    fn parse_toml(value: toml::Value) -> Result<Self, String> {
+        Self::parse_text(&wire::<String>(value)?)
+    }
+
+    /// The values of a flag given (possibly several times) or of its environment variable. A
+    /// setting that is not a list takes the last one, as a repeated flag did before.
+    fn parse_texts(texts: &[String]) -> Result<Self, String> {
+        match texts.last() {
+            Some(text) => Self::parse_text(text),
+            None => Self::parse_text(""),
+        }
+    }
+
+    /// The built-in default. A setting without a value must be an `Option`.
+    fn parse_default(default: DefaultValue) -> Result<Self, String> {
+        match default {
+            DefaultValue::Text(text) => Self::parse_text(text),
+            DefaultValue::Unset(_) => Err("has no built-in value but is not optional".to_owned()),
+        }
+    }
+}
+
+/// Reads a TOML value as the plain type it must be written as; the message is serde's
+/// ("invalid type: integer `10`, expected a string").
+fn wire<T: for<'de> Deserialize<'de>>(value: toml::Value) -> Result<T, String> {
+    value
+        .try_into()
+        .map_err(|error: toml::de::Error| error.message().to_owned())
+}
+
+/// An optional setting: unset by default, and a blank value (`HTTPS_PROXY=`) unsets it too.
+impl<T: SettingValue> SettingValue for Option<T> {
+    const SENSITIVE: bool = T::SENSITIVE;
+    const LIST: bool = T::LIST;
+    const BARE_FLAG: Option<&'static str> = T::BARE_FLAG;
+
+    fn parse_text(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        T::parse_text(text).map(Some)
+    }
+
+    fn parse_toml(value: toml::Value) -> Result<Self, String> {
+        if value.as_str().is_some_and(|text| text.trim().is_empty()) {
+            return Ok(None);
+        }
+        T::parse_toml(value).map(Some)
+    }
+
+    fn parse_texts(texts: &[String]) -> Result<Self, String> {
+        if texts.iter().all(|text| text.trim().is_empty()) {
+            return Ok(None);
+        }
+        T::parse_texts(texts).map(Some)
+    }
+
+    fn parse_default(default: DefaultValue) -> Result<Self, String> {
+        match default {
+            DefaultValue::Text(text) => T::parse_text(text).map(Some),
+            DefaultValue::Unset(_) => Ok(None),
+        }
+    }
+}
+
+/// Durations are written like `500ms`, `60s`, `24h`, `1h 30m`.
+impl SettingValue for Duration {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        let duration = humantime::parse_duration(text.trim()).map_err(|error| {
+            format!("{text:?} is not a duration like 500ms, 60s or 24h ({error})")
+        })?;
+        // Every duration ends up added to an Instant; far beyond any sensible setting, that would
+        // overflow at run time. Ten years is longer than any of these settings can mean.
+        if duration > MAX_DURATION {
+            return Err(format!(
+                "{text:?} is longer than the 10 years any setting here can use"
+            ));
+        }
+        Ok(duration)
+    }
+}
+
+/// Byte counts are a plain integer or a number with a unit: B, KB, MB, GB (powers of 1000) or
+/// KiB, MiB, GiB (powers of 1024). In the file they may also be a TOML integer.
+pub fn parse_byte_count(text: &str) -> Result<u64, String> {
+    let invalid = || format!("{text:?} is not a byte count like 67108864 or 64MiB");
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(invalid()),
+    };
+    number.checked_mul(multiplier).ok_or_else(invalid)
+}
+
+/// A byte count that must not be zero (the cache bound).
+impl SettingValue for NonZeroU64 {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        non_zero_bytes(parse_byte_count(text)?)
+    }
+
+    fn parse_toml(value: toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::Integer(number) => non_zero_bytes(
+                u64::try_from(number).map_err(|_| format!("{number} is not a byte count"))?,
+            ),
+            other => Self::parse_text(&wire::<String>(other)?),
+        }
+    }
+}
+
+fn non_zero_bytes(count: u64) -> Result<NonZeroU64, String> {
+    NonZeroU64::new(count).ok_or_else(|| "must be greater than 0".to_owned())
+}
+
+/// Whole numbers are TOML integers in the file and decimal text after a flag.
+fn parse_whole<T: std::str::FromStr>(text: &str) -> Result<T, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number in range"))
+}
+
+impl SettingValue for u32 {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        parse_whole(text)
+    }
+
+    fn parse_toml(value: toml::Value) -> Result<Self, String> {
+        wire(value)
+    }
+}
+
+impl SettingValue for NonZeroU32 {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        at_least_one(u32::parse_text(text)?)
+    }
+
+    fn parse_toml(value: toml::Value) -> Result<Self, String> {
+        at_least_one(u32::parse_toml(value)?)
+    }
+}
+
+impl SettingValue for NonZeroUsize {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        at_least_one(parse_whole::<usize>(text)?)
+    }
+
+    fn parse_toml(value: toml::Value) -> Result<Self, String> {
+        at_least_one(wire::<usize>(value)?)
+    }
+}
+
+fn at_least_one<T: TryInto<N> + Copy, N>(value: T) -> Result<N, String> {
+    value
+        .try_into()
+        .map_err(|_| "must be at least 1".to_owned())
+}
+
+/// Booleans are TOML booleans in the file; after a flag or in the environment `true` or `false`
+/// (a bare `--allow-insecure-upstream` means `true`).
+impl SettingValue for bool {
+    const BARE_FLAG: Option<&'static str> = Some("true");
+
+    fn parse_text(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("{text:?} is not true or false")),
+        }
+    }
+
+    fn parse_toml(value: toml::Value) -> Result<Self, String> {
+        wire(value)
+    }
+}
+
+impl SettingValue for String {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        Ok(text.to_owned())
+    }
+}
+
+impl SettingValue for PathBuf {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        Ok(PathBuf::from(text))
+    }
+}
+
+impl SettingValue for ListenAddr {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        ListenAddr::parse(text).map_err(|error| error.to_string())
+    }
+}
+
+impl SettingValue for SocketAddr {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        text.parse()
+            .map_err(|_| format!("{text:?} is not an IP address and port (e.g. 127.0.0.1:9901)"))
+    }
+}
+
+/// The mode of a Unix socket file, written in octal (`0660`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl SettingValue for FileMode {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        u32::from_str_radix(text.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .map(FileMode)
+            .ok_or_else(|| format!("{text:?} is not an octal file mode like 0660"))
+    }
+}
+
+impl SettingValue for TlsRoots {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        match text {
+            "webpki" => Ok(TlsRoots::Webpki),
+            "system" => Ok(TlsRoots::System),
+            other => Err(format!("{other:?} is not webpki or system")),
+        }
+    }
+}
+
+/// A proxy URL may carry `user:password@`: it is a secret.
+impl SettingValue for ProxyUrl {
+    const SENSITIVE: bool = true;
+
+    fn parse_text(text: &str) -> Result<Self, String> {
+        ProxyUrl::parse(text.trim()).map_err(|error| error.to_string())
+    }
+}
+
+/// The account allow-list: a TOML array of strings, a repeated flag, or a comma-separated list.
+impl SettingValue for Vec<AccountId> {
+    const LIST: bool = true;
+
+    fn parse_text(text: &str) -> Result<Self, String> {
+        let texts: Vec<String> = text.split(',').map(str::to_owned).collect();
+        Self::parse_texts(&texts)
+    }
+
+    fn parse_toml(value: toml::Value) -> Result<Self, String> {
+        Self::parse_texts(&wire::<Vec<String>>(value)?)
+    }
+
+    fn parse_texts(texts: &[String]) -> Result<Self, String> {
+        texts
+            .iter()
+            .map(|text| {
+                AccountId::parse(text.trim()).ok_or_else(|| {
+                    format!("{text:?} is not an account id (32 lowercase hex characters)")
+                })
+            })
+            .collect()
+    }
+}
+
+/// The log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl SettingValue for LogFormat {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        match text {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown variant `{other}`, expected `pretty` or `json`"
+            )),
+        }
+    }
+}
+
+/// A log filter in tracing's `EnvFilter` syntax, checked when read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogFilter(pub String);
+
+impl SettingValue for LogFilter {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        tracing_subscriber::EnvFilter::try_new(text)
+            .map(|_| LogFilter(text.to_owned()))
+            .map_err(|error| format!("{text:?} is not a log filter ({error})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn optional_values_are_unset_by_a_blank() {
+        assert_eq!(<Option<String>>::parse_text("  "), Ok(None));
+        assert_eq!(
+            <Option<String>>::parse_text("staff"),
+            Ok(Some("staff".to_owned()))
+        );
+        assert_eq!(
+            <Option<String>>::parse_default(unset("the process's")),
+            Ok(None)
+        );
+        assert!(String::parse_default(unset("nothing")).is_err());
+    }
+}
