@@ -1,11 +1,9 @@
 //! End-to-end lookups over real sockets: the real sidecar server in front of the simulated
 //! Cloudflare API, both on ephemeral loopback ports.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use http::{Method, StatusCode};
 use zt_risk_sidecar::simulator::{Fault, SimRoute};
 

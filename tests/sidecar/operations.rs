@@ -2,13 +2,11 @@
 //! readiness during drain, cache stats and purge, its bearer token) and SIGHUP reloads of the
 //! real binary. Everything runs on real loopback sockets.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;

@@ -3,13 +3,11 @@
 //! upstream (verification with the right and the wrong root, through an HTTP proxy tunnel). The
 //! real server and the simulated API run on real loopback sockets.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

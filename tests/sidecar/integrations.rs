@@ -3,10 +3,8 @@
 //! invalidation so that a lookup right after a write never returns the old answer, in any
 //! credential partition. Real sockets, the simulated API behind.
 
-mod common;
-
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use zt_risk_sidecar::simulator::{Fault, SimRoute};

@@ -4,12 +4,10 @@
 //! current-thread runtime with Tokio's clock paused: time moves only when every task waits on a
 //! timer, so TTLs, backoffs, cool-downs and timeouts are crossed exactly, without sleeping.
 
-mod common;
-
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use http::StatusCode;
 use tokio::time::{advance, Instant};
 use zt_risk_sidecar::config::Config;

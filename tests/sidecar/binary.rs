@@ -1,9 +1,7 @@
 //! The real binary: configuration errors and exit codes, `--dev`, graceful shutdown on SIGTERM,
 //! and that no credential ever reaches a log line, even at the most verbose level.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use http::StatusCode;
 use nix::sys::signal::Signal;
 use zt_risk_sidecar::simulator::{SimConfig, SimRoute, SimulatedCloudflare};
