@@ -1,10 +1,11 @@
 //! The real binary: configuration errors and exit codes, `--dev`, graceful shutdown on SIGTERM,
 //! and that no credential ever reaches a log line, even at the most verbose level.
 
-use crate::support::*;
 use http::StatusCode;
 use nix::sys::signal::Signal;
-use zt_risk_sidecar::simulator::{SimConfig, SimRoute, SimulatedCloudflare};
+use zt_risk_sidecar::simulator::SimRoute;
+
+use crate::support::*;
 
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let (code, lines) = SidecarProcess::start(args, env).finish();
@@ -98,21 +99,12 @@ async fn dev_mode_serves_a_miss_then_a_hit_with_no_token() {
     );
     let curl = running.wait_for_line("curl -i http");
     let url = curl.trim().trim_start_matches("curl -i ").to_owned();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
+    let client = client();
     let first = send_with(&client, http::Method::GET, &url, &[]).await;
     assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
-    assert!(
-        first.cache_status().contains("fwd=miss"),
-        "{}",
-        first.cache_status()
-    );
+    assert_cache_status_contains(&first, "fwd=miss");
     let second = send_with(&client, http::Method::GET, &url, &[]).await;
-    assert!(
-        second.cache_status().contains("hit"),
-        "{}",
-        second.cache_status()
-    );
+    assert_cache_status_contains(&second, "hit");
     running.signal(Signal::SIGINT);
     let (code, _) = running.finish();
     assert_eq!(code, Some(0));
@@ -120,12 +112,9 @@ async fn dev_mode_serves_a_miss_then_a_hit_with_no_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
-    let sim = SimulatedCloudflare::start(SimConfig::default())
-        .await
-        .expect("sim");
-    seed(&sim.handle());
+    let sim = start_simulator().await;
     sim.handle()
-        .insert_integration(ACCOUNT, "ref-drain", "https://tenant.okta.com");
+        .insert_integration(ACCOUNT, "ref-drain", TENANT);
     let upstream = sim.base_url();
     let mut running = SidecarProcess::start(
         &[
@@ -140,19 +129,8 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     );
     let addr = running.listening_addr();
     let gate = sim.handle().hold_requests();
-    let url = format!("http://{addr}{}", lookup_path(ACCOUNT, "ref-drain"));
-    let in_flight = tokio::spawn(async move {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        send_with(
-            &client,
-            http::Method::GET,
-            &url,
-            &[("authorization", &bearer(TOKEN_A))],
-        )
-        .await
-    });
+    let in_flight =
+        tokio::spawn(async move { Endpoint::new(addr).lookup("ref-drain", TOKEN_A).await });
     while sim.handle().held() != 1 {
         tokio::task::yield_now().await;
     }
@@ -181,14 +159,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_any_log_line_at_trace_level() {
-    let sim = SimulatedCloudflare::start(SimConfig::default())
-        .await
-        .expect("sim");
-    seed(&sim.handle());
+    let sim = start_simulator().await;
     const SIDECAR_TOKEN: &str = "sidecar-own-token-4d3c2b1a";
     sim.handle().add_token(SIDECAR_TOKEN, "sidecar", &[ACCOUNT]);
-    sim.handle()
-        .insert_integration(ACCOUNT, "ref-log", "https://tenant.okta.com");
+    sim.handle().insert_integration(ACCOUNT, "ref-log", TENANT);
     let upstream = sim.base_url();
     const ADMIN_TOKEN: &str = "admin-secret-6f5e4d3c";
     let admin_token_file = tempdir().join("admin-token");
@@ -212,12 +186,8 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
             ],
         );
         let (addr, admin) = running.listening_addrs();
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+        let client = client();
+        let h2 = http2_client();
         let path = lookup_path(ACCOUNT, "ref-log");
         let url = format!("http://{addr}{path}");
         let scenario: Vec<Vec<(&str, String)>> = vec![
@@ -312,21 +282,4 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         }
     }
     sim.shutdown().await;
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "zt-sidecar-test-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
 }
