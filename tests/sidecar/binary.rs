@@ -131,9 +131,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let gate = sim.handle().hold_requests();
     let in_flight =
         tokio::spawn(async move { Endpoint::new(addr).lookup("ref-drain", TOKEN_A).await });
-    while sim.handle().held() != 1 {
-        tokio::task::yield_now().await;
-    }
+    wait_until("the lookup is held upstream", WAIT_LIMIT, || {
+        sim.handle().held() == 1
+    })
+    .await;
     running.signal(Signal::SIGTERM);
     running.wait_for_line("SIGTERM: draining");
     // The listener is closed while the in-flight request is still held upstream.

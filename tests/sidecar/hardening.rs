@@ -81,8 +81,7 @@ async fn slow_and_idle_clients_are_disconnected() {
         .await
         .expect("write");
     let started = tokio::time::Instant::now();
-    let mut rest = Vec::new();
-    let _ = slow.read_to_end(&mut rest).await;
+    read_until_closed(&mut slow, Duration::from_secs(60)).await;
     assert_eq!(
         started.elapsed(),
         Duration::from_secs(2),
@@ -94,12 +93,9 @@ async fn slow_and_idle_clients_are_disconnected() {
     idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    let mut buffer = vec![0u8; 4096];
-    let read = idle.read(&mut buffer).await.expect("response");
-    assert!(buffer[..read].starts_with(b"HTTP/1.1 404"));
+    assert!(read_once(&mut idle).await.starts_with(b"HTTP/1.1 404"));
     let waited = tokio::time::Instant::now();
-    let mut rest = Vec::new();
-    let _ = idle.read_to_end(&mut rest).await;
+    read_until_closed(&mut idle, Duration::from_secs(60)).await;
     assert!(
         waited.elapsed() <= Duration::from_secs(30),
         "{:?}",
@@ -122,9 +118,7 @@ async fn connections_over_the_limit_get_a_fast_503() {
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .expect("write");
-        let mut buffer = vec![0u8; 4096];
-        let read = stream.read(&mut buffer).await.expect("read");
-        assert!(buffer[..read].starts_with(b"HTTP/1.1 404"));
+        assert!(read_once(&mut stream).await.starts_with(b"HTTP/1.1 404"));
         held.push(stream);
     }
     let refused = running.raw(&raw_get(&lookup_path(ACCOUNT, "x"), "")).await;
@@ -158,9 +152,10 @@ async fn a_flood_of_misses_is_bounded_and_cached_lookups_are_still_served() {
             })
         })
         .collect();
-    while sim.held() != 4 {
-        tokio::task::yield_now().await;
-    }
+    wait_until("the four misses are held upstream", WAIT_LIMIT, || {
+        sim.held() == 4
+    })
+    .await;
     // The four waiting lookups fill the bound: the next miss is refused at once...
     let refused = raw_exchange(addr, &raw_get(&lookup_path(ACCOUNT, "one-more"), "")).await;
     assert_error(&refused, StatusCode::SERVICE_UNAVAILABLE, 10508);
@@ -428,9 +423,7 @@ async fn the_unix_socket_listener_serves_lookups_with_its_file_mode() {
             .write_all(&raw_get(&lookup_path(ACCOUNT, "uds"), ""))
             .await
             .expect("write");
-        let mut bytes = Vec::new();
-        stream.read_to_end(&mut bytes).await.expect("read");
-        let reply = parse_http1(&bytes);
+        let reply = parse_http1(&read_until_closed(&mut stream, ANSWER_LIMIT).await);
         assert_eq!(reply.status, StatusCode::OK);
         assert_cache_status_contains(&reply, expected);
     }

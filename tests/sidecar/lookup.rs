@@ -271,9 +271,10 @@ async fn a_hundred_concurrent_identical_lookups_make_one_upstream_request() {
         }));
     }
     // Hold the one upstream request until the 99 others have joined it.
-    while harness.proxy.in_flight() != (1, 99) || sim.held() != 1 {
-        tokio::task::yield_now().await;
-    }
+    wait_until("99 lookups wait on the one held fetch", WAIT_LIMIT, || {
+        harness.proxy.in_flight() == (1, 99) && sim.held() == 1
+    })
+    .await;
     gate.release();
     let mut statuses = std::collections::BTreeMap::<String, usize>::new();
     let mut bodies = std::collections::HashSet::new();
@@ -308,9 +309,10 @@ async fn coalesced_errors_reach_every_waiter_and_are_not_cached() {
     let path = lookup_path(ACCOUNT, "ref-err");
     let waiters = join_all((0..10).map(|_| harness.get_as(&path, TOKEN_A)));
     let released = async {
-        while harness.proxy.in_flight() != (1, 9) || sim.held() != 1 {
-            tokio::task::yield_now().await;
-        }
+        wait_until("9 lookups wait on the one held fetch", WAIT_LIMIT, || {
+            harness.proxy.in_flight() == (1, 9) && sim.held() == 1
+        })
+        .await;
         gate.release();
     };
     let (replies, ()) = tokio::join!(waiters, released);
@@ -342,16 +344,20 @@ async fn the_first_caller_disconnecting_does_not_cancel_the_others() {
     tokio::io::AsyncWriteExt::write_all(&mut leader, request.as_bytes())
         .await
         .expect("write");
-    while sim.held() != 1 {
-        tokio::task::yield_now().await;
-    }
+    wait_until("the leader's fetch is held upstream", WAIT_LIMIT, || {
+        sim.held() == 1
+    })
+    .await;
     let follower = {
         let (sidecar, path) = (harness.sidecar, path.clone());
         tokio::spawn(async move { Endpoint::new(sidecar).get_as(&path, TOKEN_A).await })
     };
-    while harness.proxy.in_flight() != (1, 1) {
-        tokio::task::yield_now().await;
-    }
+    wait_until(
+        "the follower waits on the leader's fetch",
+        WAIT_LIMIT,
+        || harness.proxy.in_flight() == (1, 1),
+    )
+    .await;
     drop(leader);
     gate.release();
     let reply = follower.await.expect("follower task");

@@ -225,19 +225,21 @@ async fn readiness_turns_false_while_draining() {
     let lookups = running.addr;
     let in_flight =
         tokio::spawn(async move { Endpoint::new(lookups).lookup("drain", TOKEN_A).await });
-    while sim.held() != 1 {
-        tokio::task::yield_now().await;
-    }
+    wait_until("the lookup is held upstream", WAIT_LIMIT, || {
+        sim.held() == 1
+    })
+    .await;
     running.begin_shutdown();
     // Draining: not ready, still alive, and the held lookup still completes.
-    loop {
-        let readyz = running.admin(Method::GET, "/readyz", &[]).await;
-        if readyz.status == StatusCode::SERVICE_UNAVAILABLE {
-            assert_eq!(readyz.json()["status"], "draining");
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    wait_until_async("readiness turns false", WAIT_LIMIT, || async {
+        running.admin(Method::GET, "/readyz", &[]).await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let readyz = running.admin(Method::GET, "/readyz", &[]).await;
+    assert_eq!(
+        (readyz.status, readyz.json()["status"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, "draining".into())
+    );
     assert_eq!(
         running.admin(Method::GET, "/healthz", &[]).await.status,
         StatusCode::OK

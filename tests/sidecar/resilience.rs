@@ -127,18 +127,20 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
         );
         assert_eq!(age(reply), TTL.as_secs() + 3);
     }
-    while sim.held() != 1 {
-        tokio::task::yield_now().await;
-    }
+    wait_until("the one refresh is held upstream", WAIT_LIMIT, || {
+        sim.held() == 1
+    })
+    .await;
     assert_eq!(
         sim.requests(SimRoute::ReferenceGet),
         2,
         "five stale answers, one refresh"
     );
     gate.release();
-    while harness.proxy.in_flight() != (0, 0) {
-        tokio::task::yield_now().await;
-    }
+    wait_until("the refresh has finished", WAIT_LIMIT, || {
+        harness.proxy.in_flight() == (0, 0)
+    })
+    .await;
     let refreshed = harness.lookup("ref-swr", TOKEN_A).await;
     assert_cache_status(&refreshed, "zt-risk-sidecar; hit; ttl=60");
     assert_eq!(refreshed.json()["result"]["id"], updated.id.as_str());

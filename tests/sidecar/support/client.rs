@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long any one answer may take before the test fails instead of hanging.
@@ -110,6 +110,27 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Reply {
         .expect("answer within the limit")
         .expect("read");
     parse_http1(&bytes)
+}
+
+/// Reads until the peer closes `stream` (a reset counts as closed) and returns what came; fails
+/// the test if that takes longer than `within`. The bound is on Tokio's clock, so under a paused
+/// clock the test fails at the bound instead of hanging.
+pub async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin), within: Duration) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(within, stream.read_to_end(&mut bytes)).await;
+    assert!(read.is_ok(), "the stream was not closed within {within:?}");
+    bytes
+}
+
+/// Reads what `stream` has ready (at least one byte), within [`ANSWER_LIMIT`].
+pub async fn read_once(stream: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+    let mut buffer = vec![0u8; 4096];
+    let read = tokio::time::timeout(ANSWER_LIMIT, stream.read(&mut buffer))
+        .await
+        .expect("an answer within the limit")
+        .expect("read");
+    buffer.truncate(read);
+    buffer
 }
 
 /// Parses one HTTP/1.1 response (Content-Length framing, as the sidecar always sends).
