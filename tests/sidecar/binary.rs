@@ -137,16 +137,15 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     .await;
     running.signal(Signal::SIGTERM);
     running.wait_for_line("SIGTERM: draining");
-    // The listener is closed while the in-flight request is still held upstream.
-    let mut refused = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert!(refused, "new connections are refused while draining");
+    // The listener is closed while the in-flight request is still held upstream. The log line
+    // comes first, so the test waits (bounded) for the close instead of counting attempts.
+    wait_until_async(
+        "new connections are refused while draining",
+        WAIT_LIMIT,
+        || async { tokio::net::TcpStream::connect(addr).await.is_err() },
+    )
+    .await;
+    assert_eq!(sim.handle().held(), 1, "the lookup is still held upstream");
     gate.release();
     let reply = in_flight.await.expect("request task");
     assert_eq!(reply.status, StatusCode::OK);

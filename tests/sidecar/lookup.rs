@@ -21,6 +21,7 @@ async fn a_miss_then_a_hit_makes_one_upstream_request() {
         .insert_integration(ACCOUNT, "ref-1", TENANT);
     let path = lookup_path(ACCOUNT, "ref-1");
 
+    let before_first = std::time::Instant::now();
     let first = harness.get_as(&path, TOKEN_A).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_cache_status(&first, "zt-risk-sidecar; fwd=miss; stored; fwd-status=200");
@@ -45,7 +46,13 @@ async fn a_miss_then_a_hit_makes_one_upstream_request() {
         "{}",
         second.cache_status()
     );
-    assert_eq!(second.header("age"), Some("0"));
+    // A true Age: no more than the whole seconds since the answer was stored, however slow the
+    // machine is.
+    assert!(
+        second.age() <= before_first.elapsed().as_secs(),
+        "Age {} is longer than the entry has existed",
+        second.age()
+    );
     assert_eq!(second.body, first.body, "a hit relays the same bytes");
     assert_eq!(second.header("cf-ray"), first.header("cf-ray"));
     assert!(
@@ -131,11 +138,14 @@ async fn forwards_only_credentials_accept_and_its_own_user_agent() {
     harness.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The TTL of the two expiry tests, crossed on Tokio's paused clock (freshness reads Tokio's clock).
+const SHORT_TTL: Duration = Duration::from_secs(60);
+
+#[tokio::test(start_paused = true)]
 async fn entries_expire_after_the_ttl() {
     let harness = Harness::start_with(|config| {
         without_retries_or_stale(config);
-        config.ttl.positive = Duration::from_millis(300);
+        config.ttl.positive = SHORT_TTL;
     })
     .await;
     harness
@@ -143,20 +153,28 @@ async fn entries_expire_after_the_ttl() {
         .insert_integration(ACCOUNT, "ref-ttl", TENANT);
     let path = lookup_path(ACCOUNT, "ref-ttl");
     assert_cache_status_contains(&harness.get_as(&path, TOKEN_A).await, "stored");
-    assert_cache_status_contains(&harness.get_as(&path, TOKEN_A).await, "hit");
-    // Past the TTL by construction: the freshness check is against the real clock.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_cache_status(
+        &harness.get_as(&path, TOKEN_A).await,
+        "zt-risk-sidecar; hit; ttl=60",
+    );
+    // A second before the TTL ends the entry still answers; a second after, it does not.
+    tokio::time::advance(SHORT_TTL - Duration::from_secs(1)).await;
+    assert_cache_status(
+        &harness.get_as(&path, TOKEN_A).await,
+        "zt-risk-sidecar; hit; ttl=1",
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
     let after = harness.get_as(&path, TOKEN_A).await;
     assert_cache_status(&after, "zt-risk-sidecar; fwd=miss; stored; fwd-status=200");
     assert_eq!(harness.handle().requests(SimRoute::ReferenceGet), 2);
     harness.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn not_found_is_cached_for_the_negative_ttl() {
     let harness = Harness::start_with(|config| {
         without_retries_or_stale(config);
-        config.ttl.negative = Duration::from_millis(300);
+        config.ttl.negative = SHORT_TTL;
     })
     .await;
     let path = lookup_path(ACCOUNT, "missing");
@@ -168,11 +186,16 @@ async fn not_found_is_cached_for_the_negative_ttl() {
     assert_cache_status_contains(&second, "hit");
     assert_eq!(second.body, first.body);
     assert_eq!(harness.handle().requests(SimRoute::ReferenceGet), 1);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    // Created meanwhile: after the short negative TTL the lookup finds it.
+    // Created meanwhile: until the negative TTL ends the cached 404 still answers, then the
+    // lookup finds it.
     harness
         .handle()
         .insert_integration(ACCOUNT, "missing", TENANT);
+    tokio::time::advance(SHORT_TTL - Duration::from_secs(1)).await;
+    let still_cached = harness.get_as(&path, TOKEN_A).await;
+    assert_eq!(still_cached.status, StatusCode::NOT_FOUND);
+    assert_cache_status(&still_cached, "zt-risk-sidecar; hit; ttl=1");
+    tokio::time::advance(Duration::from_secs(2)).await;
     let third = harness.get_as(&path, TOKEN_A).await;
     assert_eq!(third.status, StatusCode::OK);
     assert_eq!(harness.handle().requests(SimRoute::ReferenceGet), 2);
@@ -582,11 +605,13 @@ async fn bad_input_is_answered_locally_without_upstream_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_a_fast_502() {
-    // A port that was just free: connecting to it is refused.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr")
-    };
+    // A port bound but never listened on: connecting to it is refused, and since the socket
+    // stays bound for the whole test, no one else can start listening there meanwhile.
+    let reserved = tokio::net::TcpSocket::new_v4().expect("socket");
+    reserved
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let closed = reserved.local_addr().expect("addr");
     let harness = Harness::start().await;
     let mut config = harness.config.clone();
     config.upstream = zt_risk_sidecar::upstream::UpstreamBase::parse(
@@ -607,6 +632,7 @@ async fn upstream_down_is_a_fast_502() {
         "refused connections fail without waiting"
     );
     down.stop().await;
+    drop(reserved);
     harness.stop().await;
 }
 

@@ -28,6 +28,18 @@ pub fn assert_cache_status(reply: &Reply, expected: &str) {
     assert_eq!(reply.cache_status(), expected, "{reply:?}");
 }
 
+/// Asserts a fresh hit (`zt-risk-sidecar; hit; ttl=N`) whose remaining TTL lies in `ttl`, for a
+/// server on the real clock, where the exact second depends on how fast the machine is.
+#[track_caller]
+pub fn assert_fresh_hit_within(reply: &Reply, ttl: std::ops::RangeInclusive<i64>) {
+    let remaining = reply.cache_ttl();
+    assert_cache_status(reply, &format!("zt-risk-sidecar; hit; ttl={remaining}"));
+    assert!(
+        ttl.contains(&remaining),
+        "remaining TTL {remaining} s is outside {ttl:?}"
+    );
+}
+
 /// Asserts that the Cache-Status header contains `part` (an outcome such as `hit` or `stored`, or a
 /// `detail=` parameter), for answers whose remaining-TTL parameter the test does not pin.
 #[track_caller]

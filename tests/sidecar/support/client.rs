@@ -41,6 +41,23 @@ impl Reply {
     pub fn cache_status(&self) -> &str {
         self.header("cache-status").unwrap_or("")
     }
+
+    /// The Age header in seconds; fails the test when it is missing or not a number.
+    pub fn age(&self) -> u64 {
+        self.header("age")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no numeric Age header: {self:?}"))
+    }
+
+    /// The `ttl=` parameter of Cache-Status in seconds (negative once stale); fails the test when
+    /// it is missing.
+    pub fn cache_ttl(&self) -> i64 {
+        self.cache_status()
+            .split("; ")
+            .find_map(|parameter| parameter.strip_prefix("ttl="))
+            .and_then(|ttl| ttl.parse().ok())
+            .unwrap_or_else(|| panic!("no ttl in Cache-Status: {self:?}"))
+    }
 }
 
 pub type TestClient = Client<HttpConnector, Full<Bytes>>;
