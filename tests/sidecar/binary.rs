@@ -186,67 +186,131 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
             ],
         );
         let (addr, admin) = running.listening_addrs();
-        let client = client();
+        let lookups = Endpoint::new(addr);
+        let admin = Endpoint::new(admin);
         let h2 = http2_client();
-        let path = lookup_path(ACCOUNT, "ref-log");
-        let url = format!("http://{addr}{path}");
-        let scenario: Vec<Vec<(&str, String)>> = vec![
-            vec![("authorization", bearer(TOKEN_A))],
-            vec![("authorization", bearer(TOKEN_A))],
-            vec![("authorization", "Bearer wrong-secret-token-99".to_owned())],
-            vec![
-                ("x-auth-email", EMAIL.to_owned()),
-                ("x-auth-key", GLOBAL_KEY.to_owned()),
-            ],
-            vec![(
-                "x-auth-user-service-key",
-                "service-key-secret-77".to_owned(),
-            )],
-            vec![],
+        let url = lookups.url(&lookup_path(ACCOUNT, "ref-log"));
+        // (credential headers, the answer's status, its error code when it is an error, the
+        // Cache-Status each answer starts with), each sent over HTTP/1.1 and then over HTTP/2:
+        // the scan only means something if every request really took the path it stands for.
+        // Each credential's first lookup is stored and later ones are hits; refused credentials
+        // are forwarded each time and never stored.
+        let stored = "zt-risk-sidecar; fwd=miss; stored; fwd-status=200";
+        let hit = "zt-risk-sidecar; hit; ttl=";
+        let refused = "zt-risk-sidecar; fwd=miss; fwd-status=403";
+        type Case<'a> = (
+            Vec<(&'a str, String)>,
+            StatusCode,
+            Option<i64>,
+            [&'a str; 2],
+        );
+        let scenario: Vec<Case> = vec![
+            (
+                vec![("authorization", bearer(TOKEN_A))],
+                StatusCode::OK,
+                None,
+                [stored, hit],
+            ),
+            (
+                vec![("authorization", bearer(TOKEN_A))],
+                StatusCode::OK,
+                None,
+                [hit, hit],
+            ),
+            (
+                vec![("authorization", "Bearer wrong-secret-token-99".to_owned())],
+                StatusCode::FORBIDDEN,
+                Some(10000),
+                [refused, refused],
+            ),
+            (
+                vec![
+                    ("x-auth-email", EMAIL.to_owned()),
+                    ("x-auth-key", GLOBAL_KEY.to_owned()),
+                ],
+                StatusCode::OK,
+                None,
+                [stored, hit],
+            ),
+            (
+                vec![(
+                    "x-auth-user-service-key",
+                    "service-key-secret-77".to_owned(),
+                )],
+                StatusCode::FORBIDDEN,
+                Some(10000),
+                [refused, refused],
+            ),
+            (vec![], StatusCode::OK, None, [stored, hit]),
         ];
-        for headers in &scenario {
+        for (headers, status, code, outcomes) in &scenario {
             let headers: Vec<(&str, &str)> =
                 headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            send_with(&client, http::Method::GET, &url, &headers).await;
-            send_with(&h2, http::Method::GET, &url, &headers).await;
+            let replies = [
+                lookups
+                    .get(&lookup_path(ACCOUNT, "ref-log"), &headers)
+                    .await,
+                send_with(&h2, http::Method::GET, &url, &headers).await,
+            ];
+            for (reply, outcome) in replies.iter().zip(outcomes) {
+                match code {
+                    Some(code) => assert_error(reply, *status, *code),
+                    None => assert_eq!(reply.status, *status, "{reply:?}"),
+                }
+                assert!(
+                    reply.cache_status().starts_with(outcome),
+                    "{headers:?}: {reply:?}"
+                );
+            }
         }
-        // The admin listener with the right and a wrong token, a write with a body, a reload.
-        for token in [ADMIN_TOKEN, "admin-wrong-secret-1234"] {
+        // The admin listener with the right and a wrong token.
+        for (token, status, code) in [
+            (ADMIN_TOKEN, StatusCode::OK, None),
+            (
+                "admin-wrong-secret-1234",
+                StatusCode::UNAUTHORIZED,
+                Some(10000),
+            ),
+        ] {
             let auth = bearer(token);
-            send_with(
-                &client,
-                http::Method::GET,
-                &format!("http://{admin}/metrics"),
-                &[("authorization", &auth)],
-            )
-            .await;
-            send_with(
-                &client,
-                http::Method::POST,
-                &format!("http://{admin}/cache/purge?all=true"),
-                &[("authorization", &auth)],
-            )
-            .await;
+            for reply in [
+                admin.get("/metrics", &[("authorization", &auth)]).await,
+                admin
+                    .send(
+                        http::Method::POST,
+                        "/cache/purge?all=true",
+                        &[("authorization", &auth)],
+                    )
+                    .await,
+            ] {
+                match code {
+                    Some(code) => assert_error(&reply, status, code),
+                    None => assert_eq!(reply.status, status, "{reply:?}"),
+                }
+            }
         }
-        send_with(
-            &client,
-            http::Method::DELETE,
-            &format!("http://{addr}/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e"),
-            &[("authorization", &bearer(TOKEN_A))],
-        )
-        .await;
+        // A write, relayed: the simulator has no such integration.
+        let deleted = lookups
+            .send_as(
+                http::Method::DELETE,
+                &format!("{}/182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e", collection_path()),
+                TOKEN_A,
+            )
+            .await;
+        assert_error(&deleted, StatusCode::NOT_FOUND, 1000);
+        assert_cache_status(&deleted, "zt-risk-sidecar; fwd=method; fwd-status=404");
         running.signal(Signal::SIGHUP);
         running.wait_for_line("SIGHUP");
-        // A failing upstream exercises the error paths' logging too.
+        // A failing upstream exercises the error paths' logging too: the reset is retried.
         sim.handle()
             .fail_next(1, zt_risk_sidecar::simulator::Fault::Reset);
-        send_with(
-            &client,
-            http::Method::GET,
-            &format!("http://{addr}{}", lookup_path(ACCOUNT, "other")),
-            &[("authorization", &bearer(TOKEN_B))],
-        )
-        .await;
+        let retried = lookups.lookup("other", TOKEN_B).await;
+        assert_error(&retried, StatusCode::NOT_FOUND, 1000);
+        assert_eq!(
+            sim.handle().requests_by_user("user-b"),
+            if format == "json" { 2 } else { 4 },
+            "one reset and one retry for each format"
+        );
         running.signal(Signal::SIGTERM);
         let (code, lines) = tokio::task::spawn_blocking(move || running.finish())
             .await

@@ -43,7 +43,7 @@ async fn oversized_requests_get_envelopes_with_the_right_status() {
     let too_big = running
         .raw(&raw_get(&lookup_path(ACCOUNT, "x"), &big))
         .await;
-    assert_eq!(too_big.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_error(&too_big, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, 10431);
 
     let with_body = format!(
         "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
@@ -57,9 +57,10 @@ async fn oversized_requests_get_envelopes_with_the_right_status() {
         lookup_path(ACCOUNT, "x"),
         bearer(TOKEN_A)
     );
-    assert_eq!(
-        running.raw(chunked.as_bytes()).await.status,
-        StatusCode::BAD_REQUEST
+    assert_error(
+        &running.raw(chunked.as_bytes()).await,
+        StatusCode::BAD_REQUEST,
+        10400,
     );
     assert_eq!(running.handle().total_requests(), 0);
     running.stop().await;
@@ -173,10 +174,10 @@ async fn a_flood_of_misses_is_bounded_and_cached_lookups_are_still_served() {
     running.stop().await;
 }
 
-/// What an attempt must lead to: a local answer with no upstream traffic, or exactly this upstream
-/// path (the configured host, the one route, one encoded segment).
+/// What an attempt must lead to: a local answer (status and error code) with no upstream traffic,
+/// or exactly this upstream path (the configured host, the one route, one encoded segment).
 enum Expect {
-    Local(u16),
+    Local(u16, i64),
     Forwarded(&'static str),
 }
 
@@ -190,20 +191,24 @@ async fn no_request_can_make_the_sidecar_an_open_proxy() {
         (
             format!("http://evil.example{prefix}/x"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             format!("https://evil.example:8443{prefix}/x"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             format!("//evil.example{prefix}/x"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
-        ("evil.example:443".into(), String::new(), Expect::Local(404)),
-        ("*".into(), String::new(), Expect::Local(404)),
+        (
+            "evil.example:443".into(),
+            String::new(),
+            Expect::Local(404, 7000),
+        ),
+        ("*".into(), String::new(), Expect::Local(404, 7000)),
         (
             format!("{prefix}/x1"),
             "evil.example".into(),
@@ -237,19 +242,27 @@ async fn no_request_can_make_the_sidecar_an_open_proxy() {
         (
             format!("{prefix}/%2E%2E"),
             String::new(),
-            Expect::Local(400),
+            Expect::Local(400, 7003),
         ),
-        (format!("{prefix}/.."), String::new(), Expect::Local(400)),
-        (format!("{prefix}/%2e"), String::new(), Expect::Local(400)),
+        (
+            format!("{prefix}/.."),
+            String::new(),
+            Expect::Local(400, 7003),
+        ),
+        (
+            format!("{prefix}/%2e"),
+            String::new(),
+            Expect::Local(400, 7003),
+        ),
         (
             format!("{prefix}/../../user/tokens"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             format!("{prefix}/x/../../../../user/tokens"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         // A raw backslash is not a separator here: it becomes part of the id, encoded.
         (
@@ -262,16 +275,20 @@ async fn no_request_can_make_the_sidecar_an_open_proxy() {
             String::new(),
             Expect::Forwarded("c%5Cd"),
         ),
-        (format!("{prefix}/a%00b"), String::new(), Expect::Local(400)),
+        (
+            format!("{prefix}/a%00b"),
+            String::new(),
+            Expect::Local(400, 7003),
+        ),
         (
             format!("{prefix}/%C0%AF"),
             String::new(),
-            Expect::Local(400),
+            Expect::Local(400, 7003),
         ),
         (
             format!("{prefix}/%E0%80%AE%E0%80%AE"),
             String::new(),
-            Expect::Local(400),
+            Expect::Local(400, 7003),
         ),
         (
             format!("{prefix}/x%3F.evil%23"),
@@ -292,39 +309,39 @@ async fn no_request_can_make_the_sidecar_an_open_proxy() {
         (
             format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/behaviors"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/summary"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             "/client/v4/user/tokens/verify".into(),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             format!("/client/v4/accounts/{ACCOUNT}%2Fzt_risk_scoring/integrations/reference_id/x"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id%2Fx"),
             String::new(),
-            Expect::Local(400),
+            Expect::Local(400, 7003),
         ),
         (
             format!(
                 "/client/v4/accounts/..%2F{ACCOUNT}/zt_risk_scoring/integrations/reference_id/x"
             ),
             String::new(),
-            Expect::Local(400),
+            Expect::Local(400, 7003),
         ),
         (
             format!("/CLIENT/V4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id/x"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
     ];
     for (target, host, expected) in cases {
@@ -340,8 +357,9 @@ async fn no_request_can_make_the_sidecar_an_open_proxy() {
         );
         let reply = running.raw(request.as_bytes()).await;
         match expected {
-            Expect::Local(status) => {
+            Expect::Local(status, code) => {
                 assert_eq!(reply.status.as_u16(), status, "{target}: {:?}", reply.body);
+                assert_error(&reply, reply.status, code);
                 assert_eq!(sim.total_requests(), 0, "{target} reached upstream");
             }
             Expect::Forwarded(segment) => {

@@ -68,7 +68,7 @@ async fn the_family_passes_through_with_the_callers_credentials() {
     assert_eq!(sim.requests(SimRoute::IntegrationGet), 1);
     // Another credential never sees it from the cache.
     let wrong = by_id(&harness, &id, "not-a-real-token").await;
-    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    assert_error(&wrong, StatusCode::FORBIDDEN, 10000);
 
     let deleted = harness
         .send_as(
@@ -92,7 +92,16 @@ async fn writes_are_never_retried_coalesced_or_cached_and_bodies_are_bounded() {
     let failed = harness
         .send_json(Method::POST, &collection_path(), TOKEN_A, body)
         .await;
+    // Relayed as it came: the edge's HTML page, and no stale or retried answer in its place.
     assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        failed
+            .header("content-type")
+            .unwrap_or("")
+            .starts_with("text/html"),
+        "{failed:?}"
+    );
+    assert_cache_status(&failed, "zt-risk-sidecar; fwd=method; fwd-status=503");
     assert_eq!(
         sim.requests(SimRoute::IntegrationCreate),
         1,
@@ -106,7 +115,7 @@ async fn writes_are_never_retried_coalesced_or_cached_and_bodies_are_bounded() {
         .send_json(Method::POST, &collection_path(), TOKEN_A, body)
         .await;
     assert_eq!(one.status, StatusCode::OK);
-    assert_eq!(two.status, StatusCode::CONFLICT);
+    assert_error(&two, StatusCode::CONFLICT, 1002);
     assert_eq!(sim.requests(SimRoute::IntegrationCreate), 3);
     // Bodies over 64 KiB never leave the sidecar.
     let huge = format!(
@@ -122,7 +131,7 @@ async fn writes_are_never_retried_coalesced_or_cached_and_bodies_are_bounded() {
     let patch = harness
         .send_as(Method::PATCH, &collection_path(), TOKEN_A)
         .await;
-    assert_eq!(patch.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_error(&patch, StatusCode::METHOD_NOT_ALLOWED, 10405);
     assert_eq!(patch.header("allow"), Some("GET, HEAD, POST"));
     let not_a_uuid = harness
         .send_as(
@@ -131,7 +140,7 @@ async fn writes_are_never_retried_coalesced_or_cached_and_bodies_are_bounded() {
             TOKEN_A,
         )
         .await;
-    assert_eq!(not_a_uuid.status, StatusCode::BAD_REQUEST);
+    assert_error(&not_a_uuid, StatusCode::BAD_REQUEST, 7003);
     assert_eq!(sim.requests(SimRoute::IntegrationDelete), 0);
     harness.stop().await;
 }

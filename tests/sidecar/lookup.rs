@@ -339,12 +339,39 @@ async fn coalesced_errors_reach_every_waiter_and_are_not_cached() {
         gate.release();
     };
     let (replies, ()) = tokio::join!(waiters, released);
+    // Every waiter gets the edge's answer as it came (an HTML page, not an envelope): the same
+    // status, type and bytes, one as the fetch's leader and nine as collapsed waiters.
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
     for reply in &replies {
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            reply.header("content-type"),
+            replies[0].header("content-type")
+        );
+        assert!(
+            reply
+                .header("content-type")
+                .unwrap_or("")
+                .starts_with("text/html"),
+            "{reply:?}"
+        );
+        assert_eq!(reply.body, replies[0].body);
+        *statuses.entry(reply.cache_status().to_owned()).or_default() += 1;
     }
+    assert_eq!(
+        statuses,
+        std::collections::BTreeMap::from([
+            (
+                "zt-risk-sidecar; fwd=miss; collapsed; fwd-status=503".to_owned(),
+                9
+            ),
+            ("zt-risk-sidecar; fwd=miss; fwd-status=503".to_owned(), 1),
+        ])
+    );
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 1);
     let next = harness.get_as(&path, TOKEN_A).await;
     assert_eq!(next.status, StatusCode::OK);
+    assert_cache_status(&next, "zt-risk-sidecar; fwd=miss; stored; fwd-status=200");
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 2);
     harness.stop().await;
 }
@@ -414,7 +441,7 @@ async fn one_credentials_cached_answer_is_never_served_to_another() {
     assert_error(&wrong, StatusCode::FORBIDDEN, 10000);
     // A valid token without access to the account gets 9109.
     let other = harness.get_as(&path, TOKEN_OTHER_ACCOUNT).await;
-    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    assert_error(&other, StatusCode::FORBIDDEN, 9109);
     // A second valid token has its own entry: a miss, then its own hit.
     let b = harness.get_as(&path, TOKEN_B).await;
     assert_cache_status_contains(&b, "stored");
@@ -429,7 +456,7 @@ async fn one_credentials_cached_answer_is_never_served_to_another() {
             &[("x-auth-email", EMAIL), ("x-auth-key", "wrong-key")],
         )
         .await;
-    assert_eq!(bad_key.status, StatusCode::FORBIDDEN);
+    assert_error(&bad_key, StatusCode::FORBIDDEN, 10000);
     // The same key sent with a bearer token added is a different credential set.
     let mixed = harness
         .get(
@@ -486,7 +513,7 @@ async fn requests_without_credentials_use_the_sidecar_token_or_get_9106() {
             &[("authorization", "Bearer not-a-real-token")],
         )
         .await;
-    assert_eq!(own.status, StatusCode::FORBIDDEN);
+    assert_error(&own, StatusCode::FORBIDDEN, 10000);
     with.stop().await;
 }
 

@@ -206,10 +206,11 @@ async fn purge_drops_entries_across_credentials_then_lookups_miss() {
     let wrong_method = running
         .admin(Method::GET, "/cache/purge?all=true", &[])
         .await;
-    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(
-        running.admin(Method::GET, "/nope", &[]).await.status,
-        StatusCode::NOT_FOUND
+    assert_error(&wrong_method, StatusCode::METHOD_NOT_ALLOWED, 10405);
+    assert_error(
+        &running.admin(Method::GET, "/nope", &[]).await,
+        StatusCode::NOT_FOUND,
+        7000,
     );
     running.stop().await;
 }
@@ -273,7 +274,7 @@ async fn the_admin_token_is_enforced_except_on_probes() {
                 &[("authorization", "Bearer admin-secret-12")],
             )
             .await;
-        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_error(&wrong, StatusCode::UNAUTHORIZED, 10000);
         let right = running
             .admin(
                 Method::GET,
@@ -286,7 +287,7 @@ async fn the_admin_token_is_enforced_except_on_probes() {
     let purge = running
         .admin(Method::POST, "/cache/purge?all=true", &[])
         .await;
-    assert_eq!(purge.status, StatusCode::UNAUTHORIZED);
+    assert_error(&purge, StatusCode::UNAUTHORIZED, 10000);
     for probe in ["/healthz", "/readyz"] {
         assert_eq!(
             running.admin(Method::GET, probe, &[]).await.status,
@@ -295,9 +296,10 @@ async fn the_admin_token_is_enforced_except_on_probes() {
         );
     }
     // The lookup port serves no admin routes, and the admin port no lookups.
-    assert_eq!(
-        running.get("/metrics", &[]).await.status,
-        StatusCode::NOT_FOUND
+    assert_error(
+        &running.get("/metrics", &[]).await,
+        StatusCode::NOT_FOUND,
+        7000,
     );
     let lookup_on_admin = running
         .admin(
@@ -306,7 +308,7 @@ async fn the_admin_token_is_enforced_except_on_probes() {
             &[("authorization", "Bearer admin-secret-123")],
         )
         .await;
-    assert_eq!(lookup_on_admin.status, StatusCode::NOT_FOUND);
+    assert_error(&lookup_on_admin, StatusCode::NOT_FOUND, 7000);
     running.stop().await;
 }
 
