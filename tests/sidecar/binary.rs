@@ -62,8 +62,9 @@ fn flags_win_over_environment_and_environment_over_file() {
     let dir = tempdir();
     let file = dir.join("precedence.toml");
     std::fs::write(&file, "listen = \"127.0.0.1:1\"\nlog_format = \"pretty\"\n").expect("write");
-    // File says port 1 (cannot bind as non-root... or can as root), env says 0, the flag says 0 too:
-    // what matters is that the log format from the environment beats the file's.
+    // The file says port 1, the environment port 2 and the flag port 0: an ephemeral port shows
+    // the flag won over both. The file says pretty and the environment json: a JSON log line shows
+    // the environment won over the file.
     let mut running = SidecarProcess::start(
         &[
             "--config",
@@ -76,7 +77,14 @@ fn flags_win_over_environment_and_environment_over_file() {
             ("ZT_SIDECAR_LISTEN", "127.0.0.1:2"),
         ],
     );
-    let addr = running.listening_addr();
+    let line = running.wait_for_line("zt-risk-sidecar listening");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&line).is_ok(),
+        "the environment's json log format beats the file's pretty: {line}"
+    );
+    let addr: std::net::SocketAddr = log_field(&line, "listen")
+        .and_then(|listen| listen.parse().ok())
+        .unwrap_or_else(|| panic!("no listen address in {line}"));
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
     assert_ne!(addr.port(), 1);
     assert_ne!(addr.port(), 2);

@@ -146,6 +146,49 @@ async fn writes_are_never_retried_coalesced_or_cached_and_bodies_are_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_writes_are_each_relayed_with_their_body() {
+    let harness = Harness::start().await;
+    let sim = harness.handle();
+    let integration = sim.insert_integration(ACCOUNT, "written", "https://old.okta.com");
+    let path = format!("{}/{}", collection_path(), integration.id);
+    let body = r#"{"active":true,"tenant_url":"https://new.okta.com","reference_id":"written"}"#;
+    let gate = sim.hold_requests();
+    let writes = join_all((0..2).map(|_| harness.send_json(Method::PUT, &path, TOKEN_A, body)));
+    let released = async {
+        // Identical writes are never joined into one: both reach Cloudflare.
+        wait_until("both writes are held upstream", WAIT_LIMIT, || {
+            sim.held() == 2
+        })
+        .await;
+        gate.release();
+    };
+    let (replies, ()) = tokio::join!(writes, released);
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert_cache_status(reply, "zt-risk-sidecar; fwd=method; fwd-status=200");
+        assert_eq!(reply.json()["result"]["tenant_url"], "https://new.okta.com");
+    }
+    assert_eq!(sim.requests(SimRoute::IntegrationUpdate), 2);
+    // Each went up as it was sent: the same method, path, type and length as the caller's.
+    for forwarded in sim.recorded() {
+        assert_eq!(forwarded.method, Method::PUT);
+        assert_eq!(forwarded.path_and_query, path);
+        assert_eq!(
+            forwarded.headers.get("content-type").map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+        assert_eq!(
+            forwarded
+                .headers
+                .get("content-length")
+                .map(|v| v.as_bytes()),
+            Some(body.len().to_string().as_bytes())
+        );
+    }
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_is_visible_at_once_in_every_partition() {
     let harness = Harness::start().await;
     let sim = harness.handle();

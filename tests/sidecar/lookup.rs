@@ -59,6 +59,12 @@ async fn a_miss_then_a_hit_makes_one_upstream_request() {
         second.header("ratelimit").is_none(),
         "a stored quota reading is not replayed"
     );
+    // The policy, unlike the reading, still holds: it is kept and replayed.
+    assert!(first.header("ratelimit-policy").is_some(), "{first:?}");
+    assert_eq!(
+        second.header("ratelimit-policy"),
+        first.header("ratelimit-policy")
+    );
     assert_eq!(harness.handle().requests(SimRoute::ReferenceGet), 1);
 
     // The query string is ignored: same entry, nothing forwarded.
@@ -373,6 +379,46 @@ async fn coalesced_errors_reach_every_waiter_and_are_not_cached() {
     assert_eq!(next.status, StatusCode::OK);
     assert_cache_status(&next, "zt-risk-sidecar; fwd=miss; stored; fwd-status=200");
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 2);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_credentials_never_share_an_in_flight_fetch() {
+    let harness = Harness::start().await;
+    let sim = harness.handle();
+    sim.insert_integration(ACCOUNT, "ref-two", TENANT);
+    let gate = sim.hold_requests();
+    let path = lookup_path(ACCOUNT, "ref-two");
+    let lookups = join_all(
+        [TOKEN_A, TOKEN_B]
+            .map(|token| harness.get_as(&path, token))
+            .into_iter(),
+    );
+    let released = async {
+        wait_until("both lookups are in flight", WAIT_LIMIT, || {
+            let (fetches, waiters) = harness.proxy.in_flight();
+            fetches + waiters == 2
+        })
+        .await;
+        // Two fetches, each under its caller's credential; never one fetch and a waiter, which
+        // would hand one credential's answer to the other.
+        assert_eq!(harness.proxy.in_flight(), (2, 0));
+        wait_until("both fetches are held upstream", WAIT_LIMIT, || {
+            sim.held() == 2
+        })
+        .await;
+        gate.release();
+    };
+    let (replies, ()) = tokio::join!(lookups, released);
+    for reply in &replies {
+        assert_cache_status(reply, "zt-risk-sidecar; fwd=miss; stored; fwd-status=200");
+    }
+    let mut users: Vec<Option<String>> = sim.recorded().into_iter().map(|r| r.user).collect();
+    users.sort();
+    assert_eq!(
+        users,
+        [Some("user-a".to_owned()), Some("user-b".to_owned())]
+    );
     harness.stop().await;
 }
 

@@ -101,11 +101,10 @@ async fn stale_if_error_covers_every_kind_of_failed_refresh() {
     advance(TTL).await;
     assert_cache_status_contains(&harness.lookup("ref-sie", TOKEN_A).await, "stored");
     advance(TTL + Duration::from_secs(1)).await;
-    sim.fail_next(1, Fault::Status(StatusCode::FORBIDDEN));
-    assert_eq!(
-        harness.lookup("ref-sie", TOKEN_A).await.status,
-        StatusCode::FORBIDDEN
-    );
+    for refusal in [StatusCode::FORBIDDEN, StatusCode::UNAUTHORIZED] {
+        sim.fail_next(1, Fault::Status(refusal));
+        assert_error(&harness.lookup("ref-sie", TOKEN_A).await, refusal, 10000);
+    }
     harness.stop().await;
 }
 
@@ -251,6 +250,39 @@ async fn a_429_storm_makes_one_upstream_request_per_credential_per_retry_after_w
     );
     assert_eq!(sim.requests_by_user("user-a"), 4);
     assert_eq!(sim.requests_by_user("user-b"), 3);
+    harness.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cached_answer_stands_in_while_its_credential_cools_down_after_a_429() {
+    let harness = Harness::start_with(|config| {
+        base(config);
+        config.ttl.stale_while_revalidate = Duration::ZERO;
+    })
+    .await;
+    let sim = harness.handle();
+    // One call per user, then a block of 120 s.
+    sim.set_rate_limit(RateLimitPolicy {
+        quota: 1,
+        window: Duration::from_secs(300),
+        block: Duration::from_secs(120),
+    });
+    sim.insert_integration(ACCOUNT, "ref-cool", TENANT);
+    let original = harness.lookup("ref-cool", TOKEN_A).await;
+    assert_cache_status_contains(&original, "stored");
+    let limited = harness.lookup("other", TOKEN_A).await;
+    assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, 971);
+    // Expired, inside the cool-down and inside stale-if-error: the stored answer stands in and
+    // nothing is sent.
+    advance(TTL + Duration::from_secs(1)).await;
+    let stale = harness.lookup("ref-cool", TOKEN_A).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(stale.body, original.body);
+    assert_cache_status(
+        &stale,
+        "zt-risk-sidecar; hit; ttl=-1; detail=stale-rate-limited",
+    );
+    assert_eq!(sim.requests_by_user("user-a"), 2);
     harness.stop().await;
 }
 
