@@ -166,6 +166,58 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_once_the_grace_period_runs_out_on_a_stuck_request() {
+    let sim = start_simulator().await;
+    sim.handle()
+        .insert_integration(ACCOUNT, "ref-stuck", TENANT);
+    let upstream = sim.base_url();
+    let grace = std::time::Duration::from_secs(1);
+    let mut running = SidecarProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--shutdown-grace",
+            "1s",
+        ],
+        &[],
+    );
+    let addr = running.listening_addr();
+    // Held until the end of the test: the request can only end by the grace period running out.
+    let _gate = sim.handle().hold_requests();
+    let stuck = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(
+            &mut stream,
+            &raw_get(&lookup_path(ACCOUNT, "ref-stuck"), ""),
+        )
+        .await
+        .expect("write");
+        read_until_closed(&mut stream, WAIT_LIMIT).await
+    });
+    wait_until("the lookup is held upstream", WAIT_LIMIT, || {
+        sim.handle().held() == 1
+    })
+    .await;
+    let signalled = std::time::Instant::now();
+    running.signal(Signal::SIGTERM);
+    let (code, _) = tokio::task::spawn_blocking(move || running.finish())
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0));
+    assert!(
+        signalled.elapsed() >= grace,
+        "exited after {:?}, before the grace period ran out",
+        signalled.elapsed()
+    );
+    // The process is gone, so its connection is too, with no answer.
+    let answer = stuck.await.expect("caller task");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_any_log_line_at_trace_level() {
     let sim = start_simulator().await;
     const SIDECAR_TOKEN: &str = "sidecar-own-token-4d3c2b1a";

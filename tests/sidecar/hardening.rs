@@ -105,6 +105,30 @@ async fn slow_and_idle_clients_are_disconnected() {
     running.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
+    // The header read timeout is far longer than the idle timeout here, so that only the idle
+    // timeout can be what closes the connection (with the defaults either could).
+    let idle_timeout = Duration::from_secs(5);
+    let running = AppHarness::start(|config| {
+        config.server_limits = ServerLimits {
+            header_read_timeout: Duration::from_secs(120),
+            idle_timeout,
+            ..ServerLimits::default()
+        };
+    })
+    .await;
+    let mut idle = TcpStream::connect(running.addr).await.expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(read_once(&mut idle).await.starts_with(b"HTTP/1.1 404"));
+    let waited = tokio::time::Instant::now();
+    read_until_closed(&mut idle, Duration::from_secs(60)).await;
+    assert_eq!(waited.elapsed(), idle_timeout, "closed at the idle timeout");
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_get_a_fast_503() {
     let running = AppHarness::start(|config| {

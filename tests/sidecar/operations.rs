@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use nix::sys::signal::Signal;
+use tokio::io::AsyncWriteExt;
 use zt_risk_sidecar::credentials::Secret;
+use zt_risk_sidecar::server::DrainOutcome;
 use zt_risk_sidecar::simulator::SimRoute;
 
 use crate::support::*;
@@ -255,6 +257,34 @@ async fn readiness_turns_false_while_draining() {
     gate.release();
     assert_eq!(in_flight.await.expect("lookup").status, StatusCode::OK);
     running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_drain_ends_when_the_grace_period_runs_out() {
+    let grace = Duration::from_secs(2);
+    let harness = Harness::start_with(|config| config.shutdown_grace = grace).await;
+    let sim = harness.handle();
+    sim.insert_integration(ACCOUNT, "stuck", TENANT);
+    let _gate = sim.hold_requests();
+    let mut caller = tokio::net::TcpStream::connect(harness.sidecar)
+        .await
+        .expect("connect");
+    caller
+        .write_all(&raw_get(&lookup_path(ACCOUNT, "stuck"), ""))
+        .await
+        .expect("write");
+    wait_until("the lookup is held upstream", WAIT_LIMIT, || {
+        sim.held() == 1
+    })
+    .await;
+    let stopping = tokio::time::Instant::now();
+    assert_eq!(harness.stop().await, DrainOutcome::GraceElapsed);
+    assert_eq!(
+        stopping.elapsed(),
+        grace,
+        "the drain waited the grace period, no more"
+    );
+    drop(caller);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
