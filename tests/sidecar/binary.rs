@@ -124,17 +124,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     sim.handle()
         .insert_integration(ACCOUNT, "ref-drain", TENANT);
     let upstream = sim.base_url();
-    let mut running = SidecarProcess::start(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream,
-            "--log-format",
-            "json",
-        ],
-        &[],
-    );
+    let mut running = SidecarProcess::start_in_front_of(&upstream, &["--log-format", "json"], &[]);
     let addr = running.listening_addr();
     let gate = sim.handle().hold_requests();
     let in_flight =
@@ -172,17 +162,8 @@ async fn sigterm_exits_zero_once_the_grace_period_runs_out_on_a_stuck_request() 
         .insert_integration(ACCOUNT, "ref-stuck", TENANT);
     let upstream = sim.base_url();
     let grace = std::time::Duration::from_secs(1);
-    let mut running = SidecarProcess::start(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream,
-            "--shutdown-grace",
-            "1s",
-        ],
-        &[],
-    );
+    let mut running =
+        SidecarProcess::start_in_front_of(&upstream, &["--shutdown-grace", "1s"], &[]);
     let addr = running.listening_addr();
     // Held until the end of the test: the request can only end by the grace period running out.
     let _gate = sim.handle().hold_requests();
@@ -230,15 +211,9 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
     let admin_token_path = admin_token_file.to_str().expect("utf-8").to_owned();
     for format in ["json", "pretty"] {
         // The admin listener of this process only (the harness adds an ephemeral one first).
-        let mut running = SidecarProcess::start(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                &upstream,
-                "--admin-token-file",
-                &admin_token_path,
-            ],
+        let mut running = SidecarProcess::start_in_front_of(
+            &upstream,
+            &["--admin-token-file", &admin_token_path],
             &[
                 ("RUST_LOG", "trace"),
                 ("CLOUDFLARE_API_TOKEN", SIDECAR_TOKEN),

@@ -58,6 +58,18 @@ impl SidecarProcess {
         }
     }
 
+    /// Starts the binary on an ephemeral lookup port in front of `upstream` (the simulated API's
+    /// base URL), with `args` and `env` added.
+    pub fn start_in_front_of(
+        upstream: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> SidecarProcess {
+        let mut all = vec!["--listen", "127.0.0.1:0", "--upstream", upstream];
+        all.extend_from_slice(args);
+        SidecarProcess::start(&all, env)
+    }
+
     /// Reads lines until one contains `needle`; fails after [`PROCESS_LIMIT`].
     pub fn wait_for_line(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + PROCESS_LIMIT;
