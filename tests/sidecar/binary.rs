@@ -3,7 +3,6 @@
 
 use http::StatusCode;
 use nix::sys::signal::Signal;
-use zt_risk_sidecar::simulator::SimRoute;
 
 use crate::support::*;
 
@@ -337,8 +336,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         running.signal(Signal::SIGHUP);
         running.wait_for_line("SIGHUP");
         // A failing upstream exercises the error paths' logging too: the reset is retried.
-        sim.handle()
-            .fail_next(1, zt_risk_sidecar::simulator::Fault::Reset);
+        sim.handle().fail_next(1, Fault::Reset);
         let retried = lookups.lookup("other", TOKEN_B).await;
         assert_error(&retried, StatusCode::NOT_FOUND, 1000);
         assert_eq!(

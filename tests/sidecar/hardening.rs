@@ -12,7 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zt_risk_sidecar::routes::AccountId;
 use zt_risk_sidecar::server::{ListenAddr, ServerLimits, UnixSocketSettings};
-use zt_risk_sidecar::simulator::{SimConfig, SimRoute, SimulatedCloudflare};
 use zt_risk_sidecar::upstream::{ProxyUrl, UpstreamBase};
 
 use crate::support::*;

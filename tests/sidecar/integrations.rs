@@ -4,7 +4,6 @@
 //! credential partition. Real sockets, the simulated API behind.
 
 use http::{Method, StatusCode};
-use zt_risk_sidecar::simulator::{Fault, SimRoute};
 
 use crate::support::*;
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::support::*;
 use http::{Method, StatusCode};
-use zt_risk_sidecar::simulator::{Fault, SimRoute};
 
 fn without_retries_or_stale(config: &mut zt_risk_sidecar::config::Config) {
     config.upstream_retries = 0;
@@ -260,7 +259,7 @@ async fn failures_are_relayed_but_never_cached() {
 async fn rate_limited_answers_are_relayed_with_retry_after_and_not_cached() {
     let harness = Harness::start().await;
     let sim = harness.handle();
-    sim.set_rate_limit(zt_risk_sidecar::simulator::RateLimitPolicy {
+    sim.set_rate_limit(RateLimitPolicy {
         quota: 2,
         window: Duration::from_secs(300),
         block: Duration::from_secs(300),
@@ -692,7 +691,7 @@ async fn upstream_down_is_a_fast_502() {
         false,
     )
     .expect("loopback");
-    let sim = zt_risk_sidecar::simulator::SimulatedCloudflare::start(Default::default())
+    let sim = SimulatedCloudflare::start(Default::default())
         .await
         .expect("sim");
     let down = Harness::start_in_front_of(sim, config).await;

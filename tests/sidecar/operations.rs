@@ -9,7 +9,6 @@ use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
 use zt_risk_sidecar::credentials::Secret;
 use zt_risk_sidecar::server::DrainOutcome;
-use zt_risk_sidecar::simulator::SimRoute;
 
 use crate::support::*;
 

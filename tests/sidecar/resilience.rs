@@ -11,7 +11,6 @@ use crate::support::*;
 use http::StatusCode;
 use tokio::time::{advance, Instant};
 use zt_risk_sidecar::config::Config;
-use zt_risk_sidecar::simulator::{Fault, RateLimitPolicy, SimRoute};
 
 const TTL: Duration = Duration::from_secs(60);
 

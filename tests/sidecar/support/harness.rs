@@ -12,11 +12,13 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use zt_risk_sidecar::config::{self, Cli, Config, FileConfig};
 use zt_risk_sidecar::server::{DrainOutcome, Listener};
-use zt_risk_sidecar::simulator::{SimConfig, SimHandle, SimulatedCloudflare};
 use zt_risk_sidecar::App;
 
 use super::client::{Endpoint, Reply};
-use super::{ACCOUNT, EMAIL, GLOBAL_KEY, OTHER_ACCOUNT, TOKEN_A, TOKEN_B, TOKEN_OTHER_ACCOUNT};
+use super::{
+    SimConfig, SimHandle, SimulatedCloudflare, ACCOUNT, EMAIL, GLOBAL_KEY, OTHER_ACCOUNT, TOKEN_A,
+    TOKEN_B, TOKEN_OTHER_ACCOUNT,
+};
 
 /// The default test configuration, pointed at `upstream`.
 pub fn test_config(upstream: &str) -> Config {

@@ -16,6 +16,12 @@ pub use harness::*;
 pub use process::*;
 pub use wait::*;
 
+/// The simulated Cloudflare API's names, imported here once for every test module: when the
+/// simulator moves to a crate of its own, this line is the one to change.
+pub use zt_risk_sidecar::simulator::{
+    Fault, RateLimitPolicy, SimConfig, SimHandle, SimRoute, SimulatedCloudflare,
+};
+
 /// The account every test looks up in; `OTHER_ACCOUNT` is one that only some credentials reach.
 pub const ACCOUNT: &str = "023e105f4ecef8ad9ca31a8372d0c353";
 pub const OTHER_ACCOUNT: &str = "9a7806061c88ada191ed06f989cc3dac";
