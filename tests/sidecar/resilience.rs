@@ -4,41 +4,19 @@
 //! current-thread runtime with Tokio's clock paused: time moves only when every task waits on a
 //! timer, so TTLs, backoffs, cool-downs and timeouts are crossed exactly, without sleeping.
 
-mod common;
-
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use http::StatusCode;
 use tokio::time::{advance, Instant};
 use zt_risk_sidecar::config::Config;
-use zt_risk_sidecar::simulator::{Fault, RateLimitPolicy, SimRoute};
 
 const TTL: Duration = Duration::from_secs(60);
 
 fn base(config: &mut Config) {
     config.ttl.positive = TTL;
     config.ttl.negative = TTL;
-}
-
-fn auth(token: &str) -> [(&'static str, String); 1] {
-    [("authorization", bearer(token))]
-}
-
-async fn get(harness: &Harness, reference: &str, token: &str) -> Reply {
-    let auth = auth(token);
-    let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    harness
-        .get(&lookup_path(ACCOUNT, reference), &headers)
-        .await
-}
-
-fn age(reply: &Reply) -> u64 {
-    reply
-        .header("age")
-        .and_then(|v| v.parse().ok())
-        .expect("Age header")
 }
 
 #[tokio::test(start_paused = true)]
@@ -51,27 +29,37 @@ async fn stale_if_error_covers_every_kind_of_failed_refresh() {
     })
     .await;
     let sim = harness.handle();
-    sim.insert_integration(ACCOUNT, "ref-sie", "https://tenant.okta.com");
-    let original = get(&harness, "ref-sie", TOKEN_A).await;
-    assert!(original.cache_status().contains("stored"));
+    sim.insert_integration(ACCOUNT, "ref-sie", TENANT);
+    let original = harness.lookup("ref-sie", TOKEN_A).await;
+    assert_cache_status_contains(&original, "stored");
     // A second credential with its own entry, for the 429 case (which cools its credential down).
-    assert!(get(&harness, "ref-sie", TOKEN_B)
-        .await
-        .cache_status()
-        .contains("stored"));
-    advance(TTL + Duration::from_secs(5)).await;
+    assert_cache_status_contains(&harness.lookup("ref-sie", TOKEN_B).await, "stored");
+    let mut past_ttl = Duration::from_secs(5);
+    advance(TTL + past_ttl).await;
 
+    // (fault, the status upstream answered with, how long the failed refresh takes): every
+    // failure is immediate except a hang, which ends at the request timeout and not earlier.
     let faults = [
-        (Fault::Status(StatusCode::INTERNAL_SERVER_ERROR), Some(500)),
-        (Fault::Status(StatusCode::SERVICE_UNAVAILABLE), Some(503)),
-        (Fault::GarbageBody, Some(200)),
-        (Fault::Reset, None),
-        (Fault::Hang, None),
+        (
+            Fault::Status(StatusCode::INTERNAL_SERVER_ERROR),
+            Some(500),
+            Duration::ZERO,
+        ),
+        (
+            Fault::Status(StatusCode::SERVICE_UNAVAILABLE),
+            Some(503),
+            Duration::ZERO,
+        ),
+        (Fault::GarbageBody, Some(200), Duration::ZERO),
+        (Fault::Reset, None, Duration::ZERO),
+        (Fault::Hang, None, harness.config.request_timeout),
     ];
-    for (fault, upstream_status) in faults {
+    for (fault, upstream_status, takes) in faults {
         sim.fail_next(1, fault.clone());
         let before = Instant::now();
-        let stale = get(&harness, "ref-sie", TOKEN_A).await;
+        let stale = harness.lookup("ref-sie", TOKEN_A).await;
+        assert_eq!(before.elapsed(), takes, "{fault:?}: the refresh's duration");
+        past_ttl += takes;
         assert_eq!(stale.status, StatusCode::OK, "{fault:?}");
         assert_eq!(
             stale.body, original.body,
@@ -80,58 +68,42 @@ async fn stale_if_error_covers_every_kind_of_failed_refresh() {
         let expected_status = upstream_status
             .map(|s| format!("; fwd-status={s}"))
             .unwrap_or_default();
-        let expired = Instant::now().duration_since(before) + Duration::from_secs(5);
-        assert_eq!(
-            stale.cache_status(),
-            format!(
+        assert_cache_status(
+            &stale,
+            &format!(
                 "zt-risk-sidecar; fwd=stale; ttl=-{}; detail=stale-if-error{expected_status}",
-                expired.as_secs()
+                past_ttl.as_secs()
             ),
-            "{fault:?}"
         );
         assert_eq!(
-            age(&stale),
-            TTL.as_secs() + expired.as_secs(),
+            stale.age(),
+            (TTL + past_ttl).as_secs(),
             "{fault:?}: a true Age"
         );
     }
-    // A hang ends at the request timeout (15 s of the paused clock), not earlier.
     // Cloudflare's 429 for credential B: B's stale entry stands in too.
     sim.fail_next(1, Fault::Status(StatusCode::TOO_MANY_REQUESTS));
-    let limited = get(&harness, "ref-sie", TOKEN_B).await;
+    let limited = harness.lookup("ref-sie", TOKEN_B).await;
     assert_eq!(limited.status, StatusCode::OK);
-    assert!(
-        limited
-            .cache_status()
-            .contains("detail=stale-if-error; fwd-status=429"),
-        "{}",
-        limited.cache_status()
-    );
+    assert_cache_status_contains(&limited, "detail=stale-if-error; fwd-status=429");
 
     // A refresh that works replaces the entry.
-    let fresh = get(&harness, "ref-sie", TOKEN_A).await;
-    assert_eq!(
-        fresh.cache_status(),
-        "zt-risk-sidecar; fwd=miss; stored; fwd-status=200"
-    );
+    let fresh = harness.lookup("ref-sie", TOKEN_A).await;
+    assert_cache_status(&fresh, "zt-risk-sidecar; fwd=miss; stored; fwd-status=200");
 
     // Past the stale-if-error window (24 h by default) the failure reaches the caller.
     advance(TTL + Duration::from_secs(24 * 3600)).await;
     sim.fail_next(1, Fault::Status(StatusCode::SERVICE_UNAVAILABLE));
-    let too_old = get(&harness, "ref-sie", TOKEN_A).await;
+    let too_old = harness.lookup("ref-sie", TOKEN_A).await;
     assert_eq!(too_old.status, StatusCode::SERVICE_UNAVAILABLE);
     // A 401 or 403 is an answer about the credential, never papered over with stale data.
     advance(TTL).await;
-    assert!(get(&harness, "ref-sie", TOKEN_A)
-        .await
-        .cache_status()
-        .contains("stored"));
+    assert_cache_status_contains(&harness.lookup("ref-sie", TOKEN_A).await, "stored");
     advance(TTL + Duration::from_secs(1)).await;
-    sim.fail_next(1, Fault::Status(StatusCode::FORBIDDEN));
-    assert_eq!(
-        get(&harness, "ref-sie", TOKEN_A).await.status,
-        StatusCode::FORBIDDEN
-    );
+    for refusal in [StatusCode::FORBIDDEN, StatusCode::UNAUTHORIZED] {
+        sim.fail_next(1, Fault::Status(refusal));
+        assert_error(&harness.lookup("ref-sie", TOKEN_A).await, refusal, 10000);
+    }
     harness.stop().await;
 }
 
@@ -139,46 +111,45 @@ async fn stale_if_error_covers_every_kind_of_failed_refresh() {
 async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     let harness = Harness::start_with(base).await;
     let sim = harness.handle();
-    sim.insert_integration(ACCOUNT, "ref-swr", "https://tenant.okta.com");
-    let original = get(&harness, "ref-swr", TOKEN_A).await;
+    sim.insert_integration(ACCOUNT, "ref-swr", TENANT);
+    let original = harness.lookup("ref-swr", TOKEN_A).await;
     advance(TTL + Duration::from_secs(3)).await;
     // The integration changes upstream meanwhile.
     let updated = sim.insert_integration(ACCOUNT, "ref-swr", "https://new-tenant.okta.com");
     // Hold every upstream request: if an answer waited for the refresh, it would never come.
     let gate = sim.hold_requests();
-    let replies = join_all((0..5).map(|_| get(&harness, "ref-swr", TOKEN_A))).await;
+    let replies = join_all((0..5).map(|_| harness.lookup("ref-swr", TOKEN_A))).await;
     for reply in &replies {
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.body, original.body);
-        assert_eq!(
-            reply.cache_status(),
-            "zt-risk-sidecar; hit; ttl=-3; detail=stale-while-revalidate"
+        assert_cache_status(
+            reply,
+            "zt-risk-sidecar; hit; ttl=-3; detail=stale-while-revalidate",
         );
-        assert_eq!(age(reply), TTL.as_secs() + 3);
+        assert_eq!(reply.age(), TTL.as_secs() + 3);
     }
-    while sim.held() != 1 {
-        tokio::task::yield_now().await;
-    }
+    wait_until("the one refresh is held upstream", WAIT_LIMIT, || {
+        sim.held() == 1
+    })
+    .await;
     assert_eq!(
         sim.requests(SimRoute::ReferenceGet),
         2,
         "five stale answers, one refresh"
     );
     gate.release();
-    while harness.proxy.in_flight() != (0, 0) {
-        tokio::task::yield_now().await;
-    }
-    let refreshed = get(&harness, "ref-swr", TOKEN_A).await;
-    assert_eq!(refreshed.cache_status(), "zt-risk-sidecar; hit; ttl=60");
+    wait_until("the refresh has finished", WAIT_LIMIT, || {
+        harness.proxy.in_flight() == (0, 0)
+    })
+    .await;
+    let refreshed = harness.lookup("ref-swr", TOKEN_A).await;
+    assert_cache_status(&refreshed, "zt-risk-sidecar; hit; ttl=60");
     assert_eq!(refreshed.json()["result"]["id"], updated.id.as_str());
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 2);
     // Past the revalidate window but inside stale-if-error, the caller waits for the refresh.
     advance(TTL + Duration::from_secs(31)).await;
-    let waited = get(&harness, "ref-swr", TOKEN_A).await;
-    assert_eq!(
-        waited.cache_status(),
-        "zt-risk-sidecar; fwd=miss; stored; fwd-status=200"
-    );
+    let waited = harness.lookup("ref-swr", TOKEN_A).await;
+    assert_cache_status(&waited, "zt-risk-sidecar; fwd=miss; stored; fwd-status=200");
     harness.stop().await;
 }
 
@@ -195,19 +166,15 @@ async fn an_empty_budget_serves_stale_or_answers_429_locally() {
     let sim = harness.handle();
     for reference in ["b1", "b2", "b3"] {
         assert_eq!(
-            get(&harness, reference, TOKEN_A).await.status,
+            harness.lookup(reference, TOKEN_A).await.status,
             StatusCode::NOT_FOUND
         );
     }
-    let refused = get(&harness, "b4", TOKEN_A).await;
-    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(refused.error_code(), 971);
+    let refused = harness.lookup("b4", TOKEN_A).await;
+    assert_error(&refused, StatusCode::TOO_MANY_REQUESTS, 971);
     assert_eq!(refused.header("retry-after"), Some("100"));
     assert_eq!(refused.header("x-should-retry"), Some("false"));
-    assert_eq!(
-        refused.cache_status(),
-        "zt-risk-sidecar; detail=budget-exhausted"
-    );
+    assert_cache_status(&refused, "zt-risk-sidecar; detail=budget-exhausted");
     assert_eq!(
         sim.requests(SimRoute::ReferenceGet),
         3,
@@ -215,23 +182,20 @@ async fn an_empty_budget_serves_stale_or_answers_429_locally() {
     );
     // Another credential has its own budget.
     assert_eq!(
-        get(&harness, "b4", TOKEN_B).await.status,
+        harness.lookup("b4", TOKEN_B).await.status,
         StatusCode::NOT_FOUND
     );
     // Expired entries stand in while the budget is empty.
     advance(TTL + Duration::from_secs(1)).await;
-    let stale = get(&harness, "b1", TOKEN_A).await;
+    let stale = harness.lookup("b1", TOKEN_A).await;
     assert_eq!(stale.status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        stale.cache_status(),
-        "zt-risk-sidecar; hit; ttl=-1; detail=stale-budget-exhausted"
+    assert_cache_status(
+        &stale,
+        "zt-risk-sidecar; hit; ttl=-1; detail=stale-budget-exhausted",
     );
     // 100 s after the burst, one token is back.
     advance(Duration::from_secs(39)).await;
-    assert!(get(&harness, "b4", TOKEN_A)
-        .await
-        .cache_status()
-        .contains("fwd=miss"));
+    assert_cache_status_contains(&harness.lookup("b4", TOKEN_A).await, "fwd=miss");
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 5);
     harness.stop().await;
 }
@@ -249,23 +213,22 @@ async fn a_429_storm_makes_one_upstream_request_per_credential_per_retry_after_w
     for (token, user) in [(TOKEN_A, "user-a"), (TOKEN_B, "user-b")] {
         for reference in ["s1", "s2"] {
             assert_eq!(
-                get(&harness, reference, token).await.status,
+                harness.lookup(reference, token).await.status,
                 StatusCode::NOT_FOUND
             );
         }
         // The third call is Cloudflare's 429: relayed, and the credential cools down.
-        let first = get(&harness, "s3", token).await;
+        let first = harness.lookup("s3", token).await;
         assert_eq!(first.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(first.header("retry-after"), Some("120"));
         assert_eq!(sim.requests_by_user(user), 3);
         // The storm: 50 more lookups of new ids, all answered locally.
         for index in 0..50 {
-            let reply = get(&harness, &format!("storm-{index}"), token).await;
-            assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
-            assert_eq!(reply.error_code(), 971);
+            let reply = harness.lookup(&format!("storm-{index}"), token).await;
+            assert_error(&reply, StatusCode::TOO_MANY_REQUESTS, 971);
             assert_eq!(reply.header("retry-after"), Some("120"));
             assert_eq!(reply.header("x-should-retry"), Some("false"));
-            assert_eq!(reply.cache_status(), "zt-risk-sidecar; detail=rate-limited");
+            assert_cache_status(&reply, "zt-risk-sidecar; detail=rate-limited");
         }
         assert_eq!(
             sim.requests_by_user(user),
@@ -275,17 +238,50 @@ async fn a_429_storm_makes_one_upstream_request_per_credential_per_retry_after_w
     }
     // Within the window, the remaining wait counts down and drops under the SDKs' 60 s limit.
     advance(Duration::from_secs(70)).await;
-    let later = get(&harness, "storm-x", TOKEN_A).await;
+    let later = harness.lookup("storm-x", TOKEN_A).await;
     assert_eq!(later.header("retry-after"), Some("50"));
     assert!(later.header("x-should-retry").is_none());
     // After the window, one call per credential goes upstream again.
     advance(Duration::from_secs(50)).await;
     assert_eq!(
-        get(&harness, "after", TOKEN_A).await.status,
+        harness.lookup("after", TOKEN_A).await.status,
         StatusCode::NOT_FOUND
     );
     assert_eq!(sim.requests_by_user("user-a"), 4);
     assert_eq!(sim.requests_by_user("user-b"), 3);
+    harness.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cached_answer_stands_in_while_its_credential_cools_down_after_a_429() {
+    let harness = Harness::start_with(|config| {
+        base(config);
+        config.ttl.stale_while_revalidate = Duration::ZERO;
+    })
+    .await;
+    let sim = harness.handle();
+    // One call per user, then a block of 120 s.
+    sim.set_rate_limit(RateLimitPolicy {
+        quota: 1,
+        window: Duration::from_secs(300),
+        block: Duration::from_secs(120),
+    });
+    sim.insert_integration(ACCOUNT, "ref-cool", TENANT);
+    let original = harness.lookup("ref-cool", TOKEN_A).await;
+    assert_cache_status_contains(&original, "stored");
+    let limited = harness.lookup("other", TOKEN_A).await;
+    assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, 971);
+    // Expired, inside the cool-down and inside stale-if-error: the stored answer stands in and
+    // nothing is sent.
+    advance(TTL + Duration::from_secs(1)).await;
+    let stale = harness.lookup("ref-cool", TOKEN_A).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(stale.body, original.body);
+    assert_cache_status(
+        &stale,
+        "zt-risk-sidecar; hit; ttl=-1; detail=stale-rate-limited",
+    );
+    assert_eq!(sim.requests_by_user("user-a"), 2);
     harness.stop().await;
 }
 
@@ -299,11 +295,11 @@ async fn gateway_failures_are_retried_with_backoff_and_every_retry_spends_budget
     })
     .await;
     let sim = harness.handle();
-    sim.insert_integration(ACCOUNT, "ref-retry", "https://tenant.okta.com");
+    sim.insert_integration(ACCOUNT, "ref-retry", TENANT);
     sim.fail_next(1, Fault::Status(StatusCode::BAD_GATEWAY));
     sim.fail_next(1, Fault::Reset);
     let started = Instant::now();
-    let reply = get(&harness, "ref-retry", TOKEN_A).await;
+    let reply = harness.lookup("ref-retry", TOKEN_A).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
         sim.requests(SimRoute::ReferenceGet),
@@ -319,12 +315,12 @@ async fn gateway_failures_are_retried_with_backoff_and_every_retry_spends_budget
     // A 500 and a 404 are answers about the request: never retried.
     sim.fail_next(1, Fault::Status(StatusCode::INTERNAL_SERVER_ERROR));
     assert_eq!(
-        get(&harness, "other", TOKEN_A).await.status,
+        harness.lookup("other", TOKEN_A).await.status,
         StatusCode::INTERNAL_SERVER_ERROR
     );
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 4);
     // The retries spent the budget: the next new lookup is refused locally.
-    let refused = get(&harness, "third", TOKEN_A).await;
+    let refused = harness.lookup("third", TOKEN_A).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 4);
     harness.stop().await;
@@ -341,7 +337,7 @@ async fn retries_stop_after_two_and_within_the_deadline() {
     .await;
     let sim = harness.handle();
     sim.set_fault(Some(Fault::Status(StatusCode::SERVICE_UNAVAILABLE)));
-    let reply = get(&harness, "down", TOKEN_A).await;
+    let reply = harness.lookup("down", TOKEN_A).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 3);
     // An upstream that takes 1.5 s per answer: the first 503 arrives at 1.5 s, the retry starts
@@ -351,7 +347,7 @@ async fn retries_stop_after_two_and_within_the_deadline() {
     sim.fail_next(3, Fault::Status(StatusCode::SERVICE_UNAVAILABLE));
     sim.reset_counters();
     let started = Instant::now();
-    let slow = get(&harness, "slow", TOKEN_A).await;
+    let slow = harness.lookup("slow", TOKEN_A).await;
     assert_eq!(started.elapsed(), Duration::from_secs(2));
     assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 2);
@@ -370,15 +366,15 @@ async fn the_breaker_opens_fails_fast_and_half_opens() {
     })
     .await;
     let sim = harness.handle();
-    sim.insert_integration(ACCOUNT, "cached", "https://tenant.okta.com");
+    sim.insert_integration(ACCOUNT, "cached", TENANT);
     assert_eq!(
-        get(&harness, "cached", TOKEN_A).await.status,
+        harness.lookup("cached", TOKEN_A).await.status,
         StatusCode::OK
     );
     advance(TTL + Duration::from_secs(1)).await;
     sim.set_fault(Some(Fault::Status(StatusCode::BAD_GATEWAY)));
     for index in 0..5 {
-        let reply = get(&harness, &format!("new-{index}"), TOKEN_A).await;
+        let reply = harness.lookup(&format!("new-{index}"), TOKEN_A).await;
         assert_eq!(
             reply.status,
             StatusCode::BAD_GATEWAY,
@@ -388,18 +384,13 @@ async fn the_breaker_opens_fails_fast_and_half_opens() {
     assert_eq!(harness.proxy.breaker().state().as_str(), "open");
     let upstream_before = sim.requests(SimRoute::ReferenceGet);
     // Open: uncached lookups fail fast (any credential), cached ones are served stale.
-    let fast = get(&harness, "new-x", TOKEN_B).await;
-    assert_eq!(fast.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(fast.error_code(), 10503);
+    let fast = harness.lookup("new-x", TOKEN_B).await;
+    assert_error(&fast, StatusCode::SERVICE_UNAVAILABLE, 10503);
     assert_eq!(fast.header("retry-after"), Some("10"));
-    assert_eq!(fast.cache_status(), "zt-risk-sidecar; detail=upstream-down");
-    let stale = get(&harness, "cached", TOKEN_A).await;
+    assert_cache_status(&fast, "zt-risk-sidecar; detail=upstream-down");
+    let stale = harness.lookup("cached", TOKEN_A).await;
     assert_eq!(stale.status, StatusCode::OK);
-    assert!(
-        stale.cache_status().contains("detail=stale-upstream-down"),
-        "{}",
-        stale.cache_status()
-    );
+    assert_cache_status_contains(&stale, "detail=stale-upstream-down");
     assert_eq!(
         sim.requests(SimRoute::ReferenceGet),
         upstream_before,
@@ -408,27 +399,24 @@ async fn the_breaker_opens_fails_fast_and_half_opens() {
     // After the cool-down one probe goes through; it fails, so the breaker opens again.
     advance(Duration::from_secs(10)).await;
     assert_eq!(
-        get(&harness, "probe-1", TOKEN_A).await.status,
+        harness.lookup("probe-1", TOKEN_A).await.status,
         StatusCode::BAD_GATEWAY
     );
     assert_eq!(sim.requests(SimRoute::ReferenceGet), upstream_before + 1);
     assert_eq!(harness.proxy.breaker().state().as_str(), "open");
     assert_eq!(
-        get(&harness, "probe-2", TOKEN_A).await.status,
+        harness.lookup("probe-2", TOKEN_A).await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
     // Cloudflare recovers: the next probe closes the breaker.
     sim.set_fault(None);
     advance(Duration::from_secs(10)).await;
     assert_eq!(
-        get(&harness, "probe-3", TOKEN_A).await.status,
+        harness.lookup("probe-3", TOKEN_A).await.status,
         StatusCode::NOT_FOUND
     );
     assert_eq!(harness.proxy.breaker().state().as_str(), "closed");
-    assert!(get(&harness, "cached", TOKEN_A)
-        .await
-        .cache_status()
-        .contains("stored"));
+    assert_cache_status_contains(&harness.lookup("cached", TOKEN_A).await, "stored");
     harness.stop().await;
 }
 
@@ -441,9 +429,9 @@ async fn with_upstream_killed_cached_keys_are_served_and_uncached_ones_fail_fast
     .await;
     let sim = harness.handle();
     for reference in ["k1", "k2"] {
-        sim.insert_integration(ACCOUNT, reference, "https://tenant.okta.com");
+        sim.insert_integration(ACCOUNT, reference, TENANT);
         assert_eq!(
-            get(&harness, reference, TOKEN_A).await.status,
+            harness.lookup(reference, TOKEN_A).await.status,
             StatusCode::OK
         );
     }
@@ -451,32 +439,23 @@ async fn with_upstream_killed_cached_keys_are_served_and_uncached_ones_fail_fast
     advance(TTL + Duration::from_secs(1)).await;
     // Each refresh fails to connect (and is retried); the stale entry answers.
     for reference in ["k1", "k2"] {
-        let reply = get(&harness, reference, TOKEN_A).await;
+        let reply = harness.lookup(reference, TOKEN_A).await;
         assert_eq!(reply.status, StatusCode::OK, "{reference}");
-        assert!(
-            reply.cache_status().contains("detail=stale-if-error"),
-            "{}",
-            reply.cache_status()
-        );
+        assert_cache_status_contains(&reply, "detail=stale-if-error");
     }
     // Six failed connects so far (two lookups, three attempts each): the breaker is open, so an
     // uncached lookup fails fast and cached ones keep being served.
     assert_eq!(harness.proxy.breaker().state().as_str(), "open");
     let started = Instant::now();
-    let uncached = get(&harness, "k3", TOKEN_A).await;
-    assert_eq!(uncached.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(uncached.error_code(), 10503);
+    let uncached = harness.lookup("k3", TOKEN_A).await;
+    assert_error(&uncached, StatusCode::SERVICE_UNAVAILABLE, 10503);
     assert_eq!(
         started.elapsed(),
         Duration::ZERO,
         "no connect attempt, no backoff"
     );
-    let cached = get(&harness, "k1", TOKEN_A).await;
+    let cached = harness.lookup("k1", TOKEN_A).await;
     assert_eq!(cached.status, StatusCode::OK);
-    assert!(
-        cached.cache_status().contains("detail=stale-upstream-down"),
-        "{}",
-        cached.cache_status()
-    );
+    assert_cache_status_contains(&cached, "detail=stale-upstream-down");
     harness.stop().await;
 }

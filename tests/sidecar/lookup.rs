@@ -1,13 +1,10 @@
 //! End-to-end lookups over real sockets: the real sidecar server in front of the simulated
 //! Cloudflare API, both on ephemeral loopback ports.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use http::{Method, StatusCode};
-use zt_risk_sidecar::simulator::{Fault, SimRoute};
 
 fn without_retries_or_stale(config: &mut zt_risk_sidecar::config::Config) {
     config.upstream_retries = 0;
@@ -15,33 +12,18 @@ fn without_retries_or_stale(config: &mut zt_risk_sidecar::config::Config) {
     config.ttl.stale_while_revalidate = Duration::ZERO;
 }
 
-fn auth_a() -> [(&'static str, String); 1] {
-    [("authorization", bearer(TOKEN_A))]
-}
-
-fn headers<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    pairs
-        .iter()
-        .map(|(name, value)| (*name, value.as_str()))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miss_then_a_hit_makes_one_upstream_request() {
     let harness = Harness::start().await;
-    let integration =
-        harness
-            .handle()
-            .insert_integration(ACCOUNT, "ref-1", "https://tenant.okta.com");
+    let integration = harness
+        .handle()
+        .insert_integration(ACCOUNT, "ref-1", TENANT);
     let path = lookup_path(ACCOUNT, "ref-1");
-    let auth = auth_a();
 
-    let first = harness.get(&path, &headers(&auth)).await;
+    let before_first = std::time::Instant::now();
+    let first = harness.get_as(&path, TOKEN_A).await;
     assert_eq!(first.status, StatusCode::OK);
-    assert_eq!(
-        first.cache_status(),
-        "zt-risk-sidecar; fwd=miss; stored; fwd-status=200"
-    );
+    assert_cache_status(&first, "zt-risk-sidecar; fwd=miss; stored; fwd-status=200");
     assert!(first.header("age").is_none());
     assert!(first.header("cf-ray").is_some(), "cf-ray is relayed");
     assert!(
@@ -54,7 +36,7 @@ async fn a_miss_then_a_hit_makes_one_upstream_request() {
     assert_eq!(json["result"]["id"], integration.id.as_str());
     assert_eq!(json["result"]["reference_id"], "ref-1");
 
-    let second = harness.get(&path, &headers(&auth)).await;
+    let second = harness.get_as(&path, TOKEN_A).await;
     assert_eq!(second.status, StatusCode::OK);
     assert!(
         second
@@ -63,28 +45,40 @@ async fn a_miss_then_a_hit_makes_one_upstream_request() {
         "{}",
         second.cache_status()
     );
-    assert_eq!(second.header("age"), Some("0"));
+    // A true Age: no more than the whole seconds since the answer was stored, however slow the
+    // machine is.
+    assert!(
+        second.age() <= before_first.elapsed().as_secs(),
+        "Age {} is longer than the entry has existed",
+        second.age()
+    );
     assert_eq!(second.body, first.body, "a hit relays the same bytes");
     assert_eq!(second.header("cf-ray"), first.header("cf-ray"));
     assert!(
         second.header("ratelimit").is_none(),
         "a stored quota reading is not replayed"
     );
+    // The policy, unlike the reading, still holds: it is kept and replayed.
+    assert!(first.header("ratelimit-policy").is_some(), "{first:?}");
+    assert_eq!(
+        second.header("ratelimit-policy"),
+        first.header("ratelimit-policy")
+    );
     assert_eq!(harness.handle().requests(SimRoute::ReferenceGet), 1);
 
     // The query string is ignored: same entry, nothing forwarded.
     let with_query = harness
-        .get(&format!("{path}?cachebuster=1"), &headers(&auth))
+        .get_as(&format!("{path}?cachebuster=1"), TOKEN_A)
         .await;
-    assert!(with_query.cache_status().contains("hit"));
+    assert_cache_status_contains(&with_query, "hit");
     // Served without the /client/v4 prefix too, from the same entry.
     let unprefixed = harness
         .get(
             &format!("/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id/ref-1"),
-            &headers(&auth),
+            &[("authorization", &bearer(TOKEN_A))],
         )
         .await;
-    assert!(unprefixed.cache_status().contains("hit"));
+    assert_cache_status_contains(&unprefixed, "hit");
     assert_eq!(harness.handle().requests(SimRoute::ReferenceGet), 1);
     harness.stop().await;
 }
@@ -94,7 +88,7 @@ async fn forwards_only_credentials_accept_and_its_own_user_agent() {
     let harness = Harness::start().await;
     harness
         .handle()
-        .insert_integration(ACCOUNT, "ref-headers", "https://tenant.okta.com");
+        .insert_integration(ACCOUNT, "ref-headers", TENANT);
     let reply = harness
         .get(
             &format!("{}?x=1", lookup_path(ACCOUNT, "ref-headers")),
@@ -149,62 +143,65 @@ async fn forwards_only_credentials_accept_and_its_own_user_agent() {
     harness.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The TTL of the two expiry tests, crossed on Tokio's paused clock (freshness reads Tokio's clock).
+const SHORT_TTL: Duration = Duration::from_secs(60);
+
+#[tokio::test(start_paused = true)]
 async fn entries_expire_after_the_ttl() {
     let harness = Harness::start_with(|config| {
         without_retries_or_stale(config);
-        config.ttl.positive = Duration::from_millis(300);
+        config.ttl.positive = SHORT_TTL;
     })
     .await;
     harness
         .handle()
-        .insert_integration(ACCOUNT, "ref-ttl", "https://tenant.okta.com");
+        .insert_integration(ACCOUNT, "ref-ttl", TENANT);
     let path = lookup_path(ACCOUNT, "ref-ttl");
-    let auth = auth_a();
-    assert!(harness
-        .get(&path, &headers(&auth))
-        .await
-        .cache_status()
-        .contains("stored"));
-    assert!(harness
-        .get(&path, &headers(&auth))
-        .await
-        .cache_status()
-        .contains("hit"));
-    // Past the TTL by construction: the freshness check is against the real clock.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let after = harness.get(&path, &headers(&auth)).await;
-    assert_eq!(
-        after.cache_status(),
-        "zt-risk-sidecar; fwd=miss; stored; fwd-status=200"
+    assert_cache_status_contains(&harness.get_as(&path, TOKEN_A).await, "stored");
+    assert_cache_status(
+        &harness.get_as(&path, TOKEN_A).await,
+        "zt-risk-sidecar; hit; ttl=60",
     );
+    // A second before the TTL ends the entry still answers; a second after, it does not.
+    tokio::time::advance(SHORT_TTL - Duration::from_secs(1)).await;
+    assert_cache_status(
+        &harness.get_as(&path, TOKEN_A).await,
+        "zt-risk-sidecar; hit; ttl=1",
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let after = harness.get_as(&path, TOKEN_A).await;
+    assert_cache_status(&after, "zt-risk-sidecar; fwd=miss; stored; fwd-status=200");
     assert_eq!(harness.handle().requests(SimRoute::ReferenceGet), 2);
     harness.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn not_found_is_cached_for_the_negative_ttl() {
     let harness = Harness::start_with(|config| {
         without_retries_or_stale(config);
-        config.ttl.negative = Duration::from_millis(300);
+        config.ttl.negative = SHORT_TTL;
     })
     .await;
     let path = lookup_path(ACCOUNT, "missing");
-    let auth = auth_a();
-    let first = harness.get(&path, &headers(&auth)).await;
+    let first = harness.get_as(&path, TOKEN_A).await;
     assert_eq!(first.status, StatusCode::NOT_FOUND);
-    assert!(first.cache_status().contains("stored"));
-    let second = harness.get(&path, &headers(&auth)).await;
+    assert_cache_status_contains(&first, "stored");
+    let second = harness.get_as(&path, TOKEN_A).await;
     assert_eq!(second.status, StatusCode::NOT_FOUND);
-    assert!(second.cache_status().contains("hit"));
+    assert_cache_status_contains(&second, "hit");
     assert_eq!(second.body, first.body);
     assert_eq!(harness.handle().requests(SimRoute::ReferenceGet), 1);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    // Created meanwhile: after the short negative TTL the lookup finds it.
+    // Created meanwhile: until the negative TTL ends the cached 404 still answers, then the
+    // lookup finds it.
     harness
         .handle()
-        .insert_integration(ACCOUNT, "missing", "https://tenant.okta.com");
-    let third = harness.get(&path, &headers(&auth)).await;
+        .insert_integration(ACCOUNT, "missing", TENANT);
+    tokio::time::advance(SHORT_TTL - Duration::from_secs(1)).await;
+    let still_cached = harness.get_as(&path, TOKEN_A).await;
+    assert_eq!(still_cached.status, StatusCode::NOT_FOUND);
+    assert_cache_status(&still_cached, "zt-risk-sidecar; hit; ttl=1");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let third = harness.get_as(&path, TOKEN_A).await;
     assert_eq!(third.status, StatusCode::OK);
     assert_eq!(harness.handle().requests(SimRoute::ReferenceGet), 2);
     harness.stop().await;
@@ -215,47 +212,45 @@ async fn failures_are_relayed_but_never_cached() {
     // Without retries and stale windows, so that every failure reaches the caller as it came.
     let harness = Harness::start_with(without_retries_or_stale).await;
     let sim = harness.handle();
-    sim.insert_integration(ACCOUNT, "ref-fail", "https://tenant.okta.com");
+    sim.insert_integration(ACCOUNT, "ref-fail", TENANT);
     let path = lookup_path(ACCOUNT, "ref-fail");
-    let auth = auth_a();
-    for status in [401u16, 403, 500, 503] {
-        sim.fail_next(
-            1,
-            Fault::Status(StatusCode::from_u16(status).expect("status")),
+    // (injected status, the code of the simulator's envelope; none for the edge's HTML page)
+    let failures = [
+        (StatusCode::UNAUTHORIZED, Some(10000)),
+        (StatusCode::FORBIDDEN, Some(10000)),
+        (StatusCode::INTERNAL_SERVER_ERROR, Some(10001)),
+        (StatusCode::SERVICE_UNAVAILABLE, None),
+    ];
+    for (status, code) in failures {
+        sim.fail_next(1, Fault::Status(status));
+        let failed = harness.get_as(&path, TOKEN_A).await;
+        assert_cache_status(
+            &failed,
+            &format!("zt-risk-sidecar; fwd=miss; fwd-status={}", status.as_u16()),
         );
-        let failed = harness.get(&path, &headers(&auth)).await;
-        assert_eq!(failed.status.as_u16(), status);
-        assert_eq!(
-            failed.cache_status(),
-            format!("zt-risk-sidecar; fwd=miss; fwd-status={status}")
-        );
-        if status == 503 {
+        let Some(code) = code else {
             // Cloudflare's edge answers 502-504 with an HTML page: relayed as it came.
+            assert_eq!(failed.status, status);
             assert!(failed
                 .header("content-type")
                 .unwrap_or("")
                 .starts_with("text/html"));
             assert!(failed.body.starts_with(b"<"), "{:?}", failed.body);
-        } else {
-            failed.error_code();
-        }
+            continue;
+        };
+        assert_error(&failed, status, code);
     }
     // A body that is not an envelope is no answer: a 502 (code 10506), not stored.
     sim.fail_next(1, Fault::GarbageBody);
-    let garbage = harness.get(&path, &headers(&auth)).await;
-    assert_eq!(garbage.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(garbage.error_code(), 10506);
-    assert_eq!(
-        garbage.cache_status(),
-        "zt-risk-sidecar; fwd=miss; fwd-status=200; detail=upstream-invalid-body"
+    let garbage = harness.get_as(&path, TOKEN_A).await;
+    assert_error(&garbage, StatusCode::BAD_GATEWAY, 10506);
+    assert_cache_status(
+        &garbage,
+        "zt-risk-sidecar; fwd=miss; fwd-status=200; detail=upstream-invalid-body",
     );
     // The next lookup goes upstream and, being good, is stored.
-    let good = harness.get(&path, &headers(&auth)).await;
-    assert!(
-        good.cache_status().contains("stored"),
-        "{}",
-        good.cache_status()
-    );
+    let good = harness.get_as(&path, TOKEN_A).await;
+    assert_cache_status_contains(&good, "stored");
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 6);
     harness.stop().await;
 }
@@ -264,33 +259,26 @@ async fn failures_are_relayed_but_never_cached() {
 async fn rate_limited_answers_are_relayed_with_retry_after_and_not_cached() {
     let harness = Harness::start().await;
     let sim = harness.handle();
-    sim.set_rate_limit(zt_risk_sidecar::simulator::RateLimitPolicy {
+    sim.set_rate_limit(RateLimitPolicy {
         quota: 2,
         window: Duration::from_secs(300),
         block: Duration::from_secs(300),
     });
-    let auth = auth_a();
     // Different lookups, so the cache cannot absorb them.
     for reference in ["r1", "r2"] {
         let reply = harness
-            .get(&lookup_path(ACCOUNT, reference), &headers(&auth))
+            .get_as(&lookup_path(ACCOUNT, reference), TOKEN_A)
             .await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND);
     }
     // Cloudflare's own 429 is relayed: its envelope, Retry-After and Ratelimit-Policy, plus
     // x-should-retry: false, since SDKs would otherwise retry a 300 s block within seconds.
-    let limited = harness
-        .get(&lookup_path(ACCOUNT, "r3"), &headers(&auth))
-        .await;
-    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(limited.error_code(), 971);
+    let limited = harness.get_as(&lookup_path(ACCOUNT, "r3"), TOKEN_A).await;
+    assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, 971);
     assert_eq!(limited.header("retry-after"), Some("300"));
     assert_eq!(limited.header("x-should-retry"), Some("false"));
     assert!(limited.header("ratelimit-policy").is_some());
-    assert_eq!(
-        limited.cache_status(),
-        "zt-risk-sidecar; fwd=miss; fwd-status=429"
-    );
+    assert_cache_status(&limited, "zt-risk-sidecar; fwd=miss; fwd-status=429");
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 3);
     harness.stop().await;
 }
@@ -299,29 +287,22 @@ async fn rate_limited_answers_are_relayed_with_retry_after_and_not_cached() {
 async fn a_hundred_concurrent_identical_lookups_make_one_upstream_request() {
     let harness = Harness::start().await;
     let sim = harness.handle();
-    sim.insert_integration(ACCOUNT, "ref-hot", "https://tenant.okta.com");
+    sim.insert_integration(ACCOUNT, "ref-hot", TENANT);
     let gate = sim.hold_requests();
     let path = lookup_path(ACCOUNT, "ref-hot");
     let mut lookups = Vec::new();
     for _ in 0..100 {
-        let url = harness.url(&path);
+        let (sidecar, path) = (harness.sidecar, path.clone());
         lookups.push(tokio::spawn(async move {
-            let client =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http();
-            send_with(
-                &client,
-                Method::GET,
-                &url,
-                &[("authorization", &bearer(TOKEN_A))],
-            )
-            .await
+            // A client and connection of its own for each caller.
+            Endpoint::new(sidecar).get_as(&path, TOKEN_A).await
         }));
     }
     // Hold the one upstream request until the 99 others have joined it.
-    while harness.proxy.in_flight() != (1, 99) || sim.held() != 1 {
-        tokio::task::yield_now().await;
-    }
+    wait_until("99 lookups wait on the one held fetch", WAIT_LIMIT, || {
+        harness.proxy.in_flight() == (1, 99) && sim.held() == 1
+    })
+    .await;
     gate.release();
     let mut statuses = std::collections::BTreeMap::<String, usize>::new();
     let mut bodies = std::collections::HashSet::new();
@@ -350,27 +331,93 @@ async fn a_hundred_concurrent_identical_lookups_make_one_upstream_request() {
 async fn coalesced_errors_reach_every_waiter_and_are_not_cached() {
     let harness = Harness::start_with(without_retries_or_stale).await;
     let sim = harness.handle();
-    sim.insert_integration(ACCOUNT, "ref-err", "https://tenant.okta.com");
+    sim.insert_integration(ACCOUNT, "ref-err", TENANT);
     sim.fail_next(1, Fault::Status(StatusCode::SERVICE_UNAVAILABLE));
     let gate = sim.hold_requests();
     let path = lookup_path(ACCOUNT, "ref-err");
-    let auth = auth_a();
-    let auth = headers(&auth);
-    let waiters = join_all((0..10).map(|_| harness.get(&path, &auth)));
+    let waiters = join_all((0..10).map(|_| harness.get_as(&path, TOKEN_A)));
     let released = async {
-        while harness.proxy.in_flight() != (1, 9) || sim.held() != 1 {
-            tokio::task::yield_now().await;
-        }
+        wait_until("9 lookups wait on the one held fetch", WAIT_LIMIT, || {
+            harness.proxy.in_flight() == (1, 9) && sim.held() == 1
+        })
+        .await;
         gate.release();
     };
     let (replies, ()) = tokio::join!(waiters, released);
+    // Every waiter gets the edge's answer as it came (an HTML page, not an envelope): the same
+    // status, type and bytes, one as the fetch's leader and nine as collapsed waiters.
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
     for reply in &replies {
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            reply.header("content-type"),
+            replies[0].header("content-type")
+        );
+        assert!(
+            reply
+                .header("content-type")
+                .unwrap_or("")
+                .starts_with("text/html"),
+            "{reply:?}"
+        );
+        assert_eq!(reply.body, replies[0].body);
+        *statuses.entry(reply.cache_status().to_owned()).or_default() += 1;
     }
+    assert_eq!(
+        statuses,
+        std::collections::BTreeMap::from([
+            (
+                "zt-risk-sidecar; fwd=miss; collapsed; fwd-status=503".to_owned(),
+                9
+            ),
+            ("zt-risk-sidecar; fwd=miss; fwd-status=503".to_owned(), 1),
+        ])
+    );
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 1);
-    let next = harness.get(&path, &auth).await;
+    let next = harness.get_as(&path, TOKEN_A).await;
     assert_eq!(next.status, StatusCode::OK);
+    assert_cache_status(&next, "zt-risk-sidecar; fwd=miss; stored; fwd-status=200");
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 2);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_credentials_never_share_an_in_flight_fetch() {
+    let harness = Harness::start().await;
+    let sim = harness.handle();
+    sim.insert_integration(ACCOUNT, "ref-two", TENANT);
+    let gate = sim.hold_requests();
+    let path = lookup_path(ACCOUNT, "ref-two");
+    let lookups = join_all(
+        [TOKEN_A, TOKEN_B]
+            .map(|token| harness.get_as(&path, token))
+            .into_iter(),
+    );
+    let released = async {
+        wait_until("both lookups are in flight", WAIT_LIMIT, || {
+            let (fetches, waiters) = harness.proxy.in_flight();
+            fetches + waiters == 2
+        })
+        .await;
+        // Two fetches, each under its caller's credential; never one fetch and a waiter, which
+        // would hand one credential's answer to the other.
+        assert_eq!(harness.proxy.in_flight(), (2, 0));
+        wait_until("both fetches are held upstream", WAIT_LIMIT, || {
+            sim.held() == 2
+        })
+        .await;
+        gate.release();
+    };
+    let (replies, ()) = tokio::join!(lookups, released);
+    for reply in &replies {
+        assert_cache_status(reply, "zt-risk-sidecar; fwd=miss; stored; fwd-status=200");
+    }
+    let mut users: Vec<Option<String>> = sim.recorded().into_iter().map(|r| r.user).collect();
+    users.sort();
+    assert_eq!(
+        users,
+        [Some("user-a".to_owned()), Some("user-b".to_owned())]
+    );
     harness.stop().await;
 }
 
@@ -378,7 +425,7 @@ async fn coalesced_errors_reach_every_waiter_and_are_not_cached() {
 async fn the_first_caller_disconnecting_does_not_cancel_the_others() {
     let harness = Harness::start().await;
     let sim = harness.handle();
-    sim.insert_integration(ACCOUNT, "ref-cancel", "https://tenant.okta.com");
+    sim.insert_integration(ACCOUNT, "ref-cancel", TENANT);
     let gate = sim.hold_requests();
     let path = lookup_path(ACCOUNT, "ref-cancel");
     // The leader: a raw connection that will go away mid-request.
@@ -392,44 +439,31 @@ async fn the_first_caller_disconnecting_does_not_cancel_the_others() {
     tokio::io::AsyncWriteExt::write_all(&mut leader, request.as_bytes())
         .await
         .expect("write");
-    while sim.held() != 1 {
-        tokio::task::yield_now().await;
-    }
+    wait_until("the leader's fetch is held upstream", WAIT_LIMIT, || {
+        sim.held() == 1
+    })
+    .await;
     let follower = {
-        let url = harness.url(&path);
-        tokio::spawn(async move {
-            let client =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http();
-            send_with(
-                &client,
-                Method::GET,
-                &url,
-                &[("authorization", &bearer(TOKEN_A))],
-            )
-            .await
-        })
+        let (sidecar, path) = (harness.sidecar, path.clone());
+        tokio::spawn(async move { Endpoint::new(sidecar).get_as(&path, TOKEN_A).await })
     };
-    while harness.proxy.in_flight() != (1, 1) {
-        tokio::task::yield_now().await;
-    }
+    wait_until(
+        "the follower waits on the leader's fetch",
+        WAIT_LIMIT,
+        || harness.proxy.in_flight() == (1, 1),
+    )
+    .await;
     drop(leader);
     gate.release();
     let reply = follower.await.expect("follower task");
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(
-        reply.cache_status(),
-        "zt-risk-sidecar; fwd=miss; collapsed; fwd-status=200"
+    assert_cache_status(
+        &reply,
+        "zt-risk-sidecar; fwd=miss; collapsed; fwd-status=200",
     );
     // The leader's fetch was stored even though its caller left.
-    let later = harness
-        .get(&path, &[("authorization", &bearer(TOKEN_A))])
-        .await;
-    assert!(
-        later.cache_status().contains("hit"),
-        "{}",
-        later.cache_status()
-    );
+    let later = harness.get_as(&path, TOKEN_A).await;
+    assert_cache_status_contains(&later, "hit");
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 1);
     harness.stop().await;
 }
@@ -438,51 +472,36 @@ async fn the_first_caller_disconnecting_does_not_cancel_the_others() {
 async fn one_credentials_cached_answer_is_never_served_to_another() {
     let harness = Harness::start().await;
     let sim = harness.handle();
-    sim.insert_integration(ACCOUNT, "ref-private", "https://tenant.okta.com");
+    sim.insert_integration(ACCOUNT, "ref-private", TENANT);
     let path = lookup_path(ACCOUNT, "ref-private");
 
-    let a = harness
-        .get(&path, &[("authorization", &bearer(TOKEN_A))])
-        .await;
+    let a = harness.get_as(&path, TOKEN_A).await;
     assert_eq!(a.status, StatusCode::OK);
-    assert!(harness
-        .get(&path, &[("authorization", &bearer(TOKEN_A))])
-        .await
-        .cache_status()
-        .contains("hit"));
+    assert_cache_status_contains(&harness.get_as(&path, TOKEN_A).await, "hit");
 
     // An unknown token gets Cloudflare's own 403, not A's cached answer.
     let wrong = harness
         .get(&path, &[("authorization", "Bearer not-a-real-token")])
         .await;
-    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
-    assert_eq!(wrong.error_code(), 10000);
+    assert_error(&wrong, StatusCode::FORBIDDEN, 10000);
     // A valid token without access to the account gets 9109.
-    let other = harness
-        .get(&path, &[("authorization", &bearer(TOKEN_OTHER_ACCOUNT))])
-        .await;
-    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    let other = harness.get_as(&path, TOKEN_OTHER_ACCOUNT).await;
+    assert_error(&other, StatusCode::FORBIDDEN, 9109);
     // A second valid token has its own entry: a miss, then its own hit.
-    let b = harness
-        .get(&path, &[("authorization", &bearer(TOKEN_B))])
-        .await;
-    assert!(b.cache_status().contains("stored"), "{}", b.cache_status());
+    let b = harness.get_as(&path, TOKEN_B).await;
+    assert_cache_status_contains(&b, "stored");
 
     // Email + global key: the right pair is served, a wrong key for the same email is not.
     let good_key = [("x-auth-email", EMAIL), ("x-auth-key", GLOBAL_KEY)];
     assert_eq!(harness.get(&path, &good_key).await.status, StatusCode::OK);
-    assert!(harness
-        .get(&path, &good_key)
-        .await
-        .cache_status()
-        .contains("hit"));
+    assert_cache_status_contains(&harness.get(&path, &good_key).await, "hit");
     let bad_key = harness
         .get(
             &path,
             &[("x-auth-email", EMAIL), ("x-auth-key", "wrong-key")],
         )
         .await;
-    assert_eq!(bad_key.status, StatusCode::FORBIDDEN);
+    assert_error(&bad_key, StatusCode::FORBIDDEN, 10000);
     // The same key sent with a bearer token added is a different credential set.
     let mixed = harness
         .get(
@@ -509,10 +528,9 @@ async fn requests_without_credentials_use_the_sidecar_token_or_get_9106() {
     let without = Harness::start().await;
     without
         .handle()
-        .insert_integration(ACCOUNT, "ref-own", "https://tenant.okta.com");
+        .insert_integration(ACCOUNT, "ref-own", TENANT);
     let reply = without.get(&lookup_path(ACCOUNT, "ref-own"), &[]).await;
-    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert_eq!(reply.error_code(), 9106);
+    assert_error(&reply, StatusCode::BAD_REQUEST, 9106);
     assert_eq!(without.handle().total_requests(), 0);
     without.stop().await;
 
@@ -522,8 +540,7 @@ async fn requests_without_credentials_use_the_sidecar_token_or_get_9106() {
         ));
     })
     .await;
-    with.handle()
-        .insert_integration(ACCOUNT, "ref-own", "https://tenant.okta.com");
+    with.handle().insert_integration(ACCOUNT, "ref-own", TENANT);
     let reply = with.get(&lookup_path(ACCOUNT, "ref-own"), &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     let recorded = with.handle().recorded();
@@ -541,7 +558,7 @@ async fn requests_without_credentials_use_the_sidecar_token_or_get_9106() {
             &[("authorization", "Bearer not-a-real-token")],
         )
         .await;
-    assert_eq!(own.status, StatusCode::FORBIDDEN);
+    assert_error(&own, StatusCode::FORBIDDEN, 10000);
     with.stop().await;
 }
 
@@ -559,13 +576,8 @@ async fn reference_ids_round_trip_through_percent_encoding() {
         ("!$&'()*,;=:@", "!$&'()*,;=:@", "!$&'()*,;=:@"),
     ];
     for (stored, sent, forwarded) in cases {
-        let integration = sim.insert_integration(ACCOUNT, stored, "https://tenant.okta.com");
-        let reply = harness
-            .get(
-                &lookup_path(ACCOUNT, sent),
-                &[("authorization", &bearer(TOKEN_A))],
-            )
-            .await;
+        let integration = sim.insert_integration(ACCOUNT, stored, TENANT);
+        let reply = harness.get_as(&lookup_path(ACCOUNT, sent), TOKEN_A).await;
         assert_eq!(reply.status, StatusCode::OK, "{stored}");
         assert_eq!(
             reply.json()["result"]["id"],
@@ -581,22 +593,12 @@ async fn reference_ids_round_trip_through_percent_encoding() {
     }
     // `+` and `%2B` name the same id: one cache entry.
     let encoded_plus = harness
-        .get(
-            &lookup_path(ACCOUNT, "a%2Bb"),
-            &[("authorization", &bearer(TOKEN_A))],
-        )
+        .get_as(&lookup_path(ACCOUNT, "a%2Bb"), TOKEN_A)
         .await;
-    assert!(
-        encoded_plus.cache_status().contains("hit"),
-        "{}",
-        encoded_plus.cache_status()
-    );
+    assert_cache_status_contains(&encoded_plus, "hit");
     // A literal "%20" in an id is not the id with a space.
     let space = harness
-        .get(
-            &lookup_path(ACCOUNT, "literal%20"),
-            &[("authorization", &bearer(TOKEN_A))],
-        )
+        .get_as(&lookup_path(ACCOUNT, "literal%20"), TOKEN_A)
         .await;
     assert_eq!(space.status, StatusCode::NOT_FOUND);
     harness.stop().await;
@@ -648,12 +650,7 @@ async fn bad_input_is_answered_locally_without_upstream_traffic() {
         );
         let reply = harness.raw(request.as_bytes()).await;
         assert_eq!(reply.status.as_u16(), status, "{method} {target}");
-        assert_eq!(
-            reply.header("content-type"),
-            Some("application/json"),
-            "{method} {target}"
-        );
-        assert_eq!(reply.error_code(), code, "{method} {target}");
+        assert_error(&reply, reply.status, code);
         if status == 405 {
             assert_eq!(reply.header("allow"), Some("GET, HEAD"));
         }
@@ -669,8 +666,7 @@ async fn bad_input_is_answered_locally_without_upstream_traffic() {
             .as_bytes(),
         )
         .await;
-    assert_eq!(repeated.status, StatusCode::BAD_REQUEST);
-    assert_eq!(repeated.error_code(), 6003);
+    assert_error(&repeated, StatusCode::BAD_REQUEST, 6003);
     assert_eq!(
         harness.handle().total_requests(),
         0,
@@ -681,11 +677,13 @@ async fn bad_input_is_answered_locally_without_upstream_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_a_fast_502() {
-    // A port that was just free: connecting to it is refused.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr")
-    };
+    // A port bound but never listened on: connecting to it is refused, and since the socket
+    // stays bound for the whole test, no one else can start listening there meanwhile.
+    let reserved = tokio::net::TcpSocket::new_v4().expect("socket");
+    reserved
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let closed = reserved.local_addr().expect("addr");
     let harness = Harness::start().await;
     let mut config = harness.config.clone();
     config.upstream = zt_risk_sidecar::upstream::UpstreamBase::parse(
@@ -693,31 +691,20 @@ async fn upstream_down_is_a_fast_502() {
         false,
     )
     .expect("loopback");
-    let sim = zt_risk_sidecar::simulator::SimulatedCloudflare::start(Default::default())
+    let sim = SimulatedCloudflare::start(Default::default())
         .await
         .expect("sim");
     let down = Harness::start_in_front_of(sim, config).await;
     let started = std::time::Instant::now();
-    let reply = down
-        .get(
-            &lookup_path(ACCOUNT, "x"),
-            &[("authorization", &bearer(TOKEN_A))],
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(reply.error_code(), 10502);
-    assert!(
-        reply
-            .cache_status()
-            .contains("detail=upstream-connect-failed"),
-        "{}",
-        reply.cache_status()
-    );
+    let reply = down.get_as(&lookup_path(ACCOUNT, "x"), TOKEN_A).await;
+    assert_error(&reply, StatusCode::BAD_GATEWAY, 10502);
+    assert_cache_status_contains(&reply, "detail=upstream-connect-failed");
     assert!(
         started.elapsed() < down.config.connect_timeout,
         "refused connections fail without waiting"
     );
     down.stop().await;
+    drop(reserved);
     harness.stop().await;
 }
 
@@ -730,15 +717,9 @@ async fn a_hanging_upstream_is_a_504_at_the_request_timeout() {
     .await;
     harness.handle().set_fault(Some(Fault::Hang));
     let started = std::time::Instant::now();
-    let reply = harness
-        .get(
-            &lookup_path(ACCOUNT, "x"),
-            &[("authorization", &bearer(TOKEN_A))],
-        )
-        .await;
+    let reply = harness.get_as(&lookup_path(ACCOUNT, "x"), TOKEN_A).await;
     let elapsed = started.elapsed();
-    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(reply.error_code(), 10504);
+    assert_error(&reply, StatusCode::GATEWAY_TIMEOUT, 10504);
     assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
     harness.handle().set_fault(None);
     harness.stop().await;
@@ -748,23 +729,15 @@ async fn a_hanging_upstream_is_a_504_at_the_request_timeout() {
 async fn reset_connections_and_oversized_bodies_are_502() {
     let harness = Harness::start_with(without_retries_or_stale).await;
     let sim = harness.handle();
-    sim.insert_integration(ACCOUNT, "ref-big", "https://tenant.okta.com");
+    sim.insert_integration(ACCOUNT, "ref-big", TENANT);
     let path = lookup_path(ACCOUNT, "ref-big");
     sim.fail_next(1, Fault::Reset);
-    let reset = harness
-        .get(&path, &[("authorization", &bearer(TOKEN_A))])
-        .await;
-    assert_eq!(reset.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(reset.error_code(), 10502);
+    let reset = harness.get_as(&path, TOKEN_A).await;
+    assert_error(&reset, StatusCode::BAD_GATEWAY, 10502);
     sim.fail_next(1, Fault::OversizedBody(1024 * 1024 + 1));
-    let big = harness
-        .get(&path, &[("authorization", &bearer(TOKEN_A))])
-        .await;
-    assert_eq!(big.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(big.error_code(), 10506);
-    let fine = harness
-        .get(&path, &[("authorization", &bearer(TOKEN_A))])
-        .await;
+    let big = harness.get_as(&path, TOKEN_A).await;
+    assert_error(&big, StatusCode::BAD_GATEWAY, 10506);
+    let fine = harness.get_as(&path, TOKEN_A).await;
     assert_eq!(fine.status, StatusCode::OK);
     harness.stop().await;
 }
@@ -774,32 +747,22 @@ async fn head_answers_headers_only_and_shares_the_entry() {
     let harness = Harness::start().await;
     harness
         .handle()
-        .insert_integration(ACCOUNT, "ref-head", "https://tenant.okta.com");
+        .insert_integration(ACCOUNT, "ref-head", TENANT);
     let path = lookup_path(ACCOUNT, "ref-head");
     let request = format!(
         "HEAD {path} HTTP/1.1\r\nHost: s\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
         bearer(TOKEN_A)
     );
-    let mut stream = tokio::net::TcpStream::connect(harness.sidecar)
-        .await
-        .expect("connect");
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-        .await
-        .expect("write");
-    let mut raw = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut raw)
-        .await
-        .expect("read");
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("head");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert_eq!(body, "", "HEAD has no body");
-    let get = harness
-        .get(&path, &[("authorization", &bearer(TOKEN_A))])
-        .await;
-    assert!(get.cache_status().contains("hit"), "{}", get.cache_status());
-    let length_line = format!("content-length: {}", get.body.len());
-    assert!(head.to_ascii_lowercase().contains(&length_line), "{head}");
+    let head = harness.raw(request.as_bytes()).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty(), "HEAD has no body: {:?}", head.body);
+    let get = harness.get_as(&path, TOKEN_A).await;
+    assert_cache_status_contains(&get, "hit");
+    assert_eq!(
+        head.header("content-length"),
+        Some(get.body.len().to_string().as_str()),
+        "HEAD announces the length a GET sends"
+    );
     assert_eq!(harness.handle().requests(SimRoute::ReferenceGet), 1);
     harness.stop().await;
 }
@@ -809,26 +772,13 @@ async fn cleartext_http2_is_served() {
     let harness = Harness::start().await;
     harness
         .handle()
-        .insert_integration(ACCOUNT, "ref-h2", "https://tenant.okta.com");
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
+        .insert_integration(ACCOUNT, "ref-h2", TENANT);
+    let client = http2_client();
     let url = harness.url(&lookup_path(ACCOUNT, "ref-h2"));
-    let first = send_with(
-        &client,
-        Method::GET,
-        &url,
-        &[("authorization", &bearer(TOKEN_A))],
-    )
-    .await;
+    let auth = bearer(TOKEN_A);
+    let first = send_with(&client, Method::GET, &url, &[("authorization", &auth)]).await;
     assert_eq!(first.status, StatusCode::OK);
-    let second = send_with(
-        &client,
-        Method::GET,
-        &url,
-        &[("authorization", &bearer(TOKEN_A))],
-    )
-    .await;
-    assert!(second.cache_status().contains("hit"));
+    let second = send_with(&client, Method::GET, &url, &[("authorization", &auth)]).await;
+    assert_cache_status_contains(&second, "hit");
     harness.stop().await;
 }

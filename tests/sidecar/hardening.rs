@@ -3,145 +3,71 @@
 //! upstream (verification with the right and the wrong root, through an HTTP proxy tunnel). The
 //! real server and the simulated API run on real loopback sockets.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use zt_risk_sidecar::config::Config;
 use zt_risk_sidecar::routes::AccountId;
 use zt_risk_sidecar::server::{ListenAddr, ServerLimits, UnixSocketSettings};
-use zt_risk_sidecar::simulator::{SimConfig, SimRoute, SimulatedCloudflare};
 use zt_risk_sidecar::upstream::{ProxyUrl, UpstreamBase};
-use zt_risk_sidecar::App;
 
-/// Sends raw bytes and reads until the server closes (requests say `Connection: close`).
-async fn raw_to(addr: SocketAddr, request: &[u8]) -> Reply {
-    raw_exchange(addr, request).await
-}
-
-fn get_request(target: &str, extra_headers: &str) -> Vec<u8> {
-    format!(
-        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\n{extra_headers}Connection: close\r\n\r\n",
-        bearer(TOKEN_A)
-    )
-    .into_bytes()
-}
-
-/// The whole app (with its server limits) on real sockets.
-struct Running {
-    sim: SimulatedCloudflare,
-    lookups: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<zt_risk_sidecar::server::DrainOutcome>,
-}
-
-impl Running {
-    async fn start(configure: impl FnOnce(&mut Config)) -> Running {
-        let sim = SimulatedCloudflare::start(SimConfig::default())
-            .await
-            .expect("sim");
-        seed(&sim.handle());
-        let mut config = test_config(&sim.base_url());
-        configure(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let lookups = listener.local_addr().expect("addr");
-        let (stop, task) = spawn_app(&config, listener).await;
-        Running {
-            sim,
-            lookups,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.expect("app");
-        self.sim.shutdown().await;
-    }
-}
-
-async fn spawn_app(
-    config: &Config,
-    listener: impl Into<zt_risk_sidecar::server::Listener> + Send + 'static,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<zt_risk_sidecar::server::DrainOutcome>,
-) {
-    let app = App::new(config).expect("app");
-    let admin = TcpListener::bind("127.0.0.1:0").await.expect("admin");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        app.serve(listener, admin, Duration::from_secs(5), async move {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    (stop, task)
-}
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_requests_get_envelopes_with_the_right_status() {
-    let running = Running::start(|config| {
+    let running = AppHarness::start(|config| {
         config.request_limits.max_uri_bytes = 512;
         config.request_limits.max_request_headers = 16;
         config.request_limits.max_header_bytes = 2048;
     })
     .await;
     let long_target = lookup_path(ACCOUNT, &"a".repeat(600));
-    let too_long = raw_to(running.lookups, &get_request(&long_target, "")).await;
-    assert_eq!(too_long.status, StatusCode::URI_TOO_LONG);
-    assert_eq!(too_long.error_code(), 10414);
+    let too_long = running.raw(&raw_get(&long_target, "")).await;
+    assert_error(&too_long, StatusCode::URI_TOO_LONG, 10414);
 
     let many: String = (0..20).map(|i| format!("X-Filler-{i}: x\r\n")).collect();
-    let too_many = raw_to(
-        running.lookups,
-        &get_request(&lookup_path(ACCOUNT, "x"), &many),
-    )
-    .await;
-    assert_eq!(too_many.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    assert_eq!(too_many.error_code(), 10431);
+    let too_many = running
+        .raw(&raw_get(&lookup_path(ACCOUNT, "x"), &many))
+        .await;
+    assert_error(
+        &too_many,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        10431,
+    );
 
     let big = format!("X-Big: {}\r\n", "b".repeat(3000));
-    let too_big = raw_to(
-        running.lookups,
-        &get_request(&lookup_path(ACCOUNT, "x"), &big),
-    )
-    .await;
-    assert_eq!(too_big.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let too_big = running
+        .raw(&raw_get(&lookup_path(ACCOUNT, "x"), &big))
+        .await;
+    assert_error(&too_big, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, 10431);
 
     let with_body = format!(
         "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
         lookup_path(ACCOUNT, "x"),
         bearer(TOKEN_A)
     );
-    let body = raw_to(running.lookups, with_body.as_bytes()).await;
-    assert_eq!(body.status, StatusCode::BAD_REQUEST);
-    assert_eq!(body.error_code(), 10400);
+    let body = running.raw(with_body.as_bytes()).await;
+    assert_error(&body, StatusCode::BAD_REQUEST, 10400);
     let chunked = format!(
         "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         lookup_path(ACCOUNT, "x"),
         bearer(TOKEN_A)
     );
-    assert_eq!(
-        raw_to(running.lookups, chunked.as_bytes()).await.status,
-        StatusCode::BAD_REQUEST
+    assert_error(
+        &running.raw(chunked.as_bytes()).await,
+        StatusCode::BAD_REQUEST,
+        10400,
     );
-    assert_eq!(running.sim.handle().total_requests(), 0);
+    assert_eq!(running.handle().total_requests(), 0);
     running.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn slow_and_idle_clients_are_disconnected() {
-    let running = Running::start(|config| {
+    let running = AppHarness::start(|config| {
         config.server_limits = ServerLimits {
             header_read_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
@@ -150,13 +76,12 @@ async fn slow_and_idle_clients_are_disconnected() {
     })
     .await;
     // Slow-loris: half a request head, then nothing. The paused clock moves to the timeout.
-    let mut slow = TcpStream::connect(running.lookups).await.expect("connect");
+    let mut slow = TcpStream::connect(running.addr).await.expect("connect");
     slow.write_all(b"GET /client/v4/accounts/")
         .await
         .expect("write");
     let started = tokio::time::Instant::now();
-    let mut rest = Vec::new();
-    let _ = slow.read_to_end(&mut rest).await;
+    read_until_closed(&mut slow, Duration::from_secs(60)).await;
     assert_eq!(
         started.elapsed(),
         Duration::from_secs(2),
@@ -164,16 +89,13 @@ async fn slow_and_idle_clients_are_disconnected() {
     );
 
     // An idle keep-alive connection after a complete exchange is closed too.
-    let mut idle = TcpStream::connect(running.lookups).await.expect("connect");
+    let mut idle = TcpStream::connect(running.addr).await.expect("connect");
     idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    let mut buffer = vec![0u8; 4096];
-    let read = idle.read(&mut buffer).await.expect("response");
-    assert!(buffer[..read].starts_with(b"HTTP/1.1 404"));
+    assert!(read_once(&mut idle).await.starts_with(b"HTTP/1.1 404"));
     let waited = tokio::time::Instant::now();
-    let mut rest = Vec::new();
-    let _ = idle.read_to_end(&mut rest).await;
+    read_until_closed(&mut idle, Duration::from_secs(60)).await;
     assert!(
         waited.elapsed() <= Duration::from_secs(30),
         "{:?}",
@@ -182,74 +104,89 @@ async fn slow_and_idle_clients_are_disconnected() {
     running.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
+    // The header read timeout is far longer than the idle timeout here, so that only the idle
+    // timeout can be what closes the connection (with the defaults either could).
+    let idle_timeout = Duration::from_secs(5);
+    let running = AppHarness::start(|config| {
+        config.server_limits = ServerLimits {
+            header_read_timeout: Duration::from_secs(120),
+            idle_timeout,
+            ..ServerLimits::default()
+        };
+    })
+    .await;
+    let mut idle = TcpStream::connect(running.addr).await.expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(read_once(&mut idle).await.starts_with(b"HTTP/1.1 404"));
+    let waited = tokio::time::Instant::now();
+    read_until_closed(&mut idle, Duration::from_secs(60)).await;
+    assert_eq!(waited.elapsed(), idle_timeout, "closed at the idle timeout");
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_get_a_fast_503() {
-    let running = Running::start(|config| {
+    let running = AppHarness::start(|config| {
         config.server_limits.max_connections = 2;
     })
     .await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut stream = TcpStream::connect(running.lookups).await.expect("connect");
+        let mut stream = TcpStream::connect(running.addr).await.expect("connect");
         // A complete request proves the server has taken the connection (and its permit).
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .expect("write");
-        let mut buffer = vec![0u8; 4096];
-        let read = stream.read(&mut buffer).await.expect("read");
-        assert!(buffer[..read].starts_with(b"HTTP/1.1 404"));
+        assert!(read_once(&mut stream).await.starts_with(b"HTTP/1.1 404"));
         held.push(stream);
     }
-    let refused = raw_to(
-        running.lookups,
-        &get_request(&lookup_path(ACCOUNT, "x"), ""),
-    )
-    .await;
-    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(refused.error_code(), 10508);
+    let refused = running.raw(&raw_get(&lookup_path(ACCOUNT, "x"), "")).await;
+    assert_error(&refused, StatusCode::SERVICE_UNAVAILABLE, 10508);
     drop(held);
     running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_misses_is_bounded_and_cached_lookups_are_still_served() {
-    let running = Running::start(|config| {
+    let running = AppHarness::start(|config| {
         config.request_limits.max_pending_lookups = 4;
     })
     .await;
-    let sim = running.sim.handle();
-    sim.insert_integration(ACCOUNT, "cached", "https://tenant.okta.com");
-    let cached = raw_to(
-        running.lookups,
-        &get_request(&lookup_path(ACCOUNT, "cached"), ""),
-    )
-    .await;
+    let sim = running.handle();
+    sim.insert_integration(ACCOUNT, "cached", TENANT);
+    let cached = running
+        .raw(&raw_get(&lookup_path(ACCOUNT, "cached"), ""))
+        .await;
     assert_eq!(cached.status, StatusCode::OK);
     let gate = sim.hold_requests();
-    let addr = running.lookups;
+    let addr = running.addr;
     let flood: Vec<_> = (0..4)
         .map(|index| {
             tokio::spawn(async move {
-                raw_to(
+                raw_exchange(
                     addr,
-                    &get_request(&lookup_path(ACCOUNT, &format!("flood-{index}")), ""),
+                    &raw_get(&lookup_path(ACCOUNT, &format!("flood-{index}")), ""),
                 )
                 .await
             })
         })
         .collect();
-    while sim.held() != 4 {
-        tokio::task::yield_now().await;
-    }
+    wait_until("the four misses are held upstream", WAIT_LIMIT, || {
+        sim.held() == 4
+    })
+    .await;
     // The four waiting lookups fill the bound: the next miss is refused at once...
-    let refused = raw_to(addr, &get_request(&lookup_path(ACCOUNT, "one-more"), "")).await;
-    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(refused.error_code(), 10508);
+    let refused = raw_exchange(addr, &raw_get(&lookup_path(ACCOUNT, "one-more"), "")).await;
+    assert_error(&refused, StatusCode::SERVICE_UNAVAILABLE, 10508);
     // ...while a cached lookup is served as usual.
-    let hit = raw_to(addr, &get_request(&lookup_path(ACCOUNT, "cached"), "")).await;
+    let hit = raw_exchange(addr, &raw_get(&lookup_path(ACCOUNT, "cached"), "")).await;
     assert_eq!(hit.status, StatusCode::OK);
-    assert!(hit.cache_status().contains("hit"));
+    assert_cache_status_contains(&hit, "hit");
     gate.release();
     for lookup in flood {
         assert_eq!(
@@ -260,37 +197,41 @@ async fn a_flood_of_misses_is_bounded_and_cached_lookups_are_still_served() {
     running.stop().await;
 }
 
-/// What an attempt must lead to: a local answer with no upstream traffic, or exactly this upstream
-/// path (the configured host, the one route, one encoded segment).
+/// What an attempt must lead to: a local answer (status and error code) with no upstream traffic,
+/// or exactly this upstream path (the configured host, the one route, one encoded segment).
 enum Expect {
-    Local(u16),
+    Local(u16, i64),
     Forwarded(&'static str),
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_can_make_the_sidecar_an_open_proxy() {
-    let running = Running::start(|_| {}).await;
-    let sim = running.sim.handle();
+    let running = AppHarness::start(|_| {}).await;
+    let sim = running.handle();
     let prefix = format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id");
     let cases: Vec<(String, String, Expect)> = vec![
         // (request target, Host header and any extra lines, expectation)
         (
             format!("http://evil.example{prefix}/x"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             format!("https://evil.example:8443{prefix}/x"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             format!("//evil.example{prefix}/x"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
-        ("evil.example:443".into(), String::new(), Expect::Local(404)),
-        ("*".into(), String::new(), Expect::Local(404)),
+        (
+            "evil.example:443".into(),
+            String::new(),
+            Expect::Local(404, 7000),
+        ),
+        ("*".into(), String::new(), Expect::Local(404, 7000)),
         (
             format!("{prefix}/x1"),
             "evil.example".into(),
@@ -324,19 +265,27 @@ async fn no_request_can_make_the_sidecar_an_open_proxy() {
         (
             format!("{prefix}/%2E%2E"),
             String::new(),
-            Expect::Local(400),
+            Expect::Local(400, 7003),
         ),
-        (format!("{prefix}/.."), String::new(), Expect::Local(400)),
-        (format!("{prefix}/%2e"), String::new(), Expect::Local(400)),
+        (
+            format!("{prefix}/.."),
+            String::new(),
+            Expect::Local(400, 7003),
+        ),
+        (
+            format!("{prefix}/%2e"),
+            String::new(),
+            Expect::Local(400, 7003),
+        ),
         (
             format!("{prefix}/../../user/tokens"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             format!("{prefix}/x/../../../../user/tokens"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         // A raw backslash is not a separator here: it becomes part of the id, encoded.
         (
@@ -349,16 +298,20 @@ async fn no_request_can_make_the_sidecar_an_open_proxy() {
             String::new(),
             Expect::Forwarded("c%5Cd"),
         ),
-        (format!("{prefix}/a%00b"), String::new(), Expect::Local(400)),
+        (
+            format!("{prefix}/a%00b"),
+            String::new(),
+            Expect::Local(400, 7003),
+        ),
         (
             format!("{prefix}/%C0%AF"),
             String::new(),
-            Expect::Local(400),
+            Expect::Local(400, 7003),
         ),
         (
             format!("{prefix}/%E0%80%AE%E0%80%AE"),
             String::new(),
-            Expect::Local(400),
+            Expect::Local(400, 7003),
         ),
         (
             format!("{prefix}/x%3F.evil%23"),
@@ -379,39 +332,39 @@ async fn no_request_can_make_the_sidecar_an_open_proxy() {
         (
             format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/behaviors"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/summary"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             "/client/v4/user/tokens/verify".into(),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             format!("/client/v4/accounts/{ACCOUNT}%2Fzt_risk_scoring/integrations/reference_id/x"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
         (
             format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id%2Fx"),
             String::new(),
-            Expect::Local(400),
+            Expect::Local(400, 7003),
         ),
         (
             format!(
                 "/client/v4/accounts/..%2F{ACCOUNT}/zt_risk_scoring/integrations/reference_id/x"
             ),
             String::new(),
-            Expect::Local(400),
+            Expect::Local(400, 7003),
         ),
         (
             format!("/CLIENT/V4/accounts/{ACCOUNT}/zt_risk_scoring/integrations/reference_id/x"),
             String::new(),
-            Expect::Local(404),
+            Expect::Local(404, 7000),
         ),
     ];
     for (target, host, expected) in cases {
@@ -425,10 +378,11 @@ async fn no_request_can_make_the_sidecar_an_open_proxy() {
             "GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
             bearer(TOKEN_A)
         );
-        let reply = raw_to(running.lookups, request.as_bytes()).await;
+        let reply = running.raw(request.as_bytes()).await;
         match expected {
-            Expect::Local(status) => {
+            Expect::Local(status, code) => {
                 assert_eq!(reply.status.as_u16(), status, "{target}: {:?}", reply.body);
+                assert_error(&reply, reply.status, code);
                 assert_eq!(sim.total_requests(), 0, "{target} reached upstream");
             }
             Expect::Forwarded(segment) => {
@@ -460,24 +414,17 @@ async fn no_request_can_make_the_sidecar_an_open_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_accounts_are_refused_locally_when_an_allow_list_is_set() {
-    let running = Running::start(|config| {
+    let running = AppHarness::start(|config| {
         config.allowed_accounts = Some(vec![AccountId::parse(ACCOUNT).expect("account")]);
     })
     .await;
-    let sim = running.sim.handle();
-    let allowed = raw_to(
-        running.lookups,
-        &get_request(&lookup_path(ACCOUNT, "x"), ""),
-    )
-    .await;
+    let sim = running.handle();
+    let allowed = running.raw(&raw_get(&lookup_path(ACCOUNT, "x"), "")).await;
     assert_eq!(allowed.status, StatusCode::NOT_FOUND);
-    let other = raw_to(
-        running.lookups,
-        &get_request(&lookup_path(OTHER_ACCOUNT, "x"), ""),
-    )
-    .await;
-    assert_eq!(other.status, StatusCode::FORBIDDEN);
-    assert_eq!(other.error_code(), 9109);
+    let other = running
+        .raw(&raw_get(&lookup_path(OTHER_ACCOUNT, "x"), ""))
+        .await;
+    assert_error(&other, StatusCode::FORBIDDEN, 9109);
     assert_eq!(
         sim.requests(SimRoute::ReferenceGet),
         1,
@@ -488,14 +435,9 @@ async fn other_accounts_are_refused_locally_when_an_allow_list_is_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unix_socket_listener_serves_lookups_with_its_file_mode() {
-    let sim = SimulatedCloudflare::start(SimConfig::default())
-        .await
-        .expect("sim");
-    seed(&sim.handle());
-    sim.handle()
-        .insert_integration(ACCOUNT, "uds", "https://tenant.okta.com");
-    let dir = std::env::temp_dir().join(format!("zt-sidecar-uds-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let sim = start_simulator().await;
+    sim.handle().insert_integration(ACCOUNT, "uds", TENANT);
+    let dir = tempdir();
     let path = dir.join("sidecar.sock");
     let mut config = test_config(&sim.base_url());
     config.listen = ListenAddr::Unix(path.clone());
@@ -513,27 +455,20 @@ async fn the_unix_socket_listener_serves_lookups_with_its_file_mode() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
-    let (stop, task) = spawn_app(&config, listener).await;
+    let serving = ServingApp::start(&config, listener).await;
     for expected in ["fwd=miss", "hit"] {
         let mut stream = tokio::net::UnixStream::connect(&path)
             .await
             .expect("connect");
         stream
-            .write_all(&get_request(&lookup_path(ACCOUNT, "uds"), ""))
+            .write_all(&raw_get(&lookup_path(ACCOUNT, "uds"), ""))
             .await
             .expect("write");
-        let mut bytes = Vec::new();
-        stream.read_to_end(&mut bytes).await.expect("read");
-        let reply = parse_http1(&bytes);
+        let reply = parse_http1(&read_until_closed(&mut stream, ANSWER_LIMIT).await);
         assert_eq!(reply.status, StatusCode::OK);
-        assert!(
-            reply.cache_status().contains(expected),
-            "{}",
-            reply.cache_status()
-        );
+        assert_cache_status_contains(&reply, expected);
     }
-    let _ = stop.send(());
-    task.await.expect("app");
+    serving.stop().await;
     assert!(!path.exists(), "the socket file is removed on shutdown");
     let _ = std::fs::remove_dir_all(&dir);
     sim.shutdown().await;
@@ -649,16 +584,11 @@ async fn connect_proxy(seen: Arc<Mutex<Vec<String>>>) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_the_upstream_verifies_against_the_configured_roots() {
-    let sim = SimulatedCloudflare::start(SimConfig::default())
-        .await
-        .expect("sim");
-    seed(&sim.handle());
-    sim.handle()
-        .insert_integration(ACCOUNT, "tls", "https://tenant.okta.com");
+    let sim = start_simulator().await;
+    sim.handle().insert_integration(ACCOUNT, "tls", TENANT);
     let pki = make_pki("right");
     let front = tls_front(&pki, sim.addr()).await;
-    let dir = std::env::temp_dir().join(format!("zt-sidecar-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = tempdir();
     let right_ca = dir.join("right-ca.pem");
     std::fs::write(&right_ca, &pki.ca_pem).expect("write");
     let wrong_ca = dir.join("wrong-ca.pem");
@@ -673,22 +603,14 @@ async fn tls_to_the_upstream_verifies_against_the_configured_roots() {
         config.upstream_retries = 0;
         config
     };
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
-    let lookup = |harness: &Harness| harness.url(&lookup_path(ACCOUNT, "tls"));
+    let path = lookup_path(ACCOUNT, "tls");
 
     // The right root: verified, answered, over TLS.
     let sim_for_right = SimulatedCloudflare::start(SimConfig::default())
         .await
         .expect("idle sim");
     let right = Harness::start_in_front_of(sim_for_right, run(Some(right_ca.clone()), None)).await;
-    let reply = send_with(
-        &client,
-        Method::GET,
-        &lookup(&right),
-        &[("authorization", &bearer(TOKEN_A))],
-    )
-    .await;
+    let reply = right.get_as(&path, TOKEN_A).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(sim.handle().requests(SimRoute::ReferenceGet), 1);
     right.stop().await;
@@ -699,15 +621,8 @@ async fn tls_to_the_upstream_verifies_against_the_configured_roots() {
             .await
             .expect("idle sim");
         let wrong = Harness::start_in_front_of(idle, run(extra.clone(), None)).await;
-        let reply = send_with(
-            &client,
-            Method::GET,
-            &lookup(&wrong),
-            &[("authorization", &bearer(TOKEN_A))],
-        )
-        .await;
-        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{extra:?}");
-        assert_eq!(reply.error_code(), 10502);
+        let reply = wrong.get_as(&path, TOKEN_A).await;
+        assert_error(&reply, StatusCode::BAD_GATEWAY, 10502);
         wrong.stop().await;
     }
     assert_eq!(
@@ -724,13 +639,7 @@ async fn tls_to_the_upstream_verifies_against_the_configured_roots() {
         .await
         .expect("idle sim");
     let proxied = Harness::start_in_front_of(idle, run(Some(right_ca.clone()), Some(proxy))).await;
-    let reply = send_with(
-        &client,
-        Method::GET,
-        &lookup(&proxied),
-        &[("authorization", &bearer(TOKEN_B))],
-    )
-    .await;
+    let reply = proxied.get_as(&path, TOKEN_B).await;
     assert_eq!(reply.status, StatusCode::OK);
     let lines = seen.lock().expect("lock").clone();
     assert_eq!(

@@ -1,0 +1,12 @@
+//! The product's integration tests, compiled as one test binary (cargo builds `tests/sidecar/` as
+//! the target `sidecar`): every module shares the `support` harness instead of compiling its own
+//! copy; the simulator's own tests are not here.
+
+mod binary;
+mod hardening;
+mod integrations;
+mod lookup;
+mod operations;
+mod properties;
+mod resilience;
+mod support;
