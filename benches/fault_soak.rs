@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use zt_risk_sidecar::config::{self, Cli, Config, FileConfig};
-use zt_risk_sidecar::simulator::{
+use cloudflare_sim::{
     Fault, RateLimitPolicy, SimConfig, SimHandle, SimRoute, SimulatedCloudflare,
 };
 use zt_risk_sidecar::upstream::UpstreamBase;

@@ -31,7 +31,7 @@ use zt_risk_sidecar::config::{self, Cli, FileConfig};
 use zt_risk_sidecar::credentials::{self, PartitionKey};
 use zt_risk_sidecar::proxy::{hit_response, CACHE_STATUS};
 use zt_risk_sidecar::routes::{self, Lookup, Route};
-use zt_risk_sidecar::simulator::{SimConfig, SimulatedCloudflare, DEV_ACCOUNT_ID, DEV_TOKEN};
+use cloudflare_sim::{SimConfig, SimulatedCloudflare, DEV_ACCOUNT_ID, DEV_TOKEN};
 use zt_risk_sidecar::upstream::{UpstreamAnswer, UpstreamBase};
 
 const UUID_REFERENCE: &str = "3701e70b-5de4-4d9d-8972-f5aa994d9057";

@@ -63,6 +63,7 @@ pub struct Cli {
     #[arg(long, env = "ZT_SIDECAR_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Run against a built-in simulated Cloudflare API: no token, no network needed.
+    #[cfg(feature = "dev")]
     #[arg(long)]
     pub dev: bool,
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -731,7 +732,11 @@ pub fn resolve(
         token_file,
         shutdown_grace,
         log_format: pick(cli.log_format, file.log_format, LogFormat::Pretty),
+        // Without the `dev` feature there is no `--dev` flag, so the sidecar is never in dev mode.
+        #[cfg(feature = "dev")]
         dev: cli.dev,
+        #[cfg(not(feature = "dev"))]
+        dev: false,
         budget,
         upstream_retries,
         breaker,

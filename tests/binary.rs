@@ -3,10 +3,10 @@
 
 mod common;
 
+use cloudflare_sim::{SimConfig, SimRoute, SimulatedCloudflare};
 use common::*;
 use http::StatusCode;
 use nix::sys::signal::Signal;
-use zt_risk_sidecar::simulator::{SimConfig, SimRoute, SimulatedCloudflare};
 
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let (code, lines) = SidecarProcess::start(args, env).finish();
@@ -270,8 +270,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         running.signal(Signal::SIGHUP);
         running.wait_for_line("SIGHUP");
         // A failing upstream exercises the error paths' logging too.
-        sim.handle()
-            .fail_next(1, zt_risk_sidecar::simulator::Fault::Reset);
+        sim.handle().fail_next(1, cloudflare_sim::Fault::Reset);
         send_with(
             &client,
             http::Method::GET,

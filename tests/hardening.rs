@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cloudflare_sim::{SimConfig, SimRoute, SimulatedCloudflare};
 use common::*;
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,7 +17,6 @@ use tokio::net::{TcpListener, TcpStream};
 use zt_risk_sidecar::config::Config;
 use zt_risk_sidecar::routes::AccountId;
 use zt_risk_sidecar::server::{ListenAddr, ServerLimits, UnixSocketSettings};
-use zt_risk_sidecar::simulator::{SimConfig, SimRoute, SimulatedCloudflare};
 use zt_risk_sidecar::upstream::{ProxyUrl, UpstreamBase};
 use zt_risk_sidecar::App;
 

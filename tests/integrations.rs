@@ -6,10 +6,10 @@
 mod common;
 
 use bytes::Bytes;
+use cloudflare_sim::{Fault, SimRoute};
 use common::*;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use zt_risk_sidecar::simulator::{Fault, SimRoute};
 
 fn collection() -> String {
     format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations")

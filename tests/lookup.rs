@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
+use cloudflare_sim::{Fault, SimRoute};
 use common::*;
 use http::{Method, StatusCode};
-use zt_risk_sidecar::simulator::{Fault, SimRoute};
 
 fn without_retries_or_stale(config: &mut zt_risk_sidecar::config::Config) {
     config.upstream_retries = 0;
@@ -264,7 +264,7 @@ async fn failures_are_relayed_but_never_cached() {
 async fn rate_limited_answers_are_relayed_with_retry_after_and_not_cached() {
     let harness = Harness::start().await;
     let sim = harness.handle();
-    sim.set_rate_limit(zt_risk_sidecar::simulator::RateLimitPolicy {
+    sim.set_rate_limit(cloudflare_sim::RateLimitPolicy {
         quota: 2,
         window: Duration::from_secs(300),
         block: Duration::from_secs(300),
@@ -693,7 +693,7 @@ async fn upstream_down_is_a_fast_502() {
         false,
     )
     .expect("loopback");
-    let sim = zt_risk_sidecar::simulator::SimulatedCloudflare::start(Default::default())
+    let sim = cloudflare_sim::SimulatedCloudflare::start(Default::default())
         .await
         .expect("sim");
     let down = Harness::start_in_front_of(sim, config).await;

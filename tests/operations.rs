@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cloudflare_sim::{SimConfig, SimHandle, SimRoute, SimulatedCloudflare};
 use common::*;
 use http::{Method, StatusCode};
 use http_body_util::Full;
@@ -19,7 +20,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use zt_risk_sidecar::config::Config;
 use zt_risk_sidecar::credentials::Secret;
-use zt_risk_sidecar::simulator::{SimConfig, SimHandle, SimRoute, SimulatedCloudflare};
 use zt_risk_sidecar::App;
 
 /// The whole app (lookup and admin listeners) in front of the simulated API.

@@ -9,11 +9,11 @@ mod common;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use cloudflare_sim::{Fault, RateLimitPolicy, SimRoute};
 use common::*;
 use http::StatusCode;
 use tokio::time::{advance, Instant};
 use zt_risk_sidecar::config::Config;
-use zt_risk_sidecar::simulator::{Fault, RateLimitPolicy, SimRoute};
 
 const TTL: Duration = Duration::from_secs(60);
 

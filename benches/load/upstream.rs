@@ -24,7 +24,7 @@ use http_body_util::Full;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use zt_risk_sidecar::server;
-use zt_risk_sidecar::simulator::{
+use cloudflare_sim::{
     RateLimitPolicy, SimConfig, SimHandle, SimRoute, SimulatedCloudflare,
 };
 

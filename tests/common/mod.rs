@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cloudflare_sim::{SimConfig, SimHandle, SimulatedCloudflare};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -22,7 +23,6 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use zt_risk_sidecar::config::{self, Cli, Config, FileConfig};
 use zt_risk_sidecar::server::DrainOutcome;
-use zt_risk_sidecar::simulator::{SimConfig, SimHandle, SimulatedCloudflare};
 
 pub const ACCOUNT: &str = "023e105f4ecef8ad9ca31a8372d0c353";
 pub const OTHER_ACCOUNT: &str = "9a7806061c88ada191ed06f989cc3dac";
