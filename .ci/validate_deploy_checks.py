@@ -153,8 +153,8 @@ def check_dockerfile() -> None:
     rule(not final_from.startswith("rust"), "the runtime stage is not the Rust toolchain image", final_from)
     builds = [a for k, a in instructions if k == "RUN" and "cargo build" in a]
     rule(
-        any("--release" in a and "--locked" in a for a in builds),
-        "the build stage runs cargo build --release --locked",
+        any("--release" in a and "--locked" in a and "--no-default-features" in a for a in builds),
+        "the build stage runs cargo build --release --locked --no-default-features (no simulator)",
     )
     users = [a for k, a in final if k == "USER"]
     user = users[-1] if users else ""
@@ -183,7 +183,7 @@ def check_dockerfile() -> None:
         for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
-    needed_prefixes = ("src/", "benches/", "tests/", "examples/")
+    needed_prefixes = ("src/", "benches/", "tests/", "examples/", "crates/")
     needed = [
         path
         for path in tracked_files()

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cloudflare_sim::{SimConfig, SimulatedCloudflare, DEV_ACCOUNT_ID, DEV_TOKEN};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -31,7 +32,6 @@ use zt_risk_sidecar::config::{self, Cli, FileConfig};
 use zt_risk_sidecar::credentials::{self, PartitionKey};
 use zt_risk_sidecar::proxy::{hit_response, CACHE_STATUS};
 use zt_risk_sidecar::routes::{self, Lookup, Route};
-use zt_risk_sidecar::simulator::{SimConfig, SimulatedCloudflare, DEV_ACCOUNT_ID, DEV_TOKEN};
 use zt_risk_sidecar::upstream::{UpstreamAnswer, UpstreamBase};
 
 const UUID_REFERENCE: &str = "3701e70b-5de4-4d9d-8972-f5aa994d9057";
@@ -325,20 +325,6 @@ fn cache_key(c: &mut Criterion) {
     group.finish();
 }
 
-/// moka's per-entry expiry, as the sidecar configured it.
-struct RetainFor;
-
-impl moka::Expiry<CacheKey, CacheEntry> for RetainFor {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        entry: &CacheEntry,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(entry.retain_for)
-    }
-}
-
 fn cache_hit(c: &mut Criterion) {
     let mut group = c.benchmark_group("cache_hit");
     let rt = runtime();
@@ -355,21 +341,15 @@ fn cache_hit(c: &mut Criterion) {
             (CacheKey::new(partition, &lookup), naive_key(7, &naive))
         })
         .collect();
+    // The peer the choice of quick_cache was measured against, moka, is compared in the tooling
+    // crate (`cargo bench -p zt-loadtest --features moka-peer --bench store`), so that the root
+    // package's tests never compile moka.
     let store = LocalStore::new(1 << 30);
-    // The store the sidecar used before (same bound, weigher and per-entry expiry), kept here as
-    // the peer that the choice of quick_cache was measured against.
-    let moka_store: moka::future::Cache<CacheKey, CacheEntry> = moka::future::Cache::builder()
-        .max_capacity(1 << 30)
-        .weigher(|key: &CacheKey, entry: &CacheEntry| entry.weight(key))
-        .expire_after(RetainFor)
-        .eviction_listener(|_key, _entry, _cause| {})
-        .build();
     let typed_map: Mutex<HashMap<CacheKey, CacheEntry>> = Mutex::new(HashMap::new());
     let naive_map: NaiveStore = Mutex::new(HashMap::new());
     rt.block_on(async {
         for (key, naive) in &keys {
             store.insert(key.clone(), entry(&answer)).await;
-            moka_store.insert(key.clone(), entry(&answer)).await;
             typed_map
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -379,14 +359,10 @@ fn cache_hit(c: &mut Criterion) {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(naive.clone(), naive_entry());
         }
-        moka_store.run_pending_tasks().await;
     });
     let (present, present_naive) = &keys[STORE_ENTRIES / 2];
     group.bench_function("LocalStore::get (quick_cache)", |b| {
         b.to_async(&rt).iter(|| store.get(black_box(present)))
-    });
-    group.bench_function("moka future::Cache get (the previous store)", |b| {
-        b.to_async(&rt).iter(|| moka_store.get(black_box(present)))
     });
     group.bench_function("Mutex<HashMap<CacheKey>> get+clone", |b| {
         b.to_async(&rt).iter(|| async {

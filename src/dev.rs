@@ -1,12 +1,14 @@
-//! `--dev` mode: starts the simulated Cloudflare API in-process on a loopback port, seeds it,
-//! points the configuration at it and prints ready-to-paste commands. Nothing here runs unless
-//! `--dev` is given.
+//! `--dev` mode: starts the simulated Cloudflare API (the `cloudflare-sim` crate) in-process on a
+//! loopback port, seeds it, points the configuration at it and prints ready-to-paste commands.
+//! Nothing here runs unless `--dev` is given, and nothing here is compiled without the `dev`
+//! feature, so production builds carry no simulator code.
 
 use std::fmt::Write as _;
 
+use cloudflare_sim::{DevSeed, SimConfig, SimControl, SimulatedCloudflare};
+
 use crate::config::Config;
 use crate::credentials::Secret;
-use crate::simulator::{DevSeed, SimConfig, SimControl, SimulatedCloudflare};
 use crate::upstream::{UpstreamBase, UpstreamUrlError};
 
 /// Why `--dev` could not start.
@@ -52,7 +54,7 @@ impl DevMode {
     }
 
     /// The simulator's control API (faults, rate limit, counters, seeding); see
-    /// `simulator::SimControl`.
+    /// `cloudflare_sim::SimControl`.
     pub fn control_url(&self) -> String {
         self.control.url()
     }

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod coalesce;
 pub mod config;
 pub mod credentials;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
 pub mod metrics;
@@ -15,7 +16,6 @@ pub mod proxy;
 pub mod resilience;
 pub mod routes;
 pub mod server;
-pub mod simulator;
 pub mod telemetry;
 pub mod upstream;
 

@@ -9,6 +9,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use zt_risk_sidecar::config::{self, Cli, Config, TOKEN_ENV};
+#[cfg(feature = "dev")]
 use zt_risk_sidecar::dev::DevMode;
 use zt_risk_sidecar::server::{self, DrainOutcome, ListenAddr, Listener};
 use zt_risk_sidecar::telemetry::{self, LogControl};
@@ -17,7 +18,7 @@ use zt_risk_sidecar::{App, Reloaded};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let token_env = std::env::var(TOKEN_ENV).ok();
-    let mut config = match config::load(&cli, token_env.clone()) {
+    let config = match config::load(&cli, token_env.clone()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("zt-risk-sidecar: {error}");
@@ -39,6 +40,11 @@ fn main() -> ExitCode {
         tracing::warn!("{warning}");
     }
     runtime.block_on(async move {
+        // Without the `dev` feature there is no simulator to start and `config.dev` is never set;
+        // with it, dev mode rewrites the upstream and the token to point at the simulator.
+        #[cfg(feature = "dev")]
+        let mut config = config;
+        #[cfg(feature = "dev")]
         let dev = if config.dev {
             match DevMode::start(&mut config).await {
                 Ok(dev) => Some(dev),
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
                 tracing::warn!(listen = %local, "the lookup listener is reachable beyond this host: whoever reaches it is served from the cache with their own credentials, and with the sidecar's token when they send none");
             }
         }
+        #[cfg(feature = "dev")]
         if let Some(dev) = &dev {
             println!("{}", dev.instructions(&local));
         }
@@ -88,6 +95,7 @@ fn main() -> ExitCode {
             .serve(listener, admin_listener, config.shutdown_grace, shutdown_on(terminate, interrupt))
             .await;
         reloads.abort();
+        #[cfg(feature = "dev")]
         if let Some(dev) = dev {
             dev.shutdown().await;
         }

@@ -5,7 +5,8 @@
 #   bash benches/load/run.sh            # about 10 minutes on 2 cores; bounded at 20 minutes
 #
 # It installs what is missing (wrk, nginx with set-misc, varnish: Debian packages), builds the
-# sidecar and the three bench helpers in release mode, then measures:
+# sidecar and the three load tools of crates/zt-loadtest (load-upstream, load-ceiling, load-driver)
+# in release mode, then measures:
 #   1. throughput and latency of hits (wrk, 2 threads, 64 keep-alive connections, DURATION s):
 #      one hot key, then KEYS keys chosen at random; requests/s, p50/p99/p99.9, CPU seconds per
 #      100k answers (utime+stime of the server's processes), context switches per request,
@@ -113,28 +114,15 @@ if (($(ulimit -n) < COALESCE_CLIENTS * 2 + 256)); then
 fi
 
 # ---- 1. build ----
-log "building the sidecar and the bench helpers (release)"
+log "building the sidecar and the load tools (release)"
 if [[ -z ${SIDECAR_BIN:-} ]]; then
   cargo build --release --quiet --bin zt-risk-sidecar
   SIDECAR_BIN=$ROOT/target/release/zt-risk-sidecar
 fi
-cargo bench --no-run --quiet --bench load_upstream --bench load_ceiling --bench load_driver \
-  --message-format=json >"$RUN/build.json"
-executable() {
-  python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    try:
-        message = json.loads(line)
-    except ValueError:
-        continue
-    if message.get("reason") == "compiler-artifact" and message.get("target", {}).get("name") == sys.argv[2] and message.get("executable"):
-        print(message["executable"])
-' "$RUN/build.json" "$1" | tail -1
-}
-UPSTREAM_BIN=$(executable load_upstream)
-CEILING_BIN=$(executable load_ceiling)
-DRIVER_BIN=$(executable load_driver)
+cargo build --release --quiet -p zt-loadtest --bin load-upstream --bin load-ceiling --bin load-driver
+UPSTREAM_BIN=$ROOT/target/release/load-upstream
+CEILING_BIN=$ROOT/target/release/load-ceiling
+DRIVER_BIN=$ROOT/target/release/load-driver
 for bin in "$SIDECAR_BIN" "$UPSTREAM_BIN" "$CEILING_BIN" "$DRIVER_BIN"; do
   [[ -x $bin ]] || { echo "run.sh: missing build output ($bin)" >&2; exit 1; }
 done

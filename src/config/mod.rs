@@ -135,7 +135,7 @@ pub fn resolve(
 ) -> Result<Config, ConfigError> {
     let settings = Settings::merge(&cli.settings, &file)?;
     let secrets = validate::read_secrets(&settings, token_env)?;
-    validate::build(settings, secrets, cli.dev)
+    validate::build(settings, secrets, cli.dev_mode())
 }
 
 /// Durations are written like `500ms`, `60s`, `24h`, `1h 30m`.

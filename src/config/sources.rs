@@ -28,10 +28,22 @@ pub struct Cli {
     #[arg(long, env = "ZT_SIDECAR_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Run against a built-in simulated Cloudflare API: no token, no network needed.
+    #[cfg(feature = "dev")]
     #[arg(long)]
     pub dev: bool,
     #[command(flatten)]
     pub settings: SettingArgs,
+}
+
+impl Cli {
+    /// Whether `--dev` was given; always false in a build without the `dev` feature, which has no
+    /// such flag.
+    pub fn dev_mode(&self) -> bool {
+        #[cfg(feature = "dev")]
+        return self.dev;
+        #[cfg(not(feature = "dev"))]
+        return false;
+    }
 }
 
 /// The settings given by flags or environment variables, by key. None has a clap default, so

@@ -3,6 +3,7 @@
 //! copy; the simulator's own tests are not here.
 
 mod binary;
+mod dev_mode;
 mod hardening;
 mod integrations;
 mod lookup;

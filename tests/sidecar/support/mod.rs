@@ -18,7 +18,7 @@ pub use wait::*;
 
 /// The simulated Cloudflare API's names, imported here once for every test module: when the
 /// simulator moves to a crate of its own, this line is the one to change.
-pub use zt_risk_sidecar::simulator::{
+pub use cloudflare_sim::{
     Fault, RateLimitPolicy, SimConfig, SimHandle, SimRoute, SimulatedCloudflare,
 };
 

@@ -1,8 +1,9 @@
 //! The simulated Cloudflare API: the project's only stand-in for `api.cloudflare.com`, used by
-//! `--dev` mode, the integration tests and the benchmarks. This file owns the public surface (the
-//! configuration, fault and record types, the server lifecycle and the control handle); the
-//! submodules own the behaviour. It serves loopback HTTP only and must never be part of the proxy's
-//! own request path.
+//! the sidecar's `--dev` mode, the integration tests and the load and soak tools. This file owns
+//! the public surface (the configuration, fault and record types, the server lifecycle and the
+//! control handle); the submodules own the behaviour, its own accept loop (`server.rs`) included.
+//! It serves loopback HTTP only, must never be part of the sidecar's request path, and shares no
+//! code with the sidecar it stands in for.
 //!
 //! # What it serves
 //!
@@ -70,6 +71,7 @@ mod handler;
 mod rate_limit;
 mod rays;
 mod routes;
+mod server;
 mod state;
 mod store;
 
@@ -83,8 +85,6 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-
-use crate::server::{self, DrainOutcome};
 
 pub use control::{SimControl, CONTROL_BODY_LIMIT_BYTES};
 pub use envelope::codes;
@@ -266,7 +266,7 @@ pub struct RecordedRequest {
 pub struct SimulatedCloudflare {
     addr: SocketAddr,
     handle: SimHandle,
-    task: Option<JoinHandle<DrainOutcome>>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl SimulatedCloudflare {

@@ -1,58 +1,25 @@
-//! Integration tests of the simulated Cloudflare API (`zt_risk_sidecar::simulator`) over real
-//! loopback sockets on ephemeral ports: envelopes, routing, credentials, rate limits, faults,
-//! counters, recording, the integration CRUD round trip and shutdown.
-#![allow(clippy::unwrap_used)]
+//! The simulated Cloudflare API over real loopback sockets on ephemeral ports: envelopes,
+//! routing, credentials, rate limits, faults, counters, recording, the integration CRUD round
+//! trip and shutdown.
 
 use std::error::Error as _;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use serde_json::{json, Value};
-use zt_risk_sidecar::simulator::{
+use cloudflare_sim::{
     codes, Fault, Integration, RateLimitPolicy, SimConfig, SimRoute, SimulatedCloudflare,
     BODY_LIMIT_BYTES, RECORDED_CAPACITY,
 };
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value};
 
-const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
-const OTHER_ACCOUNT: &str = "fedcba9876543210fedcba9876543210";
+use crate::support::{self, HttpClient, Reply, ACCOUNT, OTHER_ACCOUNT};
+
 const ALICE_TOKEN: &str = "alice-token";
 const ALICE: &str = "alice@example.com";
 const BOB_TOKEN: &str = "bob-token";
 const BOB: &str = "bob@example.com";
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn text(&self) -> &str {
-        std::str::from_utf8(&self.body).unwrap()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|error| panic!("{error}: {}", self.text()))
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
-            .to_str()
-            .unwrap()
-    }
-
-    fn assert_status(&self, status: u16) {
-        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
-    }
-}
 
 /// Asserts a Cloudflare failure envelope with exactly these errors.
 fn assert_failure(reply: &Reply, status: u16, errors: Value) {
@@ -83,7 +50,7 @@ fn success_text(result: &impl serde::Serialize) -> String {
 
 struct Harness {
     sim: SimulatedCloudflare,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
 }
 
 impl Harness {
@@ -93,23 +60,15 @@ impl Harness {
 
     /// A simulator with Alice (token on ACCOUNT) and Bob (token on OTHER_ACCOUNT).
     async fn start_with(config: SimConfig) -> Harness {
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Harness::start_with_client(config, client).await
+        Harness::start_with_client(config, support::client()).await
     }
 
-    /// For tests that advance a paused clock: the server closes idle keep-alive connections after
-    /// its header-read timeout, so a pooled connection would be dead after a jump in time.
+    /// For tests that advance a paused clock; see [`support::client_without_keep_alive`].
     async fn start_without_keep_alive(config: SimConfig) -> Harness {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build_http();
-        Harness::start_with_client(config, client).await
+        Harness::start_with_client(config, support::client_without_keep_alive()).await
     }
 
-    async fn start_with_client(
-        config: SimConfig,
-        client: Client<HttpConnector, Full<Bytes>>,
-    ) -> Harness {
+    async fn start_with_client(config: SimConfig, client: HttpClient) -> Harness {
         let sim = SimulatedCloudflare::start(config).await.unwrap();
         sim.add_token(ALICE_TOKEN, ALICE, &[ACCOUNT]);
         sim.add_token(BOB_TOKEN, BOB, &[OTHER_ACCOUNT]);
@@ -123,22 +82,8 @@ impl Harness {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Result<Reply, hyper_util::client::legacy::Error> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.sim.addr()));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap();
-        let response = self.client.request(request).await?;
-        let (parts, body) = response.into_parts();
-        Ok(Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        })
+        let url = format!("http://{}{path}", self.sim.addr());
+        support::send(&self.client, method, &url, headers, body.as_bytes()).await
     }
 
     async fn send(
@@ -1332,7 +1277,7 @@ async fn held_requests_wait_for_the_gate_and_keep_their_fault() {
     assert!(held.await.unwrap().is_err());
 }
 
-async fn status_of(client: &Client<HttpConnector, Full<Bytes>>, uri: String) -> StatusCode {
+async fn status_of(client: &HttpClient, uri: String) -> StatusCode {
     let request = Request::get(uri)
         .header("authorization", "Bearer alice-token")
         .body(Full::new(Bytes::new()))

@@ -5,28 +5,21 @@
 //! count how many requests reached upstream during each phase. On SIGTERM or SIGINT it prints
 //! the final counters to stderr and exits.
 //!
-//! It is a bench target so that it needs no `[[bin]]` and never runs in `cargo test`:
-//!
-//!     cargo bench --bench load_upstream -- --port 0 --counters-port 0 --latency-ms 50 \
+//!     cargo run --release -p zt-loadtest --bin load-upstream -- --port 0 --counters-port 0 --latency-ms 50 \
 //!         --keys 10000 --token T --account 023e105f4ecef8ad9ca31a8372d0c353
 //!
 //! It prints one line, `READY <base url> <counters url>`, once both listeners accept.
 
-use std::convert::Infallible;
-use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cloudflare_sim::{RateLimitPolicy, SimConfig, SimHandle, SimRoute, SimulatedCloudflare};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
-use zt_risk_sidecar::server;
-use zt_risk_sidecar::simulator::{
-    RateLimitPolicy, SimConfig, SimHandle, SimRoute, SimulatedCloudflare,
-};
+use zt_loadtest::{announce, bind_loopback, run_tool, serve_until, StopSignals};
+
+const TOOL: &str = "load-upstream";
 
 /// Cloudflare's real limit would block the warm-ups within seconds; the benchmark measures
 /// caches, not the limit.
@@ -45,10 +38,10 @@ struct Options {
     account: String,
 }
 
-const USAGE: &str = "usage: load_upstream --port P --counters-port Q --latency-ms MS --keys N \
+const USAGE: &str = "usage: load-upstream --port P --counters-port Q --latency-ms MS --keys N \
                      --token TOKEN --account ACCOUNT_ID (started by benches/load/run.sh)";
 
-fn options() -> Result<Option<Options>, String> {
+fn options() -> Result<Options, String> {
     let mut options = Options {
         port: 0,
         counters_port: 0,
@@ -57,10 +50,8 @@ fn options() -> Result<Option<Options>, String> {
         token: String::new(),
         account: String::new(),
     };
-    let mut args = std::env::args().skip(1).filter(|arg| arg != "--bench");
-    let mut any = false;
+    let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        any = true;
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--port" => options.port = value()?.parse().map_err(|_| "bad --port")?,
@@ -77,45 +68,14 @@ fn options() -> Result<Option<Options>, String> {
             other => return Err(format!("unknown argument {other}; {USAGE}")),
         }
     }
-    if !any {
-        // `cargo bench` with no filter runs every bench target; this one needs arguments.
-        return Ok(None);
-    }
     if options.token.is_empty() || options.account.is_empty() {
         return Err(USAGE.to_owned());
     }
-    Ok(Some(options))
+    Ok(options)
 }
 
 fn main() -> ExitCode {
-    let options = match options() {
-        Ok(Some(options)) => options,
-        Ok(None) => {
-            println!("load_upstream: nothing to do without arguments ({USAGE})");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("load_upstream: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("load_upstream: no runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(options)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("load_upstream: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    run_tool(TOOL, options(), run)
 }
 
 fn counters_json(sim: &SimHandle) -> String {
@@ -155,15 +115,8 @@ fn control(sim: &SimHandle, request: &Request<hyper::body::Incoming>) -> Respons
 }
 
 async fn run(options: Options) -> Result<(), String> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, options.port))
-        .await
-        .map_err(|error| format!("cannot bind port {}: {error}", options.port))?;
-    let control_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, options.counters_port))
-        .await
-        .map_err(|error| format!("cannot bind port {}: {error}", options.counters_port))?;
-    let control_addr: SocketAddr = control_listener
-        .local_addr()
-        .map_err(|error| error.to_string())?;
+    let (listener, _) = bind_loopback(options.port).await?;
+    let (control_listener, control_addr) = bind_loopback(options.counters_port).await?;
     let sim = SimulatedCloudflare::start_on(
         listener,
         SimConfig {
@@ -182,26 +135,23 @@ async fn run(options: Options) -> Result<(), String> {
     }
     let handle = sim.handle();
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
-    let control_task = tokio::spawn(server::serve(
+    let control_task = tokio::spawn(serve_until(
         control_listener,
         move |request| {
             let response = control(&handle, &request);
-            async move { Ok::<_, Infallible>(response) }
+            async move { response }
         },
         async move {
             let _ = control_stopped.await;
         },
-        Duration::from_secs(1),
     ));
-    let mut terminate = signal(SignalKind::terminate()).map_err(|error| error.to_string())?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
-    println!("READY {} http://{control_addr}/counters", sim.base_url());
-    let _ = std::io::stdout().flush();
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    eprintln!("load_upstream: final counters {}", counters_json(&sim));
+    let stop = StopSignals::install()?;
+    announce(&format!(
+        "READY {} http://{control_addr}/counters",
+        sim.base_url()
+    ));
+    stop.received().await;
+    eprintln!("{TOOL}: final counters {}", counters_json(&sim));
     let _ = stop_control.send(());
     let _ = control_task.await;
     sim.shutdown().await;

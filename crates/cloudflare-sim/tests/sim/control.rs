@@ -1,71 +1,27 @@
-//! The simulator's control API (`zt_risk_sidecar::simulator::SimControl`) over real loopback
-//! sockets on ephemeral ports: faults, latency, rate limit, counters, recorded requests, token and
-//! integration seeding, input validation, shutdown, and the `--dev` binary printing its URL.
-#![allow(clippy::unwrap_used)]
-
-mod common;
+//! The simulator's control API (`cloudflare_sim::SimControl`) over real loopback sockets on
+//! ephemeral ports: faults, latency, rate limit, counters, recorded requests, token and
+//! integration seeding, input validation and shutdown.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use nix::sys::signal::Signal;
-use serde_json::{json, Value};
-use zt_risk_sidecar::simulator::{
+use cloudflare_sim::{
     codes, SimConfig, SimControl, SimRoute, SimulatedCloudflare, CONTROL_BODY_LIMIT_BYTES,
 };
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value};
 
-use common::SidecarProcess;
+use crate::support::{self, HttpClient, Reply, ACCOUNT, OTHER_ACCOUNT};
 
-const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
-const OTHER_ACCOUNT: &str = "fedcba9876543210fedcba9876543210";
 const TOKEN: &str = "control-test-token";
 const USER: &str = "control@example.com";
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn text(&self) -> &str {
-        std::str::from_utf8(&self.body).unwrap()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|error| panic!("{error}: {}", self.text()))
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
-            .to_str()
-            .unwrap()
-    }
-
-    fn assert_status(&self, status: u16) -> &Self {
-        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
-        self
-    }
-
-    /// The first Cloudflare error code of a failure envelope.
-    fn code(&self) -> u64 {
-        self.json()["errors"][0]["code"].as_u64().unwrap()
-    }
-}
 
 /// A simulator, its control API and a client for both.
 struct Rig {
     sim: SimulatedCloudflare,
     control: SimControl,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
 }
 
 impl Rig {
@@ -74,11 +30,10 @@ impl Rig {
             .await
             .unwrap();
         let control = SimControl::start(sim.handle()).await.unwrap();
-        let client = Client::builder(TokioExecutor::new()).build_http();
         Rig {
             sim,
             control,
-            client,
+            client: support::client(),
         }
     }
 
@@ -89,21 +44,7 @@ impl Rig {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Reply, hyper_util::client::legacy::Error> {
-        let mut request = Request::builder().method(method).uri(url);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(Full::new(Bytes::copy_from_slice(body)))
-            .unwrap();
-        let response = self.client.request(request).await?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Ok(Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+        support::send(&self.client, method, url, headers, body).await
     }
 
     /// A control request; `body` is sent as JSON when given.
@@ -706,67 +647,4 @@ async fn shutdown_closes_the_control_listener_and_leaves_the_simulator_running()
     };
     rig.lookup("ref").await.assert_status(200);
     rig.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_mode_prints_the_control_url_and_the_sidecar_sees_its_faults() {
-    let mut running = SidecarProcess::start(
-        &["--dev", "--listen", "127.0.0.1:0", "--log-format", "json"],
-        &[],
-    );
-    let addr = running.listening_addr();
-    let line = running.wait_for_line("Simulator control: ");
-    let control_url = line
-        .trim()
-        .trim_start_matches("Simulator control: ")
-        .to_owned();
-    assert!(control_url.starts_with("http://127.0.0.1:"), "{line}");
-
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let post = |path: &str, body: Value| {
-        Request::post(format!("{control_url}{path}"))
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap()
-    };
-    let seeded = client
-        .request(post(
-            "/integrations",
-            json!({"account": "023e105f4ecef8ad9ca31a8372d0c353", "reference_id": "from control", "tenant_url": "https://c.okta.com"}),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(seeded.status(), StatusCode::OK);
-    let fault = client
-        .request(post("/faults", json!({"fault": "status", "status": 500})))
-        .await
-        .unwrap();
-    assert_eq!(fault.status(), StatusCode::OK);
-
-    let url = format!(
-        "http://{addr}/client/v4/accounts/023e105f4ecef8ad9ca31a8372d0c353/zt_risk_scoring/integrations/reference_id/from%20control"
-    );
-    let get = || Request::get(&url).body(Full::new(Bytes::new())).unwrap();
-    let failed = client.request(get()).await.unwrap();
-    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let found = client.request(get()).await.unwrap();
-    assert_eq!(found.status(), StatusCode::OK);
-    let body = found.into_body().collect().await.unwrap().to_bytes();
-    let body: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(body["result"]["reference_id"], "from control");
-
-    let counters = client
-        .request(
-            Request::get(format!("{control_url}/counters"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let counters = counters.into_body().collect().await.unwrap().to_bytes();
-    let counters: Value = serde_json::from_slice(&counters).unwrap();
-    assert_eq!(counters["users"]["dev@example.com"], 2);
-
-    running.signal(Signal::SIGTERM);
-    let (code, _) = running.finish();
-    assert_eq!(code, Some(0));
 }

@@ -23,7 +23,7 @@ use super::routes::{self, Endpoint};
 use super::state::Shared;
 use super::store::{self, UpdateError, INTEGRATION_TYPE_OKTA};
 use super::{Fault, RecordedRequest, BODY_LIMIT_BYTES};
-use crate::server::ResponseBody;
+use crate::server::Body;
 
 /// Why the simulator dropped a connection instead of answering. Returning it from the handler
 /// makes hyper close the connection without a response.
@@ -58,7 +58,7 @@ impl std::error::Error for SimulatedAbort {}
 pub(crate) async fn handle_catching_panics(
     shared: Arc<Shared>,
     request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, SimulatedAbort> {
+) -> Result<Response<Body>, SimulatedAbort> {
     let owner = owner_of(&shared, request.headers());
     let result = match tokio::spawn(handle(Arc::clone(&shared), request)).await {
         Ok(result) => result,
@@ -97,7 +97,7 @@ fn owner_of(shared: &Shared, headers: &HeaderMap) -> Option<String> {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, SimulatedAbort> {
+) -> Result<Response<Body>, SimulatedAbort> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let routed = routes::route(&parts.method, &path);
@@ -235,12 +235,7 @@ struct UpdateBody {
     reference_id: Option<String>,
 }
 
-fn serve(
-    shared: &Shared,
-    account_id: &str,
-    endpoint: Endpoint,
-    body: &[u8],
-) -> Response<ResponseBody> {
+fn serve(shared: &Shared, account_id: &str, endpoint: Endpoint, body: &[u8]) -> Response<Body> {
     match endpoint {
         Endpoint::ReferenceGet { reference_id } => {
             match shared.integration_by_reference(account_id, &reference_id) {
@@ -268,7 +263,7 @@ fn serve(
     }
 }
 
-fn create(shared: &Shared, account_id: &str, body: &[u8]) -> Response<ResponseBody> {
+fn create(shared: &Shared, account_id: &str, body: &[u8]) -> Response<Body> {
     let request: CreateBody = match serde_json::from_slice(body) {
         Ok(request) => request,
         Err(error) => return envelope::invalid_body(&error.to_string()),
@@ -292,12 +287,7 @@ fn create(shared: &Shared, account_id: &str, body: &[u8]) -> Response<ResponseBo
     }
 }
 
-fn update(
-    shared: &Shared,
-    account_id: &str,
-    integration_id: &str,
-    body: &[u8],
-) -> Response<ResponseBody> {
+fn update(shared: &Shared, account_id: &str, integration_id: &str, body: &[u8]) -> Response<Body> {
     let request: UpdateBody = match serde_json::from_slice(body) {
         Ok(request) => request,
         Err(error) => return envelope::invalid_body(&error.to_string()),

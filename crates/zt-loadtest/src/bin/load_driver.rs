@@ -2,11 +2,11 @@
 //! many distinct keys as fast as the server allows (`get-range`), and the coalescing test, where
 //! many connections, all open and idle, send the same first lookup at the same moment and each
 //! waiter's latency is taken (`coalesce`). Each prints one JSON line with what it saw; the
-//! request counting on the upstream side is the simulator's (`load_upstream`).
+//! request counting on the upstream side is the simulator's (`load-upstream`).
 //!
-//!     cargo bench --bench load_driver -- get-range --url-prefix http://127.0.0.1:P/client/v4/accounts/A/zt_risk_scoring/integrations/reference_id/ \
+//!     cargo run --release -p zt-loadtest --bin load-driver -- get-range --url-prefix http://127.0.0.1:P/client/v4/accounts/A/zt_risk_scoring/integrations/reference_id/ \
 //!         --token T --from 0 --count 10000 --concurrency 64
-//!     cargo bench --bench load_driver -- coalesce --url http://127.0.0.1:P/…/ref-0010000 --token T --clients 1000
+//!     cargo run --release -p zt-loadtest --bin load-driver -- coalesce --url http://127.0.0.1:P/…/ref-0010000 --token T --clients 1000
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,8 +24,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
+use zt_loadtest::{exit_with, run_on_runtime};
 
-const USAGE: &str = "usage: load_driver get-range --url-prefix URL --token T --from N --count N \
+const TOOL: &str = "load-driver";
+
+const USAGE: &str = "usage: load-driver get-range --url-prefix URL --token T --from N --count N \
                      --concurrency C | coalesce --url URL --token T --clients N";
 
 /// A request that has not finished by then is an error.
@@ -354,29 +357,16 @@ async fn coalesce(flags: &Flags) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1).filter(|arg| arg != "--bench");
+    let mut args = std::env::args().skip(1);
+    let usage_error = ExitCode::from(zt_loadtest::USAGE_ERROR);
     let Some(mode) = args.next() else {
-        println!("load_driver: nothing to do without arguments ({USAGE})");
-        return ExitCode::SUCCESS;
+        return exit_with(TOOL, USAGE, usage_error);
     };
     let flags = match Flags::parse(args) {
         Ok(flags) => flags,
-        Err(message) => {
-            eprintln!("load_driver: {message}");
-            return ExitCode::from(2);
-        }
+        Err(message) => return exit_with(TOOL, &message, usage_error),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("load_driver: no runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    let result = run_on_runtime(async {
         match mode.as_str() {
             "get-range" => get_range(&flags).await,
             "coalesce" => coalesce(&flags).await,
@@ -388,9 +378,6 @@ fn main() -> ExitCode {
             println!("{line}");
             ExitCode::SUCCESS
         }
-        Err(message) => {
-            eprintln!("load_driver: {message}");
-            ExitCode::FAILURE
-        }
+        Err(message) => exit_with(TOOL, &message, ExitCode::FAILURE),
     }
 }

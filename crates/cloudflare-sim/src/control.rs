@@ -47,7 +47,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Fault, RateLimitPolicy, SimHandle, SimRoute};
-use crate::server::{self, DrainOutcome, ResponseBody};
+use crate::server::{self, Body};
 
 /// The largest control request body read.
 pub const CONTROL_BODY_LIMIT_BYTES: usize = 64 * 1024;
@@ -70,7 +70,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 pub struct SimControl {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
-    task: Option<JoinHandle<DrainOutcome>>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl SimControl {
@@ -185,7 +185,7 @@ type Answer = Result<Value, Refusal>;
 async fn handle(
     control: Arc<Control>,
     request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
@@ -255,7 +255,7 @@ enum Route {
     Integrations,
 }
 
-fn respond(status: StatusCode, value: &Value) -> Response<ResponseBody> {
+fn respond(status: StatusCode, value: &Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
     *response.status_mut() = status;
     response
@@ -264,7 +264,7 @@ fn respond(status: StatusCode, value: &Value) -> Response<ResponseBody> {
     response
 }
 
-fn refuse(refusal: Refusal) -> Response<ResponseBody> {
+fn refuse(refusal: Refusal) -> Response<Body> {
     let mut response = respond(refusal.status, &json!({"error": refusal.message}));
     if let Some(allow) = refusal.allow {
         response
@@ -274,7 +274,7 @@ fn refuse(refusal: Refusal) -> Response<ResponseBody> {
     response
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
     refuse(Refusal {
         status: StatusCode::METHOD_NOT_ALLOWED,
         message: format!("method not allowed; use {allow}"),

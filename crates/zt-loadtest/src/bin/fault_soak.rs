@@ -4,20 +4,21 @@
 //! answer, an answer past its deadline, a hang, a transport error or a sidecar 500. It touches no
 //! sidecar internals: everything it knows comes from HTTP answers and the simulator's observations.
 //!
-//! Run it with `cargo bench --bench fault_soak` (90 s of phases after a warm-up sweep of about
-//! 10 s), `cargo bench --bench fault_soak -- --quick` (20 s of phases at half length), or
-//! `-- --seconds N`. The figures go to stdout and, as JSON, to `target/fault-soak.json`. See
-//! RELIABILITY.md.
+//! Run it with `cargo run --release -p zt-loadtest --bin fault-soak` (90 s of phases after a
+//! warm-up sweep of about 10 s), `... --bin fault-soak -- --quick` (20 s of phases at half
+//! length), or `-- --seconds N`. The figures go to stdout and, as JSON, to
+//! `target/fault-soak.json`. See RELIABILITY.md.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cloudflare_sim::{Fault, RateLimitPolicy, SimConfig, SimHandle, SimRoute, SimulatedCloudflare};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
@@ -27,15 +28,14 @@ use hyper_util::rt::TokioExecutor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use zt_loadtest::{bind_loopback, exit_with, run_on_runtime};
 use zt_risk_sidecar::config::{self, Cli, Config, FileConfig};
-use zt_risk_sidecar::simulator::{
-    Fault, RateLimitPolicy, SimConfig, SimHandle, SimRoute, SimulatedCloudflare,
-};
 use zt_risk_sidecar::upstream::UpstreamBase;
+
+const TOOL: &str = "fault-soak";
 
 // ---- what the soak runs against ----
 
@@ -98,13 +98,9 @@ fn parse_options() -> Result<Options, String> {
     let mut seed = 1;
     let mut json_path = None;
     let mut args = std::env::args().skip(1);
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs this without it: then the quick
-    // run is the smoke test.
-    let mut invoked_by_cargo_bench = false;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
-            "--bench" => invoked_by_cargo_bench = true,
             "--quick" => quick = true,
             "--seconds" => seconds = Some(parse_number(&value("--seconds")?, "--seconds")?),
             "--clients" => clients = parse_number(&value("--clients")?, "--clients")? as usize,
@@ -112,16 +108,13 @@ fn parse_options() -> Result<Options, String> {
             "--json" => json_path = Some(PathBuf::from(value("--json")?)),
             "--help" | "-h" => {
                 return Err(
-                    "usage: fault_soak [--quick] [--seconds N] [--clients N] [--seed N] \
+                    "usage: fault-soak [--quick] [--seconds N] [--clients N] [--seed N] \
                             [--json PATH]"
                         .to_owned(),
                 )
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
-    }
-    if !invoked_by_cargo_bench && seconds.is_none() {
-        quick = true;
     }
     let seconds = seconds.unwrap_or(if quick { 20 } else { 90 });
     if !(1..=3600).contains(&seconds) {
@@ -131,9 +124,12 @@ fn parse_options() -> Result<Options, String> {
         return Err("--clients must be between 1 and 1024".to_owned());
     }
     let json_path = json_path.unwrap_or_else(|| {
+        // The workspace's target directory: the root's, two levels above this crate's manifest.
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = manifest.ancestors().nth(2).unwrap_or(manifest);
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+            .unwrap_or_else(|| root.join("target"));
         target.join("fault-soak.json")
     });
     Ok(Options {
@@ -953,12 +949,9 @@ async fn soak(options: &Options) -> Result<RunResult, String> {
     let config = soak_config(&sim.base_url())?;
 
     // The soak binds its own ephemeral port; `config.listen` is the binary's concern.
-    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+    let (listener, sidecar) = bind_loopback(0)
         .await
         .map_err(|error| format!("cannot bind the sidecar: {error}"))?;
-    let sidecar = listener
-        .local_addr()
-        .map_err(|error| format!("no sidecar address: {error}"))?;
     let keys = keys(sidecar);
     for key in keys.iter().filter(|key| key.exists) {
         handle.insert_integration(ACCOUNT, &key.reference_id, "https://soak-tenant.okta.com");
@@ -1398,28 +1391,16 @@ fn print_report(run: &mut RunResult) -> Value {
 }
 
 fn main() -> ExitCode {
+    let usage_error = ExitCode::from(zt_loadtest::USAGE_ERROR);
     let options = match parse_options() {
         Ok(options) => options,
-        Err(message) => {
-            eprintln!("fault_soak: {message}");
-            return ExitCode::from(2);
-        }
+        Err(message) => return exit_with(TOOL, &message, usage_error),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("fault_soak: no Tokio runtime: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut run = match runtime.block_on(soak(&options)) {
+    let mut run = match run_on_runtime(soak(&options)) {
         Ok(run) => run,
         Err(message) => {
-            eprintln!("fault_soak: the soak could not run: {message}");
-            return ExitCode::from(2);
+            let message = format!("the soak could not run: {message}");
+            return exit_with(TOOL, &message, usage_error);
         }
     };
     let figures = print_report(&mut run);
@@ -1434,17 +1415,17 @@ fn main() -> ExitCode {
     match written {
         Ok(()) => println!("\nfigures written to {}", options.json_path.display()),
         Err(error) => eprintln!(
-            "fault_soak: could not write {}: {error}",
+            "fault-soak: could not write {}: {error}",
             options.json_path.display()
         ),
     }
     let failures = run.report.violations.total();
     if failures > 0 {
         eprintln!(
-            "fault_soak: FAILED: {failures} violation(s) of the soak's rules; see the checks above"
+            "fault-soak: FAILED: {failures} violation(s) of the soak's rules; see the checks above"
         );
         return ExitCode::FAILURE;
     }
-    println!("fault_soak: PASSED: every answer came from its own credential, within its deadline, without a transport error");
+    println!("fault-soak: PASSED: every answer came from its own credential, within its deadline, without a transport error");
     ExitCode::SUCCESS
 }

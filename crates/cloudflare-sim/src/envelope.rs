@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::rate_limit::ceil_seconds;
 use super::routes::RouteError;
 use super::{Integration, BODY_LIMIT_BYTES};
-use crate::server::ResponseBody;
+use crate::server::Body;
 
 /// The numeric codes the simulator answers with. Cloudflare publishes no catalogue: the codes
 /// marked "observed" come from public reports (see the facts file); the others are this
@@ -106,7 +106,7 @@ struct FailureEnvelope<'a> {
 }
 
 /// A response with the headers every Cloudflare answer has.
-fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ResponseBody> {
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -122,7 +122,7 @@ fn cf_ray() -> HeaderValue {
     HeaderValue::try_from(ray).unwrap_or_else(|_| HeaderValue::from_static("0000000000000000-SJC"))
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {
         Ok(body) => respond(status, APPLICATION_JSON, Bytes::from(body)),
         // Serialising these plain structs cannot fail; answer like an internal error if it does,
@@ -138,7 +138,7 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
 }
 
 /// `{"errors":[],"messages":[],"success":true,"result":...}`.
-pub(crate) fn success<T: Serialize>(result: T) -> Response<ResponseBody> {
+pub(crate) fn success<T: Serialize>(result: T) -> Response<Body> {
     json(
         StatusCode::OK,
         &SuccessEnvelope {
@@ -152,7 +152,7 @@ pub(crate) fn success<T: Serialize>(result: T) -> Response<ResponseBody> {
 }
 
 /// The list answer: every integration in one page.
-pub(crate) fn success_list(integrations: &[Integration]) -> Response<ResponseBody> {
+pub(crate) fn success_list(integrations: &[Integration]) -> Response<Body> {
     let count = integrations.len() as u64;
     json(
         StatusCode::OK,
@@ -172,7 +172,7 @@ pub(crate) fn success_list(integrations: &[Integration]) -> Response<ResponseBod
 }
 
 /// `{"success":false,"errors":[...],"messages":[],"result":null}`.
-pub(crate) fn failure(status: StatusCode, errors: &[ApiError]) -> Response<ResponseBody> {
+pub(crate) fn failure(status: StatusCode, errors: &[ApiError]) -> Response<Body> {
     json(
         status,
         &FailureEnvelope {
@@ -184,15 +184,11 @@ pub(crate) fn failure(status: StatusCode, errors: &[ApiError]) -> Response<Respo
     )
 }
 
-fn single_failure(
-    status: StatusCode,
-    code: u32,
-    message: impl Into<String>,
-) -> Response<ResponseBody> {
+fn single_failure(status: StatusCode, code: u32, message: impl Into<String>) -> Response<Body> {
     failure(status, &[ApiError::new(code, message)])
 }
 
-pub(crate) fn route_error(error: &RouteError, path: &str) -> Response<ResponseBody> {
+pub(crate) fn route_error(error: &RouteError, path: &str) -> Response<Body> {
     match error {
         RouteError::NoRoute => no_route(),
         RouteError::MethodNotAllowed { allow } => {
@@ -221,7 +217,7 @@ pub(crate) fn route_error(error: &RouteError, path: &str) -> Response<ResponseBo
     }
 }
 
-pub(crate) fn no_route() -> Response<ResponseBody> {
+pub(crate) fn no_route() -> Response<Body> {
     single_failure(
         StatusCode::BAD_REQUEST,
         codes::NO_ROUTE,
@@ -229,7 +225,7 @@ pub(crate) fn no_route() -> Response<ResponseBody> {
     )
 }
 
-pub(crate) fn missing_credentials() -> Response<ResponseBody> {
+pub(crate) fn missing_credentials() -> Response<Body> {
     single_failure(
         StatusCode::BAD_REQUEST,
         codes::MISSING_CREDENTIALS,
@@ -238,7 +234,7 @@ pub(crate) fn missing_credentials() -> Response<ResponseBody> {
 }
 
 /// 6003 with the malformed header named in `error_chain`.
-pub(crate) fn invalid_header(header: super::auth::MalformedHeader) -> Response<ResponseBody> {
+pub(crate) fn invalid_header(header: super::auth::MalformedHeader) -> Response<Body> {
     use super::auth::MalformedHeader;
     let cause = match header {
         MalformedHeader::Authorization => ApiError::new(
@@ -260,11 +256,11 @@ pub(crate) fn invalid_header(header: super::auth::MalformedHeader) -> Response<R
     )
 }
 
-pub(crate) fn authentication_error(status: StatusCode) -> Response<ResponseBody> {
+pub(crate) fn authentication_error(status: StatusCode) -> Response<Body> {
     single_failure(status, codes::AUTHENTICATION_ERROR, "Authentication error")
 }
 
-pub(crate) fn unauthorized_account() -> Response<ResponseBody> {
+pub(crate) fn unauthorized_account() -> Response<Body> {
     single_failure(
         StatusCode::FORBIDDEN,
         codes::UNAUTHORIZED_RESOURCE,
@@ -273,7 +269,7 @@ pub(crate) fn unauthorized_account() -> Response<ResponseBody> {
 }
 
 /// The 429 body; the caller adds the rate-limit headers.
-pub(crate) fn rate_limited() -> Response<ResponseBody> {
+pub(crate) fn rate_limited() -> Response<Body> {
     single_failure(
         StatusCode::TOO_MANY_REQUESTS,
         codes::RATE_LIMITED,
@@ -281,7 +277,7 @@ pub(crate) fn rate_limited() -> Response<ResponseBody> {
     )
 }
 
-pub(crate) fn not_found() -> Response<ResponseBody> {
+pub(crate) fn not_found() -> Response<Body> {
     single_failure(
         StatusCode::NOT_FOUND,
         codes::NOT_FOUND,
@@ -289,7 +285,7 @@ pub(crate) fn not_found() -> Response<ResponseBody> {
     )
 }
 
-pub(crate) fn invalid_body(detail: &str) -> Response<ResponseBody> {
+pub(crate) fn invalid_body(detail: &str) -> Response<Body> {
     single_failure(
         StatusCode::BAD_REQUEST,
         codes::INVALID_BODY,
@@ -297,7 +293,7 @@ pub(crate) fn invalid_body(detail: &str) -> Response<ResponseBody> {
     )
 }
 
-pub(crate) fn reference_conflict() -> Response<ResponseBody> {
+pub(crate) fn reference_conflict() -> Response<Body> {
     single_failure(
         StatusCode::CONFLICT,
         codes::REFERENCE_CONFLICT,
@@ -305,7 +301,7 @@ pub(crate) fn reference_conflict() -> Response<ResponseBody> {
     )
 }
 
-pub(crate) fn body_too_large() -> Response<ResponseBody> {
+pub(crate) fn body_too_large() -> Response<Body> {
     single_failure(
         StatusCode::PAYLOAD_TOO_LARGE,
         codes::INVALID_BODY,
@@ -314,7 +310,7 @@ pub(crate) fn body_too_large() -> Response<ResponseBody> {
 }
 
 /// The answer for `Fault::Status`; see its documentation for the mapping.
-pub(crate) fn injected_status(status: StatusCode, block: Duration) -> Response<ResponseBody> {
+pub(crate) fn injected_status(status: StatusCode, block: Duration) -> Response<Body> {
     let reason = status.canonical_reason().unwrap_or("Error");
     match status.as_u16() {
         200..=299 => {
@@ -339,7 +335,7 @@ pub(crate) fn injected_status(status: StatusCode, block: Duration) -> Response<R
 }
 
 /// The nginx-style page Cloudflare's edge serves when the API behind it fails.
-pub(crate) fn edge_error_page(status: StatusCode) -> Response<ResponseBody> {
+pub(crate) fn edge_error_page(status: StatusCode) -> Response<Body> {
     let title = match status.as_u16() {
         502 => "502 Bad Gateway".to_owned(),
         503 => "503 Service Temporarily Unavailable".to_owned(),
@@ -354,7 +350,7 @@ pub(crate) fn edge_error_page(status: StatusCode) -> Response<ResponseBody> {
 }
 
 /// A 200 that claims JSON but stops in the middle of the result.
-pub(crate) fn garbage_body() -> Response<ResponseBody> {
+pub(crate) fn garbage_body() -> Response<Body> {
     respond(
         StatusCode::OK,
         APPLICATION_JSON,
@@ -366,7 +362,7 @@ pub(crate) fn garbage_body() -> Response<ResponseBody> {
 
 /// A 200 whose body is exactly `size` bytes: the empty success envelope padded with trailing
 /// spaces (still valid JSON), or cut short when `size` is smaller than the envelope.
-pub(crate) fn oversized_body(size: usize) -> Response<ResponseBody> {
+pub(crate) fn oversized_body(size: usize) -> Response<Body> {
     const ENVELOPE: &[u8] = br#"{"errors":[],"messages":[],"success":true,"result":null}"#;
     let mut body = Vec::with_capacity(size);
     body.extend_from_slice(&ENVELOPE[..size.min(ENVELOPE.len())]);
@@ -381,7 +377,7 @@ mod tests {
 
     use super::*;
 
-    async fn body_text(response: Response<ResponseBody>) -> String {
+    async fn body_text(response: Response<Body>) -> String {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }
