@@ -411,12 +411,6 @@ mod tests {
     }
 
     #[test]
-    fn only_local_answers_go_without_the_header() {
-        assert!(!CacheStatus::Local.is_sent());
-        assert!(CacheStatus::Hit { ttl: 1 }.is_sent());
-    }
-
-    #[test]
     fn the_upstream_status_and_stale_reason_come_from_the_same_value() {
         let stale = CacheStatus::Stale {
             reason: StaleReason::IfError,

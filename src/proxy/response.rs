@@ -235,4 +235,31 @@ mod tests {
         assert_eq!(kept, again, "a tabled value is made once");
         assert_eq!(table.get(8, || "bad\nvalue".to_owned()), None);
     }
+
+    /// A hit's `Cache-Status` comes from `CacheStatus`'s `Display` once, then from the same
+    /// static bytes for every later hit with as many seconds left: the hit path allocates nothing
+    /// for it.
+    #[test]
+    fn a_hits_cache_status_is_written_once_per_count_of_seconds() {
+        let hit = CacheStatus::Hit { ttl: 42 };
+        let written: Vec<HeaderValue> = (0..2)
+            .map(|_| {
+                let mut response = Response::new(Full::default());
+                set_cache_status(&mut response, &hit);
+                response.headers()[CACHE_STATUS].clone()
+            })
+            .collect();
+        assert_eq!(written[0], "zt-risk-sidecar; hit; ttl=42");
+        assert_eq!(
+            written[0].as_bytes().as_ptr(),
+            written[1].as_bytes().as_ptr()
+        );
+    }
+
+    #[test]
+    fn a_local_answer_gets_no_cache_status() {
+        let mut response = Response::new(Full::default());
+        set_cache_status(&mut response, &CacheStatus::Local);
+        assert!(response.headers().get(CACHE_STATUS).is_none());
+    }
 }
