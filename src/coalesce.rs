@@ -20,6 +20,14 @@ pub enum Role {
     Follower,
 }
 
+/// What the caller of `join_or_start` wants from the fetch: to wait for its outcome (and so count
+/// as a follower when it joins one in flight), or only to have one running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Interest {
+    Outcome,
+    StartOnly,
+}
+
 /// The fetch ended without an outcome: its task panicked or was aborted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FetchAbandoned;
@@ -70,7 +78,7 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V> + Send + 'static,
     {
-        let (role, mut receiver) = self.join_or_start(key, fetch, true);
+        let (role, mut receiver) = self.join_or_start(key, fetch, Interest::Outcome);
         let outcome = match receiver.wait_for(Option::is_some).await {
             Ok(value) => value.clone().ok_or(FetchAbandoned),
             Err(_sender_dropped) => Err(FetchAbandoned),
@@ -85,7 +93,7 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V> + Send + 'static,
     {
-        let (role, _receiver) = self.join_or_start(key, fetch, false);
+        let (role, _receiver) = self.join_or_start(key, fetch, Interest::StartOnly);
         role == Role::Leader
     }
 
@@ -93,7 +101,7 @@ where
         &self,
         key: K,
         fetch: F,
-        wait: bool,
+        interest: Interest,
     ) -> (Role, watch::Receiver<Option<V>>)
     where
         F: FnOnce() -> Fut,
@@ -104,7 +112,7 @@ where
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(in_flight) = table.get_mut(&key) {
-            if wait {
+            if interest == Interest::Outcome {
                 in_flight.followers += 1;
             }
             return (Role::Follower, in_flight.receiver.clone());

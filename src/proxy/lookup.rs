@@ -1,0 +1,296 @@
+//! A cached lookup: the cache read, stale serving, the pending-lookups bound, coalescing, and the
+//! leader's fetch (budget, breaker, retries within the deadline, storing the answer). It owns what
+//! a lookup's outcome is; it must not touch the pass-through routes, and it leaves the response's
+//! bytes to response.rs and the network to upstream.rs.
+
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::StatusCode;
+use tokio::time::Instant;
+
+use crate::budget::UpstreamBudget;
+use crate::cache::{
+    answered_integration, is_refresh_failure, storability, AnswerStore, CacheEntry, CacheKey,
+    Freshness, StaleUse,
+};
+use crate::credentials::Credentials;
+use crate::error::ApiError;
+use crate::proxy::cache_status::{CacheStatus, StaleReason};
+use crate::proxy::response::{relay, AnswerFrom, Served, RATELIMIT};
+use crate::proxy::upstream_call::{upstream_error, Refusal};
+use crate::proxy::{LiveSettings, Proxy, Shared};
+use crate::resilience::{backoff, is_retryable, Health, Pass};
+use crate::routes::Lookup;
+use crate::upstream::{UpstreamAnswer, UpstreamError};
+
+/// What one upstream fetch produced, shared by every caller that waited for it.
+#[derive(Clone, Debug)]
+pub(super) enum Fetched {
+    /// An answer from Cloudflare, relayed as is. `stored`: it went into the cache. `failure`: it
+    /// is a failed refresh (429, 5xx, invalid body) for which a stale entry may stand in.
+    Answered {
+        answer: Arc<UpstreamAnswer>,
+        stored: bool,
+        failure: bool,
+    },
+    /// Another fetch stored a fresh entry just before this one started.
+    AlreadyCached(CacheEntry),
+    /// No answer to relay.
+    Failed(UpstreamError),
+    /// No upstream call was allowed.
+    Refused(Refusal),
+}
+
+/// Counts lookups waiting on Cloudflare; the count drops when the guard does.
+struct PendingGuard<'a>(&'a AtomicUsize);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AtomicOrdering::Relaxed);
+    }
+}
+
+impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
+    /// A cached lookup: the cache, stale serving, coalescing, the upstream fetch.
+    pub(super) async fn serve_lookup(
+        &self,
+        lookup: Lookup,
+        credentials: Credentials,
+        settings: &LiveSettings,
+        received: Instant,
+    ) -> Served {
+        let shared = &self.shared;
+        let key = CacheKey::new(credentials.partition(), &lookup);
+
+        // A fresh entry is a hit; a recently expired one is served at once while one background
+        // refresh runs; an older one may stand in if the refresh fails.
+        let mut fallback = None;
+        if let Some(entry) = shared.store.get(&key).await {
+            // The read took well under a microsecond: the arrival time stands for now.
+            let now = received;
+            match entry.freshness(now) {
+                Freshness::Fresh { remaining } => {
+                    return Served::hit(&entry, remaining, now);
+                }
+                Freshness::Stale { expired_ago } => match settings.ttl.stale_use(expired_ago) {
+                    StaleUse::ServeAndRevalidate => {
+                        self.refresh_in_background(key, lookup, credentials);
+                        let detail = StaleReason::WhileRevalidate;
+                        return Served::stale(&entry, detail, None, now);
+                    }
+                    StaleUse::FallbackOnError => fallback = Some(entry),
+                    StaleUse::Unusable => {}
+                },
+            }
+        }
+
+        // Everything below waits on Cloudflare (or on another request that does): bounded.
+        if shared.pending.fetch_add(1, AtomicOrdering::Relaxed)
+            >= settings.limits.max_pending_lookups
+        {
+            shared.pending.fetch_sub(1, AtomicOrdering::Relaxed);
+            return Served::local(ApiError::Overloaded, None, None);
+        }
+        let _pending = PendingGuard(&shared.pending);
+        let fetch = {
+            let shared = Arc::clone(&self.shared);
+            let key = key.clone();
+            move || async move { shared.fetch(key, lookup, credentials).await }
+        };
+        let (role, fetched) = shared.flights.run(key, fetch).await;
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(_abandoned) => {
+                tracing::error!("an upstream fetch task ended without an outcome");
+                return Served::local(ApiError::Internal, None, None);
+            }
+        };
+        let now = Instant::now();
+        match (fetched, fallback) {
+            (Fetched::AlreadyCached(entry), _) => {
+                let remaining = match entry.freshness(now) {
+                    Freshness::Fresh { remaining } => remaining,
+                    Freshness::Stale { .. } => Duration::ZERO,
+                };
+                Served::hit(&entry, remaining, now)
+            }
+            (
+                Fetched::Answered {
+                    answer,
+                    failure: true,
+                    ..
+                },
+                Some(entry),
+            ) => {
+                let status = Some(answer.status);
+                Served::stale(&entry, StaleReason::IfError, status, now)
+            }
+            // A 200 or 404 whose body is not an envelope is no answer an SDK can read: with nothing
+            // stale to stand in, it becomes a 502 rather than a success with a broken body.
+            (
+                Fetched::Answered {
+                    answer,
+                    failure: true,
+                    ..
+                },
+                None,
+            ) if !answer.status.is_server_error()
+                && answer.status != StatusCode::TOO_MANY_REQUESTS =>
+            {
+                let response = ApiError::UpstreamInvalidResponse.to_response();
+                let cache = CacheStatus::MissInvalidBody {
+                    role,
+                    fwd_status: answer.status,
+                };
+                Served::answered(response, cache)
+            }
+            (Fetched::Answered { answer, stored, .. }, _) => {
+                let response = relay(&answer, AnswerFrom::Upstream);
+                let cache = CacheStatus::Miss {
+                    role,
+                    stored,
+                    fwd_status: answer.status,
+                };
+                Served::answered(response, cache)
+            }
+            (Fetched::Failed(_), Some(entry)) => {
+                Served::stale(&entry, StaleReason::IfError, None, now)
+            }
+            (Fetched::Failed(error), None) => {
+                let response = upstream_error(error).to_response();
+                Served::answered(response, CacheStatus::MissFailed { role, error })
+            }
+            (Fetched::Refused(refusal), Some(entry)) => {
+                Served::stale(&entry, refusal.stale_reason(), None, now)
+            }
+            (Fetched::Refused(refusal), None) => {
+                if let Refusal::BudgetExhausted { .. } | Refusal::CoolingDown { .. } = refusal {
+                    shared.metrics.record_local_rate_limited(refusal.as_str());
+                }
+                let response = refusal.to_error().to_response();
+                Served::answered(response, CacheStatus::Unavailable(refusal))
+            }
+        }
+    }
+
+    /// Starts one refresh of `key` unless one is already in flight; nobody waits for it.
+    fn refresh_in_background(&self, key: CacheKey, lookup: Lookup, credentials: Credentials) {
+        let shared = Arc::clone(&self.shared);
+        let task_key = key.clone();
+        self.shared.flights.start_if_idle(key, move || async move {
+            shared.fetch(task_key, lookup, credentials).await
+        });
+    }
+}
+
+impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
+    /// The leader's work, in its own task: upstream calls within the budget, the breaker and the
+    /// request's deadline, retried on connection failures and 502/503/504, and the answer stored
+    /// when cacheable.
+    async fn fetch(&self, key: CacheKey, lookup: Lookup, credentials: Credentials) -> Fetched {
+        // A fetch for this key may have completed between this caller's cache read and its
+        // joining the in-flight table; its entry is then already here.
+        if let Some(entry) = self.store.get(&key).await {
+            if matches!(entry.freshness(Instant::now()), Freshness::Fresh { .. }) {
+                return Fetched::AlreadyCached(entry);
+            }
+        }
+        let settings = self.settings.load_full();
+        let writes_before = self.writes.load(AtomicOrdering::SeqCst);
+        let deadline = Instant::now() + self.upstream.request_timeout();
+        let path = lookup.upstream_path();
+        let partition = credentials.partition();
+        let mut retries = 0;
+        let mut last: Option<Result<UpstreamAnswer, UpstreamError>> = None;
+        let result = loop {
+            // A retry that the breaker or the budget refuses ends with the last attempt's result.
+            let pass = self.breaker.call();
+            if let Pass::Rejected { retry_after } = pass {
+                match last {
+                    Some(result) => break result,
+                    None => return Fetched::Refused(Refusal::UpstreamDown { retry_after }),
+                }
+            }
+            if let Some(refusal) = self.admit(partition).await {
+                self.breaker.record(pass, Health::NotCalled);
+                match last {
+                    Some(result) => break result,
+                    None => return Fetched::Refused(refusal),
+                }
+            }
+            let attempt_started = Instant::now();
+            let result = self.upstream.get(&path, &credentials, deadline).await;
+            let summary = self.settle(pass, partition, attempt_started, &result).await;
+            if !is_retryable(&summary) || retries >= settings.max_retries {
+                break result;
+            }
+            let delay = backoff(retries, rand::random::<f64>());
+            if Instant::now() + delay >= deadline {
+                break result;
+            }
+            tracing::debug!(
+                retry = retries + 1,
+                delay_ms = delay.as_millis() as u64,
+                "retrying upstream"
+            );
+            tokio::time::sleep(delay).await;
+            self.metrics.record_retry();
+            retries += 1;
+            last = Some(result);
+        };
+        let answer = match result {
+            Ok(answer) => Arc::new(answer),
+            Err(error) => return Fetched::Failed(error),
+        };
+        let decision = storability(answer.status, &answer.body);
+        let failure = is_refresh_failure(answer.status, decision);
+        let ttl = &settings.ttl;
+        let Some(fresh_for) = decision.fresh_for(ttl) else {
+            return Fetched::Answered {
+                answer,
+                stored: false,
+                failure,
+            };
+        };
+        let entry = CacheEntry {
+            answer: Arc::new(for_storage(&answer)),
+            stored_at: Instant::now(),
+            fresh_for,
+            retain_for: ttl.retain_for(fresh_for),
+            integration: answered_integration(&answer.body).map(|answered| answered.id),
+        };
+        self.store.insert(key.clone(), entry).await;
+        // A write that completed while this fetch ran may have made its answer stale; its purge
+        // ran either after this insert (and took it) or before it (and then this takes it back).
+        let stored = self.writes.load(AtomicOrdering::SeqCst) == writes_before;
+        if !stored {
+            self.store.remove(&key).await;
+        }
+        Fetched::Answered {
+            answer,
+            stored,
+            failure,
+        }
+    }
+}
+
+/// The answer as the cache keeps it: the body (shared, not copied) and only the headers a replay
+/// sends. `Ratelimit` is never replayed and `Retry-After` never comes with a cacheable answer, so
+/// neither is kept: at a million entries every header is tens of megabytes.
+fn for_storage(answer: &UpstreamAnswer) -> UpstreamAnswer {
+    let mut headers: Vec<(HeaderName, HeaderValue)> = answer
+        .headers
+        .iter()
+        .filter(|(name, _)| name != RATELIMIT && name != RETRY_AFTER)
+        .cloned()
+        .collect();
+    headers.shrink_to_fit();
+    UpstreamAnswer {
+        status: answer.status,
+        headers,
+        body: answer.body.clone(),
+    }
+}

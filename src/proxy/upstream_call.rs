@@ -1,0 +1,120 @@
+//! The bookkeeping around each upstream call, shared by the lookup fetch and the pass-through:
+//! asking the budget for permission (`admit`), recording the call's metric, breaker health and
+//! 429 cool-down (`settle`), and the local error when no answer could be had. It must not make
+//! the call itself (upstream.rs does) nor decide what is cached.
+
+use std::time::Duration;
+
+use http::header::RETRY_AFTER;
+use http::StatusCode;
+use tokio::time::Instant;
+
+use crate::budget::{cool_down_for, retry_after_secs, Admission, UpstreamBudget};
+use crate::cache::AnswerStore;
+use crate::credentials::Partition;
+use crate::error::ApiError;
+use crate::proxy::cache_status::StaleReason;
+use crate::proxy::Shared;
+use crate::resilience::{health_of, Pass};
+use crate::upstream::{UpstreamAnswer, UpstreamError};
+
+/// Why no upstream call was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    BudgetExhausted { retry_after: Duration },
+    CoolingDown { retry_after: Duration },
+    UpstreamDown { retry_after: Duration },
+}
+
+impl Refusal {
+    /// The `detail` of `Cache-Status` and the metric label of a local refusal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::BudgetExhausted { .. } => "budget-exhausted",
+            Refusal::CoolingDown { .. } => "rate-limited",
+            Refusal::UpstreamDown { .. } => "upstream-down",
+        }
+    }
+
+    pub(super) fn stale_reason(self) -> StaleReason {
+        match self {
+            Refusal::BudgetExhausted { .. } => StaleReason::BudgetExhausted,
+            Refusal::CoolingDown { .. } => StaleReason::RateLimited,
+            Refusal::UpstreamDown { .. } => StaleReason::UpstreamDown,
+        }
+    }
+
+    pub(super) fn to_error(self) -> ApiError {
+        match self {
+            Refusal::BudgetExhausted { retry_after } => ApiError::RateLimited {
+                retry_after_secs: retry_after_secs(retry_after).max(1),
+                reason: "budget-exhausted",
+            },
+            Refusal::CoolingDown { retry_after } => ApiError::RateLimited {
+                retry_after_secs: retry_after_secs(retry_after).max(1),
+                reason: "rate-limited",
+            },
+            Refusal::UpstreamDown { retry_after } => ApiError::UpstreamDown {
+                retry_after_secs: retry_after_secs(retry_after).max(1),
+            },
+        }
+    }
+}
+
+/// The local answer when no upstream answer could be had.
+pub(super) fn upstream_error(error: UpstreamError) -> ApiError {
+    match error {
+        UpstreamError::Connect | UpstreamError::Unreachable => ApiError::UpstreamUnreachable,
+        UpstreamError::Timeout => ApiError::UpstreamTimeout,
+        UpstreamError::BodyTooLarge => ApiError::UpstreamInvalidResponse,
+    }
+}
+
+impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
+    /// Asks the budget for one upstream call by `partition`: `None` when it may go ahead.
+    pub(super) async fn admit(&self, partition: Partition) -> Option<Refusal> {
+        match self.budget.admit(partition).await {
+            Admission::Granted { tokens_left } => {
+                self.metrics.set_budget_tokens(tokens_left);
+                None
+            }
+            Admission::CoolingDown { retry_after } => Some(Refusal::CoolingDown { retry_after }),
+            Admission::Exhausted { retry_after } => Some(Refusal::BudgetExhausted { retry_after }),
+        }
+    }
+
+    /// The bookkeeping after every upstream call, lookup or pass-through alike: its duration under
+    /// its status (or failure kind), its health for the breaker, and after a 429 a cool-down for
+    /// the credential. Returns the call's status or failure.
+    pub(super) async fn settle(
+        &self,
+        pass: Pass,
+        partition: Partition,
+        started: Instant,
+        result: &Result<UpstreamAnswer, UpstreamError>,
+    ) -> Result<StatusCode, UpstreamError> {
+        let summary = result
+            .as_ref()
+            .map(|answer| answer.status)
+            .map_err(|error| *error);
+        let label = match &summary {
+            Ok(status) => status.as_str(),
+            Err(error) => error.as_str(),
+        };
+        self.metrics.record_upstream(label, started.elapsed());
+        self.breaker.record(pass, health_of(&summary));
+        if let Ok(answer) = result {
+            if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                let retry_after = answer
+                    .headers
+                    .iter()
+                    .find(|(name, _)| name == RETRY_AFTER)
+                    .and_then(|(_, value)| value.to_str().ok());
+                self.budget
+                    .cool_down(partition, cool_down_for(retry_after))
+                    .await;
+            }
+        }
+        summary
+    }
+}
