@@ -453,6 +453,7 @@ pub fn resolve(
             .max_request_headers
             .saturating_mul(2)
             .max(server_defaults.max_headers),
+        ..server_defaults
     };
     let allowed_accounts = match cli.allowed_accounts.clone().or(file.allowed_accounts) {
         None => None,
