@@ -1062,7 +1062,9 @@ fn upstream_error(error: UpstreamError) -> ApiError {
     match error {
         UpstreamError::Connect | UpstreamError::Unreachable => ApiError::UpstreamUnreachable,
         UpstreamError::Timeout => ApiError::UpstreamTimeout,
-        UpstreamError::BodyTooLarge => ApiError::UpstreamInvalidResponse,
+        UpstreamError::BodyTooLarge | UpstreamError::InvalidAnswer => {
+            ApiError::UpstreamInvalidResponse
+        }
     }
 }
 

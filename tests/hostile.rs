@@ -1,6 +1,8 @@
-//! Hard connection deadlines that a client cannot extend: a connection that sends nothing, or only
-//! an HTTP/2 preface, is closed at the header read timeout; an idle HTTP/2 connection whose peer
-//! never answers the GOAWAY's ping is dropped. Real sockets, Tokio's paused clock.
+//! Hostile clients and a hostile upstream (issue 12): hard connection deadlines that a client
+//! cannot extend (a connection that sends nothing, or only an HTTP/2 preface, is closed at the
+//! header read timeout; an idle HTTP/2 connection whose peer never answers the GOAWAY's ping is
+//! dropped), and an upstream answer that cannot be parsed. Real sockets; Tokio's paused clock
+//! where time is the behaviour.
 
 mod common;
 
@@ -173,4 +175,89 @@ async fn an_idle_http2_connection_whose_peer_never_answers_is_dropped() {
         "closed after {total:?}"
     );
     running.stop().await;
+}
+
+/// A plain-HTTP "Cloudflare" on loopback that answers every request with a head of `headers`
+/// headers, and counts the requests it was sent.
+async fn hostile_upstream(
+    headers: usize,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&requests);
+    let mut answer = String::from("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n");
+    for index in 0..headers {
+        answer.push_str(&format!("x-filler-{index}: {index}\r\n"));
+    }
+    answer.push_str("content-length: 2\r\n\r\n{}");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let answer = answer.clone();
+            let counted = std::sync::Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => head.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}/client/v4"), requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answer_with_too_many_headers_is_a_bad_answer_and_not_retried() {
+    let (base, upstream_requests) = hostile_upstream(3000).await;
+    let mut config = test_config(&base);
+    config.token = Some(zt_risk_sidecar::credentials::Secret::new(
+        "sidecar-token".to_owned(),
+    ));
+    let harness = Harness::start_in_front_of(
+        SimulatedCloudflare::start(SimConfig::default())
+            .await
+            .expect("sim"),
+        config,
+    )
+    .await;
+    let reply = harness.get(&lookup_path(ACCOUNT, "okta"), &[]).await;
+    assert_eq!(reply.status, http::StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.error_code(), 10506, "{:?}", reply.body);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json"),
+        "an envelope"
+    );
+    assert!(
+        reply
+            .cache_status()
+            .contains("detail=upstream-invalid-answer"),
+        "{}",
+        reply.cache_status()
+    );
+    // One call: a bad answer is not a failure to reach Cloudflare, so it is not retried (the
+    // default allows two retries).
+    assert_eq!(
+        upstream_requests.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // It counts for the breaker: one failure recorded.
+    assert_eq!(
+        harness.proxy.breaker().state(),
+        zt_risk_sidecar::resilience::BreakerState::Closed {
+            consecutive_failures: 1
+        }
+    );
+    harness.stop().await;
 }
