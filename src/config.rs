@@ -86,6 +86,9 @@ pub struct Cli {
     /// Close a connection with no traffic for this long [default: 60s].
     #[arg(long, env = "ZT_SIDECAR_IDLE_TIMEOUT", value_name = "DURATION")]
     pub idle_timeout: Option<String>,
+    /// Time for a request body to arrive whole; 408 beyond [default: 10s].
+    #[arg(long, env = "ZT_SIDECAR_BODY_READ_TIMEOUT", value_name = "DURATION")]
+    pub body_read_timeout: Option<String>,
     /// Longest request target in bytes (414 beyond) [default: 4096].
     #[arg(long, env = "ZT_SIDECAR_MAX_URI_BYTES", value_name = "BYTES")]
     pub max_uri_bytes: Option<usize>,
@@ -197,6 +200,7 @@ pub struct FileConfig {
     pub max_pending_lookups: Option<usize>,
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
     pub max_uri_bytes: Option<usize>,
     pub max_header_bytes: Option<usize>,
     pub max_request_headers: Option<usize>,
@@ -261,6 +265,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub dev: bool,
+    /// Whether writes without caller credentials go upstream with the sidecar's token.
+    pub writes_with_sidecar_token: bool,
     pub budget: BudgetPolicy,
     pub upstream_retries: u32,
     pub breaker: BreakerPolicy,
@@ -399,7 +405,18 @@ pub fn resolve(
     if idle_timeout.is_zero() {
         return Err(ConfigError::new("idle_timeout", "must be greater than 0s"));
     }
+    let body_read_timeout = match cli.body_read_timeout.clone().or(file.body_read_timeout) {
+        Some(text) => parse_duration("body_read_timeout", &text)?,
+        None => request_defaults.body_read_timeout,
+    };
+    if body_read_timeout.is_zero() {
+        return Err(ConfigError::new(
+            "body_read_timeout",
+            "must be greater than 0s",
+        ));
+    }
     let request_limits = RequestLimits {
+        body_read_timeout,
         max_uri_bytes: positive(
             "max_uri_bytes",
             pick(
@@ -432,6 +449,7 @@ pub fn resolve(
                 request_defaults.max_pending_lookups,
             ),
         )?,
+        ..request_defaults
     };
     let server_limits = ServerLimits {
         max_connections: positive(
@@ -733,6 +751,7 @@ pub fn resolve(
         shutdown_grace,
         log_format: pick(cli.log_format, file.log_format, LogFormat::Pretty),
         dev: cli.dev,
+        writes_with_sidecar_token: false,
         budget,
         upstream_retries,
         breaker,

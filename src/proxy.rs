@@ -159,6 +159,8 @@ enum Fetched {
     Failed(UpstreamError),
     /// No upstream call was allowed.
     Refused(Refusal),
+    /// The bound of fetches in flight was reached: no call was tried.
+    Overloaded,
 }
 
 /// Request-level bounds, each answered with its own envelope.
@@ -170,9 +172,18 @@ pub struct RequestLimits {
     pub max_header_bytes: usize,
     /// Most headers: 431 beyond.
     pub max_request_headers: usize,
-    /// Lookups waiting on Cloudflare (leaders and followers) at most: a fast 503 beyond. Hits
-    /// never count, so cached lookups are served through any flood of misses.
+    /// Upstream fetches for lookups in flight at most (one per key, however many callers wait
+    /// on it): a fast 503 beyond. Hits never count, so cached lookups are served through any
+    /// flood of misses.
     pub max_pending_lookups: usize,
+    /// Callers waiting on those fetches at most (each holds a connection or a stream): a fast
+    /// 503 beyond.
+    pub max_waiting_lookups: usize,
+    /// Writes being read or relayed at most: a fast 503 beyond. With the 64 KiB body bound this
+    /// is also the budget of request-body bytes held at once.
+    pub max_pending_writes: usize,
+    /// Time for a request body to arrive whole (408 beyond), however it trickles.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for RequestLimits {
@@ -182,6 +193,9 @@ impl Default for RequestLimits {
             max_header_bytes: 16 * 1024,
             max_request_headers: 64,
             max_pending_lookups: 1024,
+            max_waiting_lookups: 8192,
+            max_pending_writes: 64,
+            body_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -209,6 +223,19 @@ pub fn check_request_head(
         return Err(ApiError::HeadersTooLarge);
     }
     Ok(())
+}
+
+/// Pure: RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host` (HTTP/2 carries
+/// `:authority` instead, and HTTP/1.0 predates the rule).
+pub fn check_host(version: http::Version, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    if version != http::Version::HTTP_11 {
+        return Ok(());
+    }
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), None) => Ok(()),
+        _ => Err(ApiError::InvalidHost),
+    }
 }
 
 /// The largest request body relayed on a write.
@@ -291,12 +318,26 @@ pub struct LiveSettings {
     pub limits: RequestLimits,
     /// `None`: every account may be looked up.
     pub allowed_accounts: Option<Arc<HashSet<AccountId>>>,
+    /// Whether a write without caller credentials goes upstream with the sidecar's token. Off by
+    /// default: the token then only reads.
+    pub writes_with_sidecar_token: bool,
 }
 
-/// Counts lookups waiting on Cloudflare; the count drops when the guard does.
-struct PendingGuard<'a>(&'a AtomicUsize);
+/// One place under a bound (fetches, waiting callers, writes): taken with [`Slot::take`], given
+/// back when dropped.
+struct Slot<'a>(&'a AtomicUsize);
 
-impl Drop for PendingGuard<'_> {
+impl<'a> Slot<'a> {
+    fn take(count: &'a AtomicUsize, bound: usize) -> Option<Slot<'a>> {
+        if count.fetch_add(1, AtomicOrdering::Relaxed) >= bound {
+            count.fetch_sub(1, AtomicOrdering::Relaxed);
+            return None;
+        }
+        Some(Slot(count))
+    }
+}
+
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, AtomicOrdering::Relaxed);
     }
@@ -324,7 +365,11 @@ struct Shared<S, B> {
     partition_key: PartitionKey,
     settings: ArcSwap<LiveSettings>,
     metrics: Arc<Metrics>,
+    /// Upstream fetches for lookups in flight (leaders), callers waiting on them (leaders and
+    /// followers), and writes being read or relayed.
     pending: AtomicUsize,
+    waiting: AtomicUsize,
+    pending_writes: AtomicUsize,
     /// Bumped by every successful write; a fetch that began before a write does not keep its
     /// answer in the cache.
     writes: AtomicU64,
@@ -360,6 +405,8 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 settings: ArcSwap::from_pointee(settings),
                 metrics,
                 pending: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
+                pending_writes: AtomicUsize::new(0),
                 writes: AtomicU64::new(0),
             }),
         }
@@ -454,7 +501,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
     ) -> Served {
         let shared = &self.shared;
         let settings = shared.settings.load();
-        if let Err(error) = check_request_head(&parts.uri, &parts.headers, &settings.limits) {
+        if let Err(error) = check_request_head(&parts.uri, &parts.headers, &settings.limits)
+            .and_then(|()| check_host(parts.version, &parts.headers))
+        {
             return Served::local(error, None, None);
         }
         // Absolute-form targets (`GET http://host/...`) are for forward proxies; this is not one.
@@ -476,14 +525,17 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 return Served::local(ApiError::AccountNotAllowed, account_id, template);
             }
         }
-        let credentials = match credentials::extract(
-            &parts.headers,
-            settings.fallback_token.as_ref(),
-            &shared.partition_key,
-        ) {
-            Ok(credentials) => credentials,
-            Err(error) => return Served::local(error, account_id, template),
-        };
+        // The sidecar's own token reads; it writes only where the operator said so.
+        let may_use_sidecar_token = settings.writes_with_sidecar_token || !route.is_write();
+        let fallback_token = settings
+            .fallback_token
+            .as_ref()
+            .filter(|_| may_use_sidecar_token);
+        let credentials =
+            match credentials::extract(&parts.headers, fallback_token, &shared.partition_key) {
+                Ok(credentials) => credentials,
+                Err(error) => return Served::local(error, account_id, template),
+            };
         let lookup = match route {
             Route::Lookup(lookup) => lookup,
             Route::List { .. } => {
@@ -494,15 +546,27 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 return served.about(account_id, template);
             }
             Route::Create { .. } | Route::Update { .. } | Route::Delete { .. } => {
-                let bytes = match body.collect_limited(MAX_REQUEST_BODY_BYTES).await {
-                    Ok(bytes) => bytes,
-                    Err(BodyError::TooLarge) => {
-                        return Served::local(ApiError::PayloadTooLarge, account_id, template)
-                    }
-                    Err(BodyError::Broken) => {
-                        return Served::local(ApiError::UnexpectedBody, account_id, template)
-                    }
+                // Bounded before a byte is read: writes in progress, each body's size, and the
+                // time the whole body may take to arrive.
+                let Some(_writing) =
+                    Slot::take(&shared.pending_writes, settings.limits.max_pending_writes)
+                else {
+                    return Served::local(ApiError::Overloaded, account_id, template);
                 };
+                let read = body.collect_limited(MAX_REQUEST_BODY_BYTES);
+                let bytes =
+                    match tokio::time::timeout(settings.limits.body_read_timeout, read).await {
+                        Ok(Ok(bytes)) => bytes,
+                        Ok(Err(BodyError::TooLarge)) => {
+                            return Served::local(ApiError::PayloadTooLarge, account_id, template)
+                        }
+                        Ok(Err(BodyError::Broken)) => {
+                            return Served::local(ApiError::UnexpectedBody, account_id, template)
+                        }
+                        Err(_elapsed) => {
+                            return Served::local(ApiError::BodyTimeout, account_id, template)
+                        }
+                    };
                 let served = self
                     .pass_through(&route, parts, Some(bytes), &credentials)
                     .await;
@@ -550,14 +614,12 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             }
         }
 
-        // Everything below waits on Cloudflare (or on another request that does): bounded.
-        if shared.pending.fetch_add(1, AtomicOrdering::Relaxed)
-            >= settings.limits.max_pending_lookups
-        {
-            shared.pending.fetch_sub(1, AtomicOrdering::Relaxed);
+        // Everything below waits on Cloudflare (or on another request that does): bounded, by the
+        // callers waiting here and (in `fetch`) by the fetches they wait on.
+        let Some(_waiting) = Slot::take(&shared.waiting, settings.limits.max_waiting_lookups)
+        else {
             return Served::local(ApiError::Overloaded, None, None);
-        }
-        let _pending = PendingGuard(&shared.pending);
+        };
         let fetch = {
             let shared = Arc::clone(&self.shared);
             let key = key.clone();
@@ -577,6 +639,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         };
         let now = Instant::now();
         match (fetched, fallback) {
+            (Fetched::Overloaded, _) => Served::local(ApiError::Overloaded, None, None),
             (Fetched::AlreadyCached(entry), _) => {
                 let remaining = match entry.freshness(now) {
                     Freshness::Fresh { remaining } => remaining,
@@ -674,7 +737,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             shared.metrics.record_local_rate_limited(refusal.detail());
             return Served::local(refusal.to_error(), None, None);
         }
-        let is_write = !matches!(route, Route::List { .. });
+        let is_write = route.is_write();
         // A HEAD of the collection is asked upstream as GET; the body is dropped on the way back.
         let (method, mut path) = if is_write {
             (parts.method.clone(), route.upstream_path())
@@ -697,7 +760,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             .send(method, &path, credentials, body, deadline)
             .await;
         // The summary it returns is read off `result` itself below.
-        let _summary = shared.settle(pass, partition, started, &result).await;
+        let _summary = shared
+            .settle(pass, partition, route.account_id(), started, &result)
+            .await;
         let answer = match result {
             Ok(answer) => answer,
             Err(error) => return Served::local(upstream_error(error), None, None),
@@ -747,6 +812,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
         &self,
         pass: Pass,
         partition: Partition,
+        account_id: AccountId,
         started: Instant,
         result: &Result<UpstreamAnswer, UpstreamError>,
     ) -> Result<StatusCode, UpstreamError> {
@@ -761,6 +827,21 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
         self.metrics.record_upstream(label, started.elapsed());
         self.breaker.record(pass, health_of(&summary));
         if let Ok(answer) = result {
+            if is_credential_refusal(answer.status) {
+                // Cloudflare refused this credential: nothing it had cached for the account may
+                // stand in for an answer any more (stale-if-error, a spent budget, a cool-down,
+                // the breaker), until Cloudflare answers it with a success again.
+                let scope = PurgeScope::Partition {
+                    partition,
+                    account_id,
+                };
+                let purged = self.store.purge(&scope).await;
+                tracing::debug!(
+                    purged,
+                    status = answer.status.as_u16(),
+                    "credential refused: its entries for the account were dropped"
+                );
+            }
             if answer.status == StatusCode::TOO_MANY_REQUESTS {
                 let retry_after = answer
                     .headers
@@ -832,6 +913,10 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             }
         }
         let settings = self.settings.load_full();
+        // One place per fetch, however many callers wait on it.
+        let Some(_pending) = Slot::take(&self.pending, settings.limits.max_pending_lookups) else {
+            return Fetched::Overloaded;
+        };
         let writes_before = self.writes.load(AtomicOrdering::SeqCst);
         let deadline = Instant::now() + self.upstream.request_timeout();
         let path = lookup.upstream_path();
@@ -856,7 +941,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             }
             let attempt_started = Instant::now();
             let result = self.upstream.get(&path, &credentials, deadline).await;
-            let summary = self.settle(pass, partition, attempt_started, &result).await;
+            let summary = self
+                .settle(pass, partition, key.account_id, attempt_started, &result)
+                .await;
             if !is_retryable(&summary) || retries >= settings.max_retries {
                 break result;
             }
@@ -1058,6 +1145,11 @@ fn for_storage(answer: &UpstreamAnswer) -> UpstreamAnswer {
 }
 
 /// The local answer when no upstream answer could be had.
+/// Pure: whether Cloudflare's answer refuses the credential itself (401, 403).
+fn is_credential_refusal(status: StatusCode) -> bool {
+    matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+}
+
 fn upstream_error(error: UpstreamError) -> ApiError {
     match error {
         UpstreamError::Connect | UpstreamError::Unreachable => ApiError::UpstreamUnreachable,

@@ -367,6 +367,11 @@ impl SidecarProcess {
         (parse("listen"), parse("admin_listen"))
     }
 
+    /// The process id, to read what the kernel says of the process (its resident size).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal delivered");
     }
