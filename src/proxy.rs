@@ -193,7 +193,7 @@ impl Default for RequestLimits {
             max_header_bytes: 16 * 1024,
             max_request_headers: 64,
             max_pending_lookups: 1024,
-            max_waiting_lookups: 8192,
+            max_waiting_lookups: 4096,
             max_pending_writes: 64,
             body_read_timeout: Duration::from_secs(10),
         }

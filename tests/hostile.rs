@@ -760,3 +760,52 @@ async fn unfinished_http2_bodies_on_thousands_of_streams_hold_bounded_memory() {
     let (code, _) = sidecar.finish();
     assert_eq!(code, Some(0));
 }
+
+/// An HPACK "literal header field without indexing, new name" (RFC 7541 §6.2.2), for names and
+/// values shorter than 127 bytes.
+fn hpack_literal(name: &str, value: &str) -> Vec<u8> {
+    assert!(name.len() < 127 && value.len() < 127, "short fields only");
+    let mut bytes = vec![0x00, name.len() as u8];
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.push(value.len() as u8);
+    bytes.extend_from_slice(value.as_bytes());
+    bytes
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http2_peer_that_stops_answering_pings_is_closed_while_its_request_waits() {
+    let running = Running::start_with(|config| {
+        // Longer than anything else here: only the keep-alive ping can end this connection.
+        config.request_timeout = Duration::from_secs(600);
+        config.server_limits.idle_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let sim = running.sim.handle();
+    let gate = sim.hold_requests();
+    let mut peer = TcpStream::connect(running.lookups).await.expect("connect");
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    block.extend(hpack_literal(":path", &lookup_path(ACCOUNT, "held")));
+    block.extend(hpack_literal(":authority", "x"));
+    block.extend(hpack_literal("authorization", &bearer(TOKEN_A)));
+    let mut hello = HTTP2_PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    hello.extend(frame(HEADERS, END_STREAM_AND_HEADERS, 1, &block));
+    peer.write_all(&hello).await.expect("request");
+    // The lookup waits on the held upstream; this peer answers nothing from now on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.held() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the lookup never reached the upstream"
+        );
+        tokio::task::yield_now().await;
+    }
+    let waited = closed_after(&mut peer, Duration::from_secs(120)).await;
+    // Pinged after 20 s without a frame, closed 10 s later without an answer.
+    assert!(
+        waited >= Duration::from_secs(20) && waited <= Duration::from_secs(31),
+        "closed after {waited:?}"
+    );
+    gate.release();
+    running.stop().await;
+}
