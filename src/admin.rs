@@ -214,6 +214,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Admin<S, B> {
             PurgeScope::Lookup { .. } => "lookup",
             PurgeScope::Integration { .. } => "integration",
             PurgeScope::Account { .. } => "account",
+            PurgeScope::Partition { .. } => "partition",
             PurgeScope::All => "all",
         };
         tracing::info!(scope = scope_name, purged, "cache purged");

@@ -249,6 +249,12 @@ pub enum PurgeScope {
     Account {
         account_id: AccountId,
     },
+    /// Every entry one credential partition holds for one account: what a credential that
+    /// Cloudflare refused (401, 403) must never be served again.
+    Partition {
+        partition: Partition,
+        account_id: AccountId,
+    },
     All,
 }
 
@@ -272,6 +278,10 @@ impl PurgeScope {
                         || entry.integration == Some(*integration_id))
             }
             PurgeScope::Account { account_id } => key.account_id == *account_id,
+            PurgeScope::Partition {
+                partition,
+                account_id,
+            } => key.partition == *partition && key.account_id == *account_id,
             PurgeScope::All => true,
         }
     }

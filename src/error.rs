@@ -3,7 +3,7 @@
 //! Answers relayed from Cloudflare never pass through here: their status and bytes are untouched.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
@@ -50,6 +50,10 @@ pub enum ApiError {
     UnexpectedBody,
     /// A write's request body is larger than the bound.
     PayloadTooLarge,
+    /// A request body did not arrive whole within the body read timeout.
+    BodyTimeout,
+    /// An HTTP/1.1 request without exactly one `Host` header (RFC 9112 §3.2).
+    InvalidHost,
     /// The account is not on the configured allow-list.
     AccountNotAllowed,
     /// Too many lookups are already waiting on Cloudflare.
@@ -72,7 +76,9 @@ impl ApiError {
             | ApiError::MissingCredentials
             | ApiError::InvalidCredentialHeaders { .. }
             | ApiError::BadAdminRequest { .. }
+            | ApiError::InvalidHost
             | ApiError::UnexpectedBody => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -95,7 +101,8 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 10405,
             ApiError::InvalidAccountId { .. } | ApiError::InvalidReferenceId { .. } => 7003,
             ApiError::MissingCredentials => 9106,
-            ApiError::InvalidCredentialHeaders { .. } => 6003,
+            ApiError::InvalidCredentialHeaders { .. } | ApiError::InvalidHost => 6003,
+            ApiError::BodyTimeout => 10408,
             ApiError::UpstreamUnreachable => 10502,
             ApiError::UpstreamTimeout => 10504,
             ApiError::UpstreamInvalidResponse => 10506,
@@ -144,6 +151,12 @@ impl ApiError {
             }
             ApiError::UriTooLong => "Request URI too long".to_owned(),
             ApiError::PayloadTooLarge => "Request body too large (at most 64 KiB)".to_owned(),
+            ApiError::BodyTimeout => {
+                "Request timeout: the request body did not arrive in time".to_owned()
+            }
+            ApiError::InvalidHost => {
+                "Invalid request headers: an HTTP/1.1 request needs exactly one Host".to_owned()
+            }
             ApiError::HeadersTooLarge => "Request headers too large".to_owned(),
             ApiError::UnexpectedBody => {
                 "Invalid request: a lookup takes no request body".to_owned()
@@ -177,6 +190,12 @@ impl ApiError {
                 set_retry_after(response.headers_mut(), *retry_after_secs);
             }
             ApiError::Overloaded => set_retry_after(response.headers_mut(), 1),
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            ApiError::BodyTimeout => {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         response
@@ -293,6 +312,8 @@ mod tests {
         );
         check(ApiError::UriTooLong, 414, 10414);
         check(ApiError::PayloadTooLarge, 413, 10413);
+        check(ApiError::BodyTimeout, 408, 10408);
+        check(ApiError::InvalidHost, 400, 6003);
         check(ApiError::HeadersTooLarge, 431, 10431);
         check(ApiError::UnexpectedBody, 400, 10400);
         check(ApiError::AccountNotAllowed, 403, 9109);

@@ -79,6 +79,7 @@ fn live_settings(config: &Config) -> Result<LiveSettings, BuildError> {
         fallback_token: config.token.as_ref().map(FallbackToken::new).transpose()?,
         max_retries: config.upstream_retries,
         limits: config.request_limits,
+        writes_with_sidecar_token: config.writes_with_sidecar_token,
         allowed_accounts: config
             .allowed_accounts
             .as_ref()

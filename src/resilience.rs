@@ -187,9 +187,12 @@ pub fn health_of(result: &Result<StatusCode, UpstreamError>) -> Health {
     match result {
         Ok(status) if is_gateway_failure(*status) => Health::Unhealthy,
         Ok(_) => Health::Healthy,
-        Err(UpstreamError::Connect | UpstreamError::Unreachable | UpstreamError::Timeout) => {
-            Health::Unhealthy
-        }
+        Err(
+            UpstreamError::Connect
+            | UpstreamError::Unreachable
+            | UpstreamError::Timeout
+            | UpstreamError::InvalidAnswer,
+        ) => Health::Unhealthy,
         Err(UpstreamError::BodyTooLarge) => Health::Healthy,
     }
 }
@@ -204,7 +207,9 @@ pub fn is_retryable(result: &Result<StatusCode, UpstreamError>) -> bool {
     match result {
         Ok(status) => is_gateway_failure(*status),
         Err(UpstreamError::Connect | UpstreamError::Unreachable) => true,
-        Err(UpstreamError::Timeout | UpstreamError::BodyTooLarge) => false,
+        Err(
+            UpstreamError::Timeout | UpstreamError::BodyTooLarge | UpstreamError::InvalidAnswer,
+        ) => false,
     }
 }
 
@@ -377,6 +382,12 @@ mod tests {
             assert!(is_retryable(&Err(error)));
         }
         assert_eq!(health_of(&Err(UpstreamError::Timeout)), Health::Unhealthy);
+        // An answer that cannot be parsed counts against the breaker but is not retried.
+        assert_eq!(
+            health_of(&Err(UpstreamError::InvalidAnswer)),
+            Health::Unhealthy
+        );
+        assert!(!is_retryable(&Err(UpstreamError::InvalidAnswer)));
         assert!(!is_retryable(&Err(UpstreamError::Timeout)));
         assert_eq!(
             health_of(&Err(UpstreamError::BodyTooLarge)),

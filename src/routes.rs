@@ -301,6 +301,14 @@ impl Route {
         }
     }
 
+    /// Whether the route changes Cloudflare's state (create, update, delete).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Route::Create { .. } | Route::Update { .. } | Route::Delete { .. }
+        )
+    }
+
     /// The route template, for logs and metrics.
     pub fn template(&self) -> &'static str {
         match self {

@@ -1,8 +1,10 @@
 //! The accept loop: owns listening sockets (TCP or a Unix domain socket), HTTP/1.1 and cleartext
 //! HTTP/2 connection handling, the connection-level limits (connection count, header read time,
-//! idle time, header size and count) and the graceful drain on shutdown. It knows nothing about
-//! routes, caching or Cloudflare; it hands every request to a handler function and writes back
-//! whatever response the handler returns.
+//! idle time, header size and count, HTTP/2 streams, windows and keep-alive pings), the hard
+//! deadlines that close a connection whatever its peer does, and the graceful drain on shutdown.
+//! It knows nothing about routes, caching or Cloudflare; it hands every request to a handler
+//! function and writes back whatever response the handler returns. Request bodies are the
+//! handler's: it reads them under its own deadline and byte bounds.
 
 use std::fmt;
 use std::future::Future;
@@ -11,7 +13,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -41,16 +43,19 @@ pub enum DrainOutcome {
     GraceElapsed,
 }
 
-/// Connection-level limits. Request-level limits (URI length, bodies, requests waiting on
-/// upstream) belong to the handler.
+/// Connection-level limits. Request-level limits (URI length, bodies and their read deadline,
+/// requests waiting on upstream) belong to the handler.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerLimits {
     /// Open connections at most; one more is answered with a canned 503 and closed.
     pub max_connections: usize,
-    /// Time allowed to receive a request head (slow-loris). On HTTP/1.1 hyper starts this timer
-    /// when it waits for the next request, so it also closes idle keep-alive connections.
+    /// Time allowed to receive a request head (slow-loris), counted from the accept for the first
+    /// request of a connection (HTTP/1.1 or HTTP/2 alike, so a peer that sends nothing, or only an
+    /// HTTP/2 preface, is closed then) and by hyper for each later HTTP/1.1 head. It is also how
+    /// long a connection that was asked to close may take to do so before it is dropped.
     pub header_read_timeout: Duration,
-    /// A connection with no bytes read or written for this long is shut down gracefully.
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY first).
+    /// Bytes that trickle in without completing a request do not extend it.
     pub idle_timeout: Duration,
     /// Largest request head hyper buffers, in bytes (at least 8192). A backstop: the handler
     /// enforces the real, smaller limits with Cloudflare-style envelopes; beyond this one hyper
@@ -58,7 +63,23 @@ pub struct ServerLimits {
     pub max_head_bytes: usize,
     /// Most headers hyper parses in one HTTP/1.1 request (431 beyond). A backstop as above.
     pub max_headers: usize,
+    /// Streams one HTTP/2 connection may have open at once (more are refused by the protocol).
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 flow-control window per stream and per connection, in bytes: how much request body
+    /// a peer may send before the handler reads it, so the most a connection's buffers hold.
+    pub http2_stream_window: u32,
+    pub http2_connection_window: u32,
 }
+
+/// How often an HTTP/2 connection is pinged, and how long the peer has to answer before the
+/// connection is closed as dead. Deliberately fixed: they only bound how long a vanished peer is
+/// kept, which the idle timeout also does.
+const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response bytes buffered per HTTP/2 stream before the stream waits for its peer to read (hyper's
+/// default is 400 KiB). Answers are small JSON documents; a peer that does not read holds at most
+/// this much per stream.
+const HTTP2_MAX_SEND_BUFFER: usize = 64 * 1024;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -68,6 +89,10 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(60),
             max_head_bytes: 64 * 1024,
             max_headers: 128,
+            http2_max_concurrent_streams: 64,
+            // The protocol's own initial windows (RFC 9113 §6.9.2): hyper's default is 1 MiB each.
+            http2_stream_window: 65_535,
+            http2_connection_window: 65_535,
         }
     }
 }
@@ -259,76 +284,73 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// The time of the last byte read or written on a connection, in milliseconds since it opened.
-struct Activity {
+/// What a connection's deadlines need to know of its requests: whether one ever started, how many
+/// are in flight, and when the last one ended. Updated by [`InFlightGuard`] around each call of
+/// the handler; read by the connection task only when one of its timers fires, so a request pays
+/// two atomic updates and one clock read for it, and wakes nothing.
+struct Requests {
     opened: Instant,
-    last_millis: AtomicU64,
+    in_flight: AtomicUsize,
+    started: AtomicBool,
+    /// When the last request ended, in milliseconds since the connection opened.
+    last_end_millis: AtomicU64,
 }
 
-impl Activity {
-    fn touch(&self) {
-        let millis = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_millis.store(millis, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.opened + Duration::from_millis(self.last_millis.load(Ordering::Relaxed))
-    }
-}
-
-/// A stream that records when bytes last moved, for the idle timeout.
-struct Tracked {
-    stream: Stream,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for Tracked {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let result = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.touch();
+impl Requests {
+    fn new(opened: Instant) -> Requests {
+        Requests {
+            opened,
+            in_flight: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
+            last_end_millis: AtomicU64::new(0),
         }
-        result
+    }
+
+    fn start(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.started.store(true, Ordering::Relaxed);
+        InFlightGuard(Arc::clone(self))
+    }
+
+    fn last_end(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_end_millis.load(Ordering::Relaxed))
     }
 }
 
-impl AsyncWrite for Tracked {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
-            this.activity.touch();
-        }
-        result
-    }
+/// Counts one request in flight until the handler's future completes or is dropped.
+struct InFlightGuard(Arc<Requests>);
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let requests = &self.0;
+        let millis = u64::try_from(requests.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        requests.last_end_millis.store(millis, Ordering::Relaxed);
+        requests.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Resolves once the connection has seen no traffic for `timeout`.
-async fn idle_for(activity: &Activity, timeout: Duration) {
+/// Resolves once the connection has had no request in flight for `timeout`. While requests are in
+/// flight it looks again every `timeout`: the handler bounds each request with its own deadlines.
+async fn idle_for(requests: &Requests, timeout: Duration) {
     loop {
-        let deadline = activity.last() + timeout;
+        if requests.in_flight.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(timeout).await;
+            continue;
+        }
+        let deadline = requests.last_end() + timeout;
         tokio::time::sleep_until(deadline).await;
-        if activity.last() + timeout <= Instant::now() {
+        if requests.in_flight.load(Ordering::Relaxed) == 0
+            && requests.last_end() + timeout <= Instant::now()
+        {
             return;
         }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -384,14 +406,20 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .initial_stream_window_size(limits.http2_stream_window)
+        .initial_connection_window_size(limits.http2_connection_window)
+        .adaptive_window(false)
+        .max_send_buf_size(HTTP2_MAX_SEND_BUFFER)
+        .keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT);
     let builder = Arc::new(builder);
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let refusals = Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS));
     // Every connection task holds a sender; the drain is over when all are dropped.
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     let (draining, drain_signal) = watch::channel(false);
-    let idle_timeout = limits.idle_timeout;
+    let limits = Arc::new(limits.clone());
     tokio::pin!(shutdown);
 
     loop {
@@ -412,22 +440,38 @@ where
             refuse(stream, &refusals);
             continue;
         };
-        let activity = Arc::new(Activity {
-            opened: Instant::now(),
-            last_millis: AtomicU64::new(0),
-        });
-        let io = TokioIo::new(Tracked {
-            stream,
-            activity: Arc::clone(&activity),
-        });
-        let handler = handler.clone();
+        let requests = Arc::new(Requests::new(Instant::now()));
+        let io = TokioIo::new(stream);
+        let service = {
+            let requests = Arc::clone(&requests);
+            let handler = handler.clone();
+            service_fn(move |request| {
+                let in_flight = requests.start();
+                let response = handler(request);
+                async move {
+                    let response = response.await;
+                    drop(in_flight);
+                    response
+                }
+            })
+        };
         let builder = Arc::clone(&builder);
         let alive = alive.clone();
         let mut drain_signal = drain_signal.clone();
+        let limits = Arc::clone(&limits);
         tokio::spawn(async move {
-            let connection = builder.serve_connection(io, service_fn(handler));
+            let connection = builder.serve_connection(io, service);
             tokio::pin!(connection);
-            let mut closing = false;
+            // Hard deadlines, whatever the peer does: the first request within the header read
+            // timeout of the accept; a connection with nothing in flight for the idle timeout is
+            // asked to close (HTTP/1.1: now, as no exchange is under way; HTTP/2: GOAWAY), and so
+            // is every connection when the drain starts; one asked to close that has not finished
+            // within its allowance is dropped, which closes the socket whatever is unread or
+            // unwritten (an HTTP/2 peer that never answers the GOAWAY's ping, a reader that never
+            // reads).
+            let first_request_by = requests.opened + limits.header_read_timeout;
+            let mut awaiting_first = true;
+            let mut close_by: Option<Instant> = None;
             loop {
                 tokio::select! {
                     result = connection.as_mut() => {
@@ -436,16 +480,27 @@ where
                         }
                         break;
                     }
-                    () = idle_for(&activity, idle_timeout), if !closing => {
+                    () = tokio::time::sleep_until(first_request_by), if awaiting_first && close_by.is_none() => {
+                        if !requests.started.load(Ordering::Relaxed) {
+                            tracing::debug!(%peer, "closing a connection that sent no request in time");
+                            break;
+                        }
+                        awaiting_first = false;
+                    }
+                    () = idle_for(&requests, limits.idle_timeout), if close_by.is_none() => {
                         tracing::debug!(%peer, "closing an idle connection");
                         connection.as_mut().graceful_shutdown();
-                        closing = true;
+                        close_by = Some(Instant::now() + limits.header_read_timeout);
                     }
-                    changed = drain_signal.changed(), if !closing => {
+                    changed = drain_signal.changed(), if close_by.is_none() => {
                         if changed.is_err() || *drain_signal.borrow() {
                             connection.as_mut().graceful_shutdown();
-                            closing = true;
+                            close_by = Some(Instant::now() + grace);
                         }
+                    }
+                    () = sleep_until_some(close_by), if close_by.is_some() => {
+                        tracing::debug!(%peer, "dropping a connection that did not close in time");
+                        break;
                     }
                 }
             }
@@ -543,15 +598,42 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn idle_for_waits_for_the_last_activity_plus_the_timeout() {
-        let activity = Activity {
-            opened: Instant::now(),
-            last_millis: AtomicU64::new(0),
-        };
+    async fn idle_means_nothing_in_flight_for_the_whole_timeout() {
+        let requests = Arc::new(Requests::new(Instant::now()));
         tokio::time::advance(Duration::from_secs(5)).await;
-        activity.touch();
-        let started = Instant::now();
-        idle_for(&activity, Duration::from_secs(10)).await;
-        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        // A request in flight for 25 s: the connection is not idle while it runs, however long.
+        let in_flight = requests.start();
+        let idle = tokio::spawn({
+            let requests = Arc::clone(&requests);
+            async move {
+                idle_for(&requests, Duration::from_secs(10)).await;
+                Instant::now()
+            }
+        });
+        tokio::time::advance(Duration::from_secs(25)).await;
+        assert!(!idle.is_finished(), "idle while a request was in flight");
+        let ended = Instant::now();
+        drop(in_flight);
+        let idle_at = idle.await.expect("idle task");
+        // Idle from the end of the request: within one look (every 10 s while busy) past
+        // end + timeout, and never before it.
+        assert!(
+            idle_at >= ended + Duration::from_secs(10),
+            "{:?}",
+            idle_at - ended
+        );
+        assert!(
+            idle_at <= ended + Duration::from_secs(20),
+            "{:?}",
+            idle_at - ended
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_requests_is_idle_from_its_opening() {
+        let opened = Instant::now();
+        let requests = Requests::new(opened);
+        idle_for(&requests, Duration::from_secs(10)).await;
+        assert_eq!(opened.elapsed(), Duration::from_secs(10));
     }
 }

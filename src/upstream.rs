@@ -340,6 +340,9 @@ pub enum UpstreamError {
     Timeout,
     /// The body was larger than [`MAX_UPSTREAM_BODY_BYTES`].
     BodyTooLarge,
+    /// An answer came but could not be parsed as HTTP (too many or too large headers, a malformed
+    /// status line): a bad answer, not a failure to reach Cloudflare, so it is not retried.
+    InvalidAnswer,
 }
 
 impl UpstreamError {
@@ -349,6 +352,7 @@ impl UpstreamError {
             UpstreamError::Unreachable => "upstream-unreachable",
             UpstreamError::Timeout => "upstream-timeout",
             UpstreamError::BodyTooLarge => "upstream-body-too-large",
+            UpstreamError::InvalidAnswer => "upstream-invalid-answer",
         }
     }
 }
@@ -574,8 +578,9 @@ impl fmt::Debug for Upstream {
     }
 }
 
-/// A connect that timed out is a timeout (504); every other failure to get an answer is a 502,
-/// told apart by whether a connection was ever made.
+/// A connect that timed out is a timeout (504); an answer hyper could not parse is an invalid
+/// answer (502, code 10506); every other failure to get an answer is a 502, told apart by whether a
+/// connection was ever made.
 fn classify_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamError {
     let mut source = error.source();
     while let Some(cause) = source {
@@ -583,6 +588,12 @@ fn classify_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamE
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return UpstreamError::Timeout;
             }
+        }
+        if cause
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return UpstreamError::InvalidAnswer;
         }
         source = cause.source();
     }

@@ -66,6 +66,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub dev: bool,
+    /// Whether writes without caller credentials go upstream with the sidecar's token.
+    pub writes_with_sidecar_token: bool,
     pub budget: BudgetPolicy,
     pub upstream_retries: u32,
     pub breaker: BreakerPolicy,

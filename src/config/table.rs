@@ -28,12 +28,24 @@ settings! {
     allowed_accounts: Option<Vec<AccountId>> = unset("any"), Live, "ACCOUNT_ID", flag = "allowed-account";
     /// Open connections at most (fast 503 beyond).
     max_connections: NonZeroUsize = "1024", Restart, "N";
-    /// Lookups waiting on Cloudflare at most (fast 503 beyond; hits are never limited).
+    /// Upstream fetches for lookups in flight at most, one per key however many callers wait on it (fast 503 beyond; hits are never limited).
     max_pending_lookups: NonZeroUsize = "1024", Live, "N";
-    /// Time to receive a request head; also the HTTP/1.1 keep-alive idle limit.
+    /// Callers waiting on those fetches at most (fast 503 beyond).
+    max_waiting_lookups: NonZeroUsize = "4096", Live, "N";
+    /// Writes being read or relayed at most (fast 503 beyond); with the 64 KiB body bound, also the request-body bytes held at once.
+    max_pending_writes: NonZeroUsize = "64", Live, "N";
+    /// Time to receive a request head, counted from the accept for a connection's first request; also the HTTP/1.1 keep-alive idle limit, and how long a closing connection may take.
     header_read_timeout: Duration = "10s", Restart, "DURATION";
-    /// Close a connection with no traffic for this long.
+    /// Time for a request body to arrive whole, however it trickles (408 beyond).
+    body_read_timeout: Duration = "10s", Live, "DURATION";
+    /// Close a connection with no request in flight for this long (HTTP/2: GOAWAY first).
     idle_timeout: Duration = "60s", Restart, "DURATION";
+    /// Streams one HTTP/2 connection may have open at once.
+    http2_max_concurrent_streams: NonZeroU32 = "64", Restart, "N";
+    /// HTTP/2 flow-control window per stream, in bytes (65535 to 16777216): request body a peer may send before it is read.
+    http2_stream_window: u32 = "65535", Restart, "BYTES";
+    /// HTTP/2 flow-control window per connection, in bytes (65535 to 16777216).
+    http2_connection_window: u32 = "65535", Restart, "BYTES";
     /// Longest request target in bytes (414 beyond).
     max_uri_bytes: NonZeroUsize = "4096", Live, "BYTES";
     /// Largest total of request header names and values in bytes (431 beyond).
@@ -82,6 +94,8 @@ settings! {
     request_timeout: Duration = "15s", Restart, "DURATION";
     /// File with the sidecar's own token (a mounted secret); re-read on SIGHUP.
     token_file: Option<PathBuf> = unset("none"), Live, "PATH";
+    /// Let writes (POST, PUT, DELETE) without caller credentials go upstream with the sidecar's own token. Off: that token only reads, and any local process that reaches the listener cannot change or delete the user's integrations with it.
+    writes_with_sidecar_token: bool = "false", Live, "BOOL";
     /// Drain time after SIGTERM/SIGINT.
     shutdown_grace: Duration = "10s", Restart, "DURATION";
     /// `pretty` or `json`.

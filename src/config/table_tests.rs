@@ -223,10 +223,18 @@ fn changed_value(key: &str, files: &Files) -> Option<String> {
         "unix_socket_mode" => "\"0600\"".to_owned(),
         "unix_socket_group" => "\"staff\"".to_owned(),
         "allowed_accounts" => "[\"023e105f4ecef8ad9ca31a8372d0c353\"]".to_owned(),
-        "max_connections" | "max_pending_lookups" => "7".to_owned(),
-        "header_read_timeout" | "idle_timeout" | "cache_ttl" | "negative_ttl" => {
-            "\"7s\"".to_owned()
-        }
+        "max_connections"
+        | "max_pending_lookups"
+        | "max_waiting_lookups"
+        | "max_pending_writes"
+        | "http2_max_concurrent_streams" => "7".to_owned(),
+        "header_read_timeout"
+        | "body_read_timeout"
+        | "idle_timeout"
+        | "cache_ttl"
+        | "negative_ttl" => "\"7s\"".to_owned(),
+        "http2_stream_window" | "http2_connection_window" => "131072".to_owned(),
+        "writes_with_sidecar_token" => "true".to_owned(),
         "max_uri_bytes" | "max_header_bytes" | "max_request_headers" => "70000".to_owned(),
         "tls_roots" => "\"system\"".to_owned(),
         "tls_extra_ca_file" => files.path("ca.pem"),

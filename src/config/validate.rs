@@ -85,6 +85,20 @@ fn not_zero(key: &str, duration: Duration) -> Result<Duration, ConfigError> {
     Ok(duration)
 }
 
+/// An HTTP/2 flow-control window: at least the protocol's initial 65,535 bytes (a connection's
+/// window cannot start lower), at most 16 MiB (what one stream or connection may hold unread).
+fn http2_window(key: &str, bytes: u32) -> Result<u32, ConfigError> {
+    const RANGE: std::ops::RangeInclusive<u32> = 65_535..=16 * 1024 * 1024;
+    if RANGE.contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("{bytes} is outside 65535..=16777216 bytes"),
+        ))
+    }
+}
+
 /// Pure: applies the rules between settings and builds the typed configuration.
 pub(crate) fn build(
     settings: Settings,
@@ -99,6 +113,9 @@ pub(crate) fn build(
         max_header_bytes: settings.max_header_bytes.get(),
         max_request_headers: settings.max_request_headers.get(),
         max_pending_lookups: settings.max_pending_lookups.get(),
+        max_waiting_lookups: settings.max_waiting_lookups.get(),
+        max_pending_writes: settings.max_pending_writes.get(),
+        body_read_timeout: not_zero("body_read_timeout", settings.body_read_timeout)?,
     };
     let server_limits = ServerLimits {
         max_connections: settings.max_connections.get(),
@@ -113,6 +130,12 @@ pub(crate) fn build(
             .max_request_headers
             .saturating_mul(2)
             .max(server_defaults.max_headers),
+        http2_max_concurrent_streams: settings.http2_max_concurrent_streams.get(),
+        http2_stream_window: http2_window("http2_stream_window", settings.http2_stream_window)?,
+        http2_connection_window: http2_window(
+            "http2_connection_window",
+            settings.http2_connection_window,
+        )?,
     };
 
     let admin_listen = settings.admin_listen;
@@ -204,6 +227,7 @@ pub(crate) fn build(
         shutdown_grace: settings.shutdown_grace,
         log_format: settings.log_format,
         dev,
+        writes_with_sidecar_token: settings.writes_with_sidecar_token,
         budget,
         upstream_retries: settings.upstream_retries,
         breaker,

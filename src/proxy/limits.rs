@@ -3,6 +3,8 @@
 //! owns those limits as pure checks; it must not route, look at credentials or answer a request.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -18,9 +20,18 @@ pub struct RequestLimits {
     pub max_header_bytes: usize,
     /// Most headers: 431 beyond.
     pub max_request_headers: usize,
-    /// Lookups waiting on Cloudflare (leaders and followers) at most: a fast 503 beyond. Hits
-    /// never count, so cached lookups are served through any flood of misses.
+    /// Upstream fetches for lookups in flight at most (one per key, however many callers wait
+    /// on it): a fast 503 beyond. Hits never count, so cached lookups are served through any
+    /// flood of misses.
     pub max_pending_lookups: usize,
+    /// Callers waiting on those fetches at most (each holds a connection or a stream): a fast
+    /// 503 beyond.
+    pub max_waiting_lookups: usize,
+    /// Writes being read or relayed at most: a fast 503 beyond. With the 64 KiB body bound this
+    /// is also the budget of request-body bytes held at once.
+    pub max_pending_writes: usize,
+    /// Time for a request body to arrive whole (408 beyond), however it trickles.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for RequestLimits {
@@ -30,6 +41,9 @@ impl Default for RequestLimits {
             max_header_bytes: 16 * 1024,
             max_request_headers: 64,
             max_pending_lookups: 1024,
+            max_waiting_lookups: 4096,
+            max_pending_writes: 64,
+            body_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -57,6 +71,19 @@ pub fn check_request_head(
         return Err(ApiError::HeadersTooLarge);
     }
     Ok(())
+}
+
+/// Pure: RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host` (HTTP/2 carries
+/// `:authority` instead, and HTTP/1.0 predates the rule).
+pub fn check_host(version: http::Version, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    if version != http::Version::HTTP_11 {
+        return Ok(());
+    }
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), None) => Ok(()),
+        _ => Err(ApiError::InvalidHost),
+    }
 }
 
 /// The largest request body relayed on a write.
@@ -126,5 +153,25 @@ where
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
         Err(_) => Err(BodyError::Broken),
+    }
+}
+
+/// One place under a bound (fetches, waiting callers, writes): taken with [`Slot::take`], given
+/// back when dropped.
+pub(super) struct Slot<'a>(&'a AtomicUsize);
+
+impl<'a> Slot<'a> {
+    pub(super) fn take(count: &'a AtomicUsize, bound: usize) -> Option<Slot<'a>> {
+        if count.fetch_add(1, Ordering::Relaxed) >= bound {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(count))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -3,7 +3,7 @@
 //! a lookup's outcome is; it must not touch the pass-through routes, and it leaves the response's
 //! bytes to response.rs and the network to upstream.rs.
 
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use crate::cache::{
 use crate::credentials::Credentials;
 use crate::error::ApiError;
 use crate::proxy::cache_status::{CacheStatus, StaleReason};
+use crate::proxy::limits::Slot;
 use crate::proxy::response::{relay, AnswerFrom, Served, RATELIMIT};
 use crate::proxy::upstream_call::{upstream_error, Refusal};
 use crate::proxy::{LiveSettings, Proxy, Shared};
@@ -42,15 +43,8 @@ pub(super) enum Fetched {
     Failed(UpstreamError),
     /// No upstream call was allowed.
     Refused(Refusal),
-}
-
-/// Counts lookups waiting on Cloudflare; the count drops when the guard does.
-struct PendingGuard<'a>(&'a AtomicUsize);
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, AtomicOrdering::Relaxed);
-    }
+    /// The bound of fetches in flight was reached: no call was tried.
+    Overloaded,
 }
 
 impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
@@ -87,14 +81,12 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             }
         }
 
-        // Everything below waits on Cloudflare (or on another request that does): bounded.
-        if shared.pending.fetch_add(1, AtomicOrdering::Relaxed)
-            >= settings.limits.max_pending_lookups
-        {
-            shared.pending.fetch_sub(1, AtomicOrdering::Relaxed);
+        // Everything below waits on Cloudflare (or on another request that does): bounded, by the
+        // callers waiting here and (in `fetch`) by the fetches they wait on.
+        let Some(_waiting) = Slot::take(&shared.waiting, settings.limits.max_waiting_lookups)
+        else {
             return Served::local(ApiError::Overloaded, None, None);
-        }
-        let _pending = PendingGuard(&shared.pending);
+        };
         let fetch = {
             let shared = Arc::clone(&self.shared);
             let key = key.clone();
@@ -110,6 +102,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         };
         let now = Instant::now();
         match (fetched, fallback) {
+            (Fetched::Overloaded, _) => Served::local(ApiError::Overloaded, None, None),
             (Fetched::AlreadyCached(entry), _) => {
                 let remaining = match entry.freshness(now) {
                     Freshness::Fresh { remaining } => remaining,
@@ -199,6 +192,10 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             }
         }
         let settings = self.settings.load_full();
+        // One place per fetch, however many callers wait on it.
+        let Some(_pending) = Slot::take(&self.pending, settings.limits.max_pending_lookups) else {
+            return Fetched::Overloaded;
+        };
         let writes_before = self.writes.load(AtomicOrdering::SeqCst);
         let deadline = Instant::now() + self.upstream.request_timeout();
         let path = lookup.upstream_path();
@@ -223,7 +220,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             }
             let attempt_started = Instant::now();
             let result = self.upstream.get(&path, &credentials, deadline).await;
-            let summary = self.settle(pass, partition, attempt_started, &result).await;
+            let summary = self
+                .settle(pass, partition, key.account_id, attempt_started, &result)
+                .await;
             if !is_retryable(&summary) || retries >= settings.max_retries {
                 break result;
             }

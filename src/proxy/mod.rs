@@ -41,11 +41,12 @@ use crate::upstream::Upstream;
 
 pub use self::cache_status::{CacheStatus, Forward, StaleReason, CACHE_STATUS};
 pub use self::limits::{
-    check_request_head, BodyError, RequestBody, RequestLimits, MAX_REQUEST_BODY_BYTES,
+    check_host, check_request_head, BodyError, RequestBody, RequestLimits, MAX_REQUEST_BODY_BYTES,
 };
 pub use self::response::hit_response;
 pub use self::upstream_call::Refusal;
 
+use self::limits::Slot;
 use self::lookup::Fetched;
 use self::response::Served;
 
@@ -59,6 +60,9 @@ pub struct LiveSettings {
     pub limits: RequestLimits,
     /// `None`: every account may be looked up.
     pub allowed_accounts: Option<Arc<HashSet<AccountId>>>,
+    /// Whether a write without caller credentials goes upstream with the sidecar's token. Off by
+    /// default: the token then only reads.
+    pub writes_with_sidecar_token: bool,
 }
 
 /// The request handler. Cloning is cheap; every clone shares the same cache, budget and client.
@@ -84,7 +88,11 @@ struct Shared<S, B> {
     partition_key: PartitionKey,
     settings: ArcSwap<LiveSettings>,
     metrics: Arc<Metrics>,
+    /// Upstream fetches for lookups in flight (leaders), callers waiting on them (leaders and
+    /// followers), and writes being read or relayed.
     pending: AtomicUsize,
+    waiting: AtomicUsize,
+    pending_writes: AtomicUsize,
     /// Bumped by every successful write; a fetch that began before a write does not keep its
     /// answer in the cache.
     writes: AtomicU64,
@@ -110,6 +118,8 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 settings: ArcSwap::from_pointee(settings),
                 metrics,
                 pending: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
+                pending_writes: AtomicUsize::new(0),
                 writes: AtomicU64::new(0),
             }),
         }
@@ -204,7 +214,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
     ) -> Served {
         let shared = &self.shared;
         let settings = shared.settings.load();
-        if let Err(error) = check_request_head(&parts.uri, &parts.headers, &settings.limits) {
+        if let Err(error) = check_request_head(&parts.uri, &parts.headers, &settings.limits)
+            .and_then(|()| check_host(parts.version, &parts.headers))
+        {
             return Served::local(error, None, None);
         }
         // Absolute-form targets (`GET http://host/...`) are for forward proxies; this is not one.
@@ -226,14 +238,17 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 return Served::local(ApiError::AccountNotAllowed, account_id, template);
             }
         }
-        let credentials = match credentials::extract(
-            &parts.headers,
-            settings.fallback_token.as_ref(),
-            &shared.partition_key,
-        ) {
-            Ok(credentials) => credentials,
-            Err(error) => return Served::local(error, account_id, template),
-        };
+        // The sidecar's own token reads; it writes only where the operator said so.
+        let may_use_sidecar_token = settings.writes_with_sidecar_token || !route.is_write();
+        let fallback_token = settings
+            .fallback_token
+            .as_ref()
+            .filter(|_| may_use_sidecar_token);
+        let credentials =
+            match credentials::extract(&parts.headers, fallback_token, &shared.partition_key) {
+                Ok(credentials) => credentials,
+                Err(error) => return Served::local(error, account_id, template),
+            };
         let lookup = match route {
             Route::Lookup(lookup) => lookup,
             Route::List { .. } => {
@@ -244,15 +259,27 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 return served.about(account_id, template);
             }
             Route::Create { .. } | Route::Update { .. } | Route::Delete { .. } => {
-                let bytes = match body.collect_limited(MAX_REQUEST_BODY_BYTES).await {
-                    Ok(bytes) => bytes,
-                    Err(BodyError::TooLarge) => {
-                        return Served::local(ApiError::PayloadTooLarge, account_id, template)
-                    }
-                    Err(BodyError::Broken) => {
-                        return Served::local(ApiError::UnexpectedBody, account_id, template)
-                    }
+                // Bounded before a byte is read: writes in progress, each body's size, and the
+                // time the whole body may take to arrive.
+                let Some(_writing) =
+                    Slot::take(&shared.pending_writes, settings.limits.max_pending_writes)
+                else {
+                    return Served::local(ApiError::Overloaded, account_id, template);
                 };
+                let read = body.collect_limited(MAX_REQUEST_BODY_BYTES);
+                let bytes =
+                    match tokio::time::timeout(settings.limits.body_read_timeout, read).await {
+                        Ok(Ok(bytes)) => bytes,
+                        Ok(Err(BodyError::TooLarge)) => {
+                            return Served::local(ApiError::PayloadTooLarge, account_id, template)
+                        }
+                        Ok(Err(BodyError::Broken)) => {
+                            return Served::local(ApiError::UnexpectedBody, account_id, template)
+                        }
+                        Err(_elapsed) => {
+                            return Served::local(ApiError::BodyTimeout, account_id, template)
+                        }
+                    };
                 let served = self
                     .pass_through(&route, parts, Some(bytes), &credentials)
                     .await;

@@ -68,7 +68,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             .send(method, &path, credentials, body, deadline)
             .await;
         // The summary it returns is read off `result` itself below.
-        let _summary = shared.settle(pass, partition, started, &result).await;
+        let _summary = shared
+            .settle(pass, partition, route.account_id(), started, &result)
+            .await;
         let answer = match result {
             Ok(answer) => answer,
             Err(error) => return Served::local(upstream_error(error), None, None),

@@ -10,12 +10,13 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::budget::{cool_down_for, retry_after_secs, Admission, UpstreamBudget};
-use crate::cache::AnswerStore;
+use crate::cache::{AnswerStore, PurgeScope};
 use crate::credentials::Partition;
 use crate::error::ApiError;
 use crate::proxy::cache_status::StaleReason;
 use crate::proxy::Shared;
 use crate::resilience::{health_of, Pass};
+use crate::routes::AccountId;
 use crate::upstream::{UpstreamAnswer, UpstreamError};
 
 /// Why no upstream call was made.
@@ -66,8 +67,15 @@ pub(super) fn upstream_error(error: UpstreamError) -> ApiError {
     match error {
         UpstreamError::Connect | UpstreamError::Unreachable => ApiError::UpstreamUnreachable,
         UpstreamError::Timeout => ApiError::UpstreamTimeout,
-        UpstreamError::BodyTooLarge => ApiError::UpstreamInvalidResponse,
+        UpstreamError::BodyTooLarge | UpstreamError::InvalidAnswer => {
+            ApiError::UpstreamInvalidResponse
+        }
     }
+}
+
+/// Pure: whether Cloudflare's answer refuses the credential itself (401, 403).
+fn is_credential_refusal(status: StatusCode) -> bool {
+    matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
 }
 
 impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
@@ -84,12 +92,14 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
     }
 
     /// The bookkeeping after every upstream call, lookup or pass-through alike: its duration under
-    /// its status (or failure kind), its health for the breaker, and after a 429 a cool-down for
-    /// the credential. Returns the call's status or failure.
+    /// its status (or failure kind), its health for the breaker, after a 429 a cool-down for the
+    /// credential, and after a 401 or 403 the end of everything cached for that credential in
+    /// that account. Returns the call's status or failure.
     pub(super) async fn settle(
         &self,
         pass: Pass,
         partition: Partition,
+        account_id: AccountId,
         started: Instant,
         result: &Result<UpstreamAnswer, UpstreamError>,
     ) -> Result<StatusCode, UpstreamError> {
@@ -104,6 +114,21 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
         self.metrics.record_upstream(label, started.elapsed());
         self.breaker.record(pass, health_of(&summary));
         if let Ok(answer) = result {
+            if is_credential_refusal(answer.status) {
+                // Cloudflare refused this credential: nothing it had cached for the account may
+                // stand in for an answer any more (stale-if-error, a spent budget, a cool-down,
+                // the breaker), until Cloudflare answers it with a success again.
+                let scope = PurgeScope::Partition {
+                    partition,
+                    account_id,
+                };
+                let purged = self.store.purge(&scope).await;
+                tracing::debug!(
+                    purged,
+                    status = answer.status.as_u16(),
+                    "credential refused: its entries for the account were dropped"
+                );
+            }
             if answer.status == StatusCode::TOO_MANY_REQUESTS {
                 let retry_after = answer
                     .headers

@@ -5,6 +5,7 @@
 mod binary;
 mod dev_mode;
 mod hardening;
+mod hostile;
 mod integrations;
 mod lookup;
 mod operations;

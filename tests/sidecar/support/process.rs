@@ -107,6 +107,11 @@ impl SidecarProcess {
         (parse("listen"), parse("admin_listen"))
     }
 
+    /// The process id, to read what the kernel says of the process (its resident size).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, signal: Signal) {
         let pid = i32::try_from(self.child.id()).expect("a pid fits an i32");
         kill(Pid::from_raw(pid), signal).expect("signal delivered");
