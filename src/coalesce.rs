@@ -153,6 +153,7 @@ where
     }
 
     /// How many callers joined the fetch in flight for `key` (0 when there is none).
+    #[cfg(test)]
     pub fn followers(&self, key: &K) -> usize {
         self.in_flight
             .lock()

@@ -1,17 +1,24 @@
 //! zt-risk-sidecar: a loopback caching proxy for Cloudflare's Zero Trust risk-score integration
 //! lookups. The library holds everything; `main.rs` only reads the configuration, binds and calls
 //! [`App::serve`]. See ARCHITECTURE.md for the map.
+//!
+//! The public surface is deliberate: [`App`], [`build_proxy`] and [`serve`] for the binary and the
+//! tests; the configuration (`config`) and the listeners (`server`) for whoever embeds or tests the
+//! service; and the pure deciders that the property tests, the fuzz targets and the load tools
+//! exercise directly (`routes`, `credentials`, `cache`, `budget`, `resilience`, `error`, `proxy`'s
+//! request limits and hit response, `upstream`'s URL types, `admin`'s purge scopes). The in-flight
+//! table (`coalesce`) and the metric families (`metrics`) are internal.
 
 pub mod admin;
 pub mod budget;
 pub mod cache;
-pub mod coalesce;
+mod coalesce;
 pub mod config;
 pub mod credentials;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
-pub mod metrics;
+mod metrics;
 pub mod proxy;
 pub mod resilience;
 pub mod routes;
