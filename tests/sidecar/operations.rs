@@ -394,6 +394,16 @@ async fn sighup_reloads_ttls_and_the_token_file_and_rejects_a_broken_file() {
     process.signal(Signal::SIGHUP);
     let rejected = process.wait_for_line("configuration rejected");
     assert!(rejected.contains("cache_ttl"), "{rejected}");
+    assert_eq!(log_field(&rejected, "level").as_deref(), Some("WARN"));
+    assert_eq!(log_field(&reloaded, "level").as_deref(), Some("WARN"));
+    // So is a log level typo, which would otherwise silence the process.
+    std::fs::write(&config_path, "log_level = \"warning\"\n").expect("config");
+    process.signal(Signal::SIGHUP);
+    let rejected = process.wait_for_line("configuration rejected");
+    assert!(
+        rejected.contains("log_level") && rejected.contains("warning"),
+        "{rejected}"
+    );
     assert_fresh_hit_within(&sidecar.get(&path, &[]).await, 61..=3600);
     assert_eq!(sim.handle().requests(SimRoute::ReferenceGet), 2);
 
