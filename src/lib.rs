@@ -171,7 +171,9 @@ impl App {
             shutdown.await;
             readiness.set_draining();
         };
-        let outcome = server::serve_with(listener, handler, drain, grace, &self.limits).await;
+        let counters = self.proxy.metrics().connections().clone();
+        let outcome =
+            server::serve_counted(listener, handler, drain, grace, &self.limits, &counters).await;
         sweeper.abort();
         let _ = stop_admin.send(());
         if let Err(error) = admin_task.await {

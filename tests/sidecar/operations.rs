@@ -156,6 +156,105 @@ async fn metrics_count_known_traffic() {
     running.stop().await;
 }
 
+/// The sidecar's own sample lines, sorted: what a read of another endpoint must not change.
+fn own_samples(reply: &Reply) -> Vec<String> {
+    let text = String::from_utf8_lossy(&reply.body);
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|line| line.starts_with("zt_sidecar_"))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Every series is there from the first scrape, reads of other endpoints change none, scrapers
+/// get the text format they ask for, and connections on the lookup listener are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_stable_negotiated_and_count_connections() {
+    let running = AppHarness::start(|_| {}).await;
+    let first = running.admin(Method::GET, "/metrics", &[]).await;
+    let scrape = parse_metrics(&first);
+    let lookups = "zt_sidecar_lookups_total";
+    assert_eq!(
+        sample(
+            &scrape,
+            lookups,
+            &[("outcome", "hit"), ("status_class", "2xx")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(&scrape, "zt_sidecar_connections_accepted_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "zt_sidecar_refusals_total",
+            &[("reason", "upstream-down")]
+        ),
+        0.0
+    );
+    assert_eq!(sample(&scrape, "zt_sidecar_build_info", &[]), 1.0);
+    for family in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(sample(&scrape, family, &[]) >= 0.0, "{family}");
+    }
+    let stats = running.admin(Method::GET, "/cache/stats", &[]).await;
+    assert_eq!(stats.status, StatusCode::OK);
+    let second = running.admin(Method::GET, "/metrics", &[]).await;
+    assert_eq!(own_samples(&second), own_samples(&first));
+
+    let classic = running
+        .admin(
+            Method::GET,
+            "/metrics",
+            &[("accept", "text/plain;version=0.0.4")],
+        )
+        .await;
+    assert_eq!(classic.status, StatusCode::OK);
+    assert_eq!(
+        classic.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = String::from_utf8_lossy(&classic.body);
+    assert!(
+        text.contains("# TYPE zt_sidecar_lookups_total counter"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
+    let open_metrics = running
+        .admin(
+            Method::GET,
+            "/metrics",
+            &[(
+                "accept",
+                "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3",
+            )],
+        )
+        .await;
+    parse_metrics(&open_metrics);
+
+    running
+        .handle()
+        .insert_integration(ACCOUNT, "counted", TENANT);
+    assert_eq!(
+        running.lookup("counted", TOKEN_A).await.status,
+        StatusCode::OK
+    );
+    let after = parse_metrics(&running.admin(Method::GET, "/metrics", &[]).await);
+    assert!(sample(&after, "zt_sidecar_connections_accepted_total", &[]) >= 1.0);
+    assert_eq!(
+        sample(&after, "zt_sidecar_connections_refused_total", &[]),
+        0.0
+    );
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_drops_entries_across_credentials_then_lookups_miss() {
     let running = AppHarness::start(|_| {}).await;
