@@ -17,6 +17,7 @@ pub mod resilience;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
+pub mod throttle;
 pub mod upstream;
 
 use std::future::Future;

@@ -528,3 +528,128 @@ async fn sighup_reloads_ttls_and_the_token_file_and_rejects_a_broken_file() {
     let _ = std::fs::remove_dir_all(&dir);
     sim.shutdown().await;
 }
+
+/// An outage shows in the default log: the breaker opening and closing and a 429's cool-down
+/// are logged once each, at `warn`, with their cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_transitions_and_cool_downs_are_logged_at_warn() {
+    let sim = start_simulator().await;
+    sim.handle().insert_integration(ACCOUNT, "watched", TENANT);
+    let mut process = SidecarProcess::start_in_front_of(
+        &sim.base_url(),
+        &[
+            "--log-format",
+            "json",
+            "--upstream-retries",
+            "0",
+            "--breaker-failures",
+            "2",
+            "--breaker-cool-down",
+            "200ms",
+        ],
+        &[],
+    );
+    let sidecar = Endpoint::new(process.listening_addr());
+
+    sim.handle()
+        .fail_next(1, Fault::Status(StatusCode::TOO_MANY_REQUESTS));
+    let limited = sidecar.lookup("watched", TOKEN_A).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let cool_down = process.wait_for_line("Cloudflare answered 429");
+    assert_eq!(log_field(&cool_down, "level").as_deref(), Some("WARN"));
+    assert!(
+        log_field(&cool_down, "retry_after").is_some(),
+        "{cool_down}"
+    );
+    assert!(!cool_down.contains(TOKEN_A), "{cool_down}");
+
+    // Token B has no cool-down; two failures in a row open the shared breaker.
+    sim.handle()
+        .set_fault(Some(Fault::Status(StatusCode::SERVICE_UNAVAILABLE)));
+    for _ in 0..2 {
+        let failed = sidecar.lookup("watched", TOKEN_B).await;
+        assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let opened = process.wait_for_line("circuit breaker opened");
+    assert_eq!(log_field(&opened, "level").as_deref(), Some("WARN"));
+    sim.handle().clear_faults();
+    // The breaker lets a probe through once its cool-down is over; lookups until then are
+    // refused locally. Bounded by the process limit, never ordered by a sleep.
+    let deadline = std::time::Instant::now() + PROCESS_LIMIT;
+    while sidecar.lookup("watched", TOKEN_B).await.status != StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the breaker never closed"
+        );
+    }
+    let closed = process.wait_for_line("circuit breaker closed");
+    assert_eq!(log_field(&closed, "level").as_deref(), Some("WARN"));
+
+    process.signal(Signal::SIGTERM);
+    let (code, lines) = tokio::task::spawn_blocking(move || process.finish())
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0));
+    let opened_lines = lines
+        .iter()
+        .filter(|line| line.contains("circuit breaker opened"))
+        .count();
+    assert_eq!(opened_lines, 1, "{lines:#?}");
+    sim.shutdown().await;
+}
+
+/// With Cloudflare unreachable, the failure and its cause are logged at `warn` once per interval,
+/// not once per request, and a credential running out of budget is logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_logged_rate_limited_and_a_spent_budget_once() {
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let upstream = format!("http://127.0.0.1:{closed_port}/client/v4");
+    let mut process = SidecarProcess::start_in_front_of(
+        &upstream,
+        &[
+            "--log-format",
+            "json",
+            "--upstream-retries",
+            "0",
+            "--breaker-failures",
+            "0",
+            "--upstream-budget-burst",
+            "3",
+            "--upstream-budget-period",
+            "1h",
+        ],
+        &[],
+    );
+    let sidecar = Endpoint::new(process.listening_addr());
+    for _ in 0..3 {
+        assert_eq!(
+            sidecar.lookup("gone", TOKEN_A).await.status,
+            StatusCode::BAD_GATEWAY
+        );
+    }
+    // The fourth finds the budget spent and is refused without a call.
+    assert_eq!(
+        sidecar.lookup("gone", TOKEN_A).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let unreachable = process.wait_for_line("cannot reach Cloudflare");
+    assert_eq!(log_field(&unreachable, "level").as_deref(), Some("WARN"));
+    assert!(
+        log_field(&unreachable, "error").is_some_and(|error| !error.is_empty()),
+        "{unreachable}"
+    );
+    let spent = process.wait_for_line("spent its upstream budget");
+    assert_eq!(log_field(&spent, "level").as_deref(), Some("WARN"));
+    process.signal(Signal::SIGTERM);
+    let (code, lines) = tokio::task::spawn_blocking(move || process.finish())
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0));
+    let count = |needle: &str| lines.iter().filter(|line| line.contains(needle)).count();
+    assert_eq!(count("cannot reach Cloudflare"), 1, "{lines:#?}");
+    assert_eq!(count("spent its upstream budget"), 1, "{lines:#?}");
+    assert!(!lines.iter().any(|line| line.contains(TOKEN_A)));
+}
