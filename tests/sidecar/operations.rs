@@ -491,9 +491,8 @@ async fn sighup_reloads_ttls_and_the_token_file_and_rejects_a_broken_file() {
     // A broken file is rejected, naming the key, and the running configuration stays.
     std::fs::write(&config_path, "cache_ttl = \"soon\"\n").expect("config");
     process.signal(Signal::SIGHUP);
-    let rejected = process.wait_for_line("configuration rejected");
+    let rejected = process.wait_for_warning("configuration rejected");
     assert!(rejected.contains("cache_ttl"), "{rejected}");
-    assert_eq!(log_field(&rejected, "level").as_deref(), Some("WARN"));
     assert_eq!(log_field(&reloaded, "level").as_deref(), Some("WARN"));
     // So is a log level typo, which would otherwise silence the process.
     std::fs::write(&config_path, "log_level = \"warning\"\n").expect("config");
@@ -555,8 +554,7 @@ async fn breaker_transitions_and_cool_downs_are_logged_at_warn() {
         .fail_next(1, Fault::Status(StatusCode::TOO_MANY_REQUESTS));
     let limited = sidecar.lookup("watched", TOKEN_A).await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
-    let cool_down = process.wait_for_line("Cloudflare answered 429");
-    assert_eq!(log_field(&cool_down, "level").as_deref(), Some("WARN"));
+    let cool_down = process.wait_for_warning("Cloudflare answered 429");
     assert!(
         log_field(&cool_down, "retry_after").is_some(),
         "{cool_down}"
@@ -570,8 +568,7 @@ async fn breaker_transitions_and_cool_downs_are_logged_at_warn() {
         let failed = sidecar.lookup("watched", TOKEN_B).await;
         assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
     }
-    let opened = process.wait_for_line("circuit breaker opened");
-    assert_eq!(log_field(&opened, "level").as_deref(), Some("WARN"));
+    process.wait_for_warning("circuit breaker opened");
     sim.handle().clear_faults();
     // The breaker lets a probe through once its cool-down is over; lookups until then are
     // refused locally. Bounded by the process limit, never ordered by a sleep.
@@ -582,14 +579,9 @@ async fn breaker_transitions_and_cool_downs_are_logged_at_warn() {
             "the breaker never closed"
         );
     }
-    let closed = process.wait_for_line("circuit breaker closed");
-    assert_eq!(log_field(&closed, "level").as_deref(), Some("WARN"));
+    process.wait_for_warning("circuit breaker closed");
 
-    process.signal(Signal::SIGTERM);
-    let (code, lines) = tokio::task::spawn_blocking(move || process.finish())
-        .await
-        .expect("join");
-    assert_eq!(code, Some(0));
+    let lines = process.terminate().await;
     let opened_lines = lines
         .iter()
         .filter(|line| line.contains("circuit breaker opened"))
@@ -635,19 +627,13 @@ async fn connect_failures_are_logged_rate_limited_and_a_spent_budget_once() {
         sidecar.lookup("gone", TOKEN_A).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
-    let unreachable = process.wait_for_line("cannot reach Cloudflare");
-    assert_eq!(log_field(&unreachable, "level").as_deref(), Some("WARN"));
+    let unreachable = process.wait_for_warning("cannot reach Cloudflare");
     assert!(
         log_field(&unreachable, "error").is_some_and(|error| !error.is_empty()),
         "{unreachable}"
     );
-    let spent = process.wait_for_line("spent its upstream budget");
-    assert_eq!(log_field(&spent, "level").as_deref(), Some("WARN"));
-    process.signal(Signal::SIGTERM);
-    let (code, lines) = tokio::task::spawn_blocking(move || process.finish())
-        .await
-        .expect("join");
-    assert_eq!(code, Some(0));
+    process.wait_for_warning("spent its upstream budget");
+    let lines = process.terminate().await;
     let count = |needle: &str| lines.iter().filter(|line| line.contains(needle)).count();
     assert_eq!(count("cannot reach Cloudflare"), 1, "{lines:#?}");
     assert_eq!(count("spent its upstream budget"), 1, "{lines:#?}");
