@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
@@ -15,11 +15,10 @@ use crate::budget::UpstreamBudget;
 use crate::cache::{AnswerStore, PurgeScope};
 use crate::credentials::Secret;
 use crate::error::ApiError;
+use crate::metrics::Exposition;
 use crate::proxy::Proxy;
 use crate::routes::{AccountId, ReferenceId};
 use crate::server::ResponseBody;
-
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Whether the process should get traffic: not before it listens, not while it drains.
 #[derive(Clone)]
@@ -110,11 +109,17 @@ impl<S: AnswerStore, B: UpstreamBudget> Admin<S, B> {
             "/metrics" => match only_get(method) {
                 Some(response) => response,
                 None => {
-                    let mut response =
-                        Response::new(Full::new(Bytes::from(self.metrics_text().await)));
-                    response
-                        .headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+                    let accept = request
+                        .headers()
+                        .get(ACCEPT)
+                        .and_then(|value| value.to_str().ok());
+                    let format = Exposition::negotiate(accept);
+                    let text = self.metrics_text(format).await;
+                    let mut response = Response::new(Full::new(Bytes::from(text)));
+                    response.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static(format.content_type()),
+                    );
                     response
                 }
             },
@@ -167,10 +172,10 @@ impl<S: AnswerStore, B: UpstreamBudget> Admin<S, B> {
         metrics.set_breaker_state(self.proxy.breaker().state().as_str());
     }
 
-    /// The metrics exposition, with the cache gauges current.
-    pub async fn metrics_text(&self) -> String {
+    /// The metrics exposition in `format`, with the cache gauges current.
+    pub async fn metrics_text(&self, format: Exposition) -> String {
         self.refresh_gauges().await;
-        self.proxy.metrics().encode()
+        self.proxy.metrics().encode(format)
     }
 
     async fn stats(&self) -> Response<ResponseBody> {

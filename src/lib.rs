@@ -24,6 +24,7 @@ pub mod resilience;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
+pub mod throttle;
 pub mod upstream;
 
 use std::future::Future;
@@ -178,7 +179,9 @@ impl App {
             shutdown.await;
             readiness.set_draining();
         };
-        let outcome = server::serve_with(listener, handler, drain, grace, &self.limits).await;
+        let counters = self.proxy.metrics().connections().clone();
+        let outcome =
+            server::serve_counted(listener, handler, drain, grace, &self.limits, &counters).await;
         sweeper.abort();
         let _ = stop_admin.send(());
         if let Err(error) = admin_task.await {

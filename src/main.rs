@@ -35,7 +35,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (logs, warning) = telemetry::init(config.log_format, config.log_level.as_deref());
+    let rust_log = std::env::var(config::RUST_LOG).ok();
+    let log_filter =
+        match config::effective_log_filter(config.log_level.as_deref(), rust_log.as_deref()) {
+            Ok(filter) => filter,
+            Err(error) => {
+                eprintln!("zt-risk-sidecar: {error}");
+                return ExitCode::from(2);
+            }
+        };
+    let (logs, warning) = telemetry::init(config.log_format, log_filter.as_deref());
     if let Some(warning) = warning {
         tracing::warn!("{warning}");
     }
@@ -48,34 +57,22 @@ fn main() -> ExitCode {
         let dev = if config.dev {
             match DevMode::start(&mut config).await {
                 Ok(dev) => Some(dev),
-                Err(error) => {
-                    tracing::error!("{error}");
-                    return ExitCode::FAILURE;
-                }
+                Err(error) => return fatal(&error),
             }
         } else {
             None
         };
         let signals = match Signals::install() {
             Ok(signals) => signals,
-            Err(error) => {
-                tracing::error!(%error, "cannot install signal handlers");
-                return ExitCode::FAILURE;
-            }
+            Err(error) => return fatal(&format!("cannot install signal handlers: {error}")),
         };
         let (listener, admin_listener) = match bind(&config).await {
             Ok(listeners) => listeners,
-            Err(error) => {
-                tracing::error!("{error}");
-                return ExitCode::FAILURE;
-            }
+            Err(error) => return fatal(&error),
         };
         let app = match App::new(&config) {
             Ok(app) => app,
-            Err(error) => {
-                tracing::error!("{error}");
-                return ExitCode::FAILURE;
-            }
+            Err(error) => return fatal(&error),
         };
         let local = listener.describe();
         let admin_local = admin_listener.local_addr().unwrap_or(config.admin_listen);
@@ -107,6 +104,17 @@ fn main() -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// Ends start-up with an error that always reaches the operator: logged, and also written to
+/// standard error when the log filter would drop it (`log_level = "off"`), since a service that
+/// exits without a word is the worst way to fail.
+fn fatal(error: &dyn std::fmt::Display) -> ExitCode {
+    tracing::error!("{error}");
+    if !tracing::enabled!(tracing::Level::ERROR) {
+        eprintln!("zt-risk-sidecar: {error}");
+    }
+    ExitCode::FAILURE
 }
 
 /// Which listener could not be bound, and why.
@@ -183,7 +191,7 @@ async fn reload_on_hangup(
             Ok(new) => new,
             Err(error) => {
                 metrics.record_reload("rejected");
-                tracing::error!(%error, "SIGHUP: configuration rejected; the running one stays");
+                tracing::warn!(%error, "SIGHUP: configuration rejected; the running one stays");
                 continue;
             }
         };
@@ -197,12 +205,14 @@ async fn reload_on_hangup(
                 if !plan.needs_restart.is_empty() {
                     tracing::warn!(keys = ?plan.needs_restart, "SIGHUP: these changes need a restart and were not applied");
                 }
-                tracing::info!(applied = ?plan.applied, "SIGHUP: configuration reloaded");
+                // At warn, like every operational event: a changed configuration is something an
+                // operator reading only warnings must still see.
+                tracing::warn!(applied = ?plan.applied, "SIGHUP: configuration reloaded");
                 running = config;
             }
             Err(error) => {
                 metrics.record_reload("rejected");
-                tracing::error!(%error, "SIGHUP: configuration rejected; the running one stays");
+                tracing::warn!(%error, "SIGHUP: configuration rejected; the running one stays");
             }
         }
     }

@@ -174,11 +174,34 @@ impl Breaker {
     pub fn record(&self, pass: Pass, health: Health) {
         let policy = self.policy();
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        *state = on_result(*state, pass, health, &policy, Instant::now());
+        let before = *state;
+        *state = on_result(before, pass, health, &policy, Instant::now());
+        log_transition(before, *state, &policy);
     }
 
     pub fn state(&self) -> BreakerState {
         *self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Logs the breaker opening and closing, once each, at `warn`: they are what an operator reading
+/// only warnings must see of an outage. A probe that fails re-opens a breaker that was already
+/// open to callers, and is logged at `info`.
+fn log_transition(before: BreakerState, after: BreakerState, policy: &BreakerPolicy) {
+    match (before, after) {
+        (BreakerState::Closed { .. }, BreakerState::Open { .. }) => tracing::warn!(
+            consecutive_failures = policy.failure_threshold,
+            cool_down_secs = policy.cool_down.as_secs(),
+            "circuit breaker opened: Cloudflare failed repeatedly (5xx, timeouts or connection failures); lookups are served stale or refused with 503 until a probe succeeds"
+        ),
+        (BreakerState::HalfOpen { .. }, BreakerState::Open { .. }) => tracing::info!(
+            cool_down_secs = policy.cool_down.as_secs(),
+            "circuit breaker probe failed: it stays open"
+        ),
+        (BreakerState::HalfOpen { .. } | BreakerState::Open { .. }, BreakerState::Closed { .. }) => {
+            tracing::warn!("circuit breaker closed: Cloudflare answered the probe")
+        }
+        _ => {}
     }
 }
 

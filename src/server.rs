@@ -358,6 +358,50 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 /// almost nothing.
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 126\r\n\r\n{\"success\":false,\"errors\":[{\"code\":10508,\"message\":\"zt-risk-sidecar is at its connection limit\"}],\"messages\":[],\"result\":null}";
 
+/// The connection counts of one accept loop: plain atomics that the loop bumps and a reader (the
+/// metrics, at scrape time) loads, so the loop knows nothing of metrics. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionCounters(Arc<ConnectionCounts>);
+
+#[derive(Debug, Default)]
+struct ConnectionCounts {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    open: AtomicU64,
+}
+
+impl ConnectionCounters {
+    /// Connections accepted and served (each within the connection limit).
+    pub fn accepted(&self) -> u64 {
+        self.0.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused at the connection limit.
+    pub fn refused(&self) -> u64 {
+        self.0.refused.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.0.open.load(Ordering::Relaxed)
+    }
+
+    fn opened(&self) -> OpenConnection {
+        self.0.accepted.fetch_add(1, Ordering::Relaxed);
+        self.0.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+}
+
+/// Counts one connection as open until dropped, however its task ends.
+struct OpenConnection(ConnectionCounters);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0 .0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Refusals written at once at most; beyond, over-limit connections are simply closed.
 const MAX_CONCURRENT_REFUSALS: usize = 64;
 
@@ -388,6 +432,24 @@ pub async fn serve_with<H, Fut, E>(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     limits: &ServerLimits,
+) -> DrainOutcome
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<ResponseBody>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let counters = ConnectionCounters::default();
+    serve_counted(listener, handler, shutdown, grace, limits, &counters).await
+}
+
+/// [`serve_with`], counting the connections it accepts, refuses and holds open in `counters`.
+pub async fn serve_counted<H, Fut, E>(
+    listener: impl Into<Listener>,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    limits: &ServerLimits,
+    counters: &ConnectionCounters,
 ) -> DrainOutcome
 where
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -437,9 +499,11 @@ where
             }
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            counters.0.refused.fetch_add(1, Ordering::Relaxed);
             refuse(stream, &refusals);
             continue;
         };
+        let open = counters.opened();
         let requests = Arc::new(Requests::new(Instant::now()));
         let io = TokioIo::new(stream);
         let service = {
@@ -505,6 +569,7 @@ where
                 }
             }
             drop(permit);
+            drop(open);
             drop(alive);
         });
     }

@@ -26,6 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::credentials::Credentials;
+use crate::throttle::LogThrottle;
 
 /// Cloudflare's API base, used when no upstream is configured.
 pub const DEFAULT_UPSTREAM: &str = "https://api.cloudflare.com/client/v4";
@@ -383,7 +384,11 @@ pub struct Upstream {
     base: Arc<UpstreamBase>,
     request_timeout: Duration,
     user_agent: HeaderValue,
+    failure_log: Arc<LogThrottle>,
 }
+
+/// How often a failure to reach Cloudflare is logged at `warn` during an outage.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
 
 impl Upstream {
     pub fn new(settings: &UpstreamSettings) -> Result<Upstream, ClientBuildError> {
@@ -425,6 +430,7 @@ impl Upstream {
             base: Arc::new(settings.base.clone()),
             request_timeout: settings.request_timeout,
             user_agent,
+            failure_log: Arc::new(LogThrottle::new(FAILURE_LOG_EVERY)),
         })
     }
 
@@ -490,6 +496,11 @@ impl Upstream {
         let response = self.client.request(request).await.map_err(|error| {
             let kind = classify_client_error(&error);
             tracing::debug!(error = %error_chain(&error), kind = kind.as_str(), "upstream request failed");
+            if let (UpstreamError::Connect | UpstreamError::Unreachable, Some(held_back)) =
+                (kind, self.failure_log.admit())
+            {
+                tracing::warn!(error = %error_chain(&error), kind = kind.as_str(), similar_failures_not_logged = held_back, "cannot reach Cloudflare (connection or TLS failure)");
+            }
             kind
         })?;
         let declared_length = response

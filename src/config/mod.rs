@@ -140,6 +140,30 @@ pub fn resolve(
     validate::build(settings, secrets, cli.dev_mode())
 }
 
+/// The environment variable that sets the log filter when `log_level` does not.
+pub const RUST_LOG: &str = "RUST_LOG";
+
+/// The log filter in force: `log_level` when configured, else `RUST_LOG` (`rust_log`, passed in
+/// so tests need not touch the process environment) when set, else `None` (meaning `info`). A
+/// `RUST_LOG` that is not a filter is an error naming it, as a bad `log_level` is: a typo there
+/// would otherwise turn every log line off, the fatal ones included.
+pub fn effective_log_filter(
+    log_level: Option<&str>,
+    rust_log: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(configured) = log_level {
+        return Ok(Some(configured.to_owned()));
+    }
+    match rust_log.map(str::trim).filter(|text| !text.is_empty()) {
+        None => Ok(None),
+        Some(text) => LogFilter::parse_text(text)
+            .map(|filter| Some(filter.0))
+            .map_err(|problem| {
+                ConfigError::new(RUST_LOG, format!("{problem} (from the environment)"))
+            }),
+    }
+}
+
 /// Durations are written like `500ms`, `60s`, `24h`, `1h 30m`.
 pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     Duration::parse_text(text).map_err(|problem| ConfigError::new(key, problem))
@@ -156,6 +180,24 @@ mod tests {
     use super::*;
     use crate::upstream::{TlsRoots, DEFAULT_UPSTREAM};
     use clap::Parser;
+
+    /// `log_level` wins over `RUST_LOG`; a bad `RUST_LOG` is an error naming it and the directive.
+    #[test]
+    fn the_log_filter_comes_from_log_level_else_rust_log() {
+        assert_eq!(
+            effective_log_filter(Some("debug"), Some("warning")),
+            Ok(Some("debug".to_owned()))
+        );
+        assert_eq!(
+            effective_log_filter(None, Some("hyper=warn")),
+            Ok(Some("hyper=warn".to_owned()))
+        );
+        assert_eq!(effective_log_filter(None, Some("  ")), Ok(None));
+        assert_eq!(effective_log_filter(None, None), Ok(None));
+        let error = effective_log_filter(None, Some("warning")).expect_err("not a level");
+        assert_eq!(error.key, "RUST_LOG");
+        assert!(error.to_string().contains("\"warning\""), "{error}");
+    }
 
     fn cli(args: &[&str]) -> Cli {
         let mut all = vec!["zt-risk-sidecar"];

@@ -353,10 +353,41 @@ pub struct LogFilter(pub String);
 
 impl SettingValue for LogFilter {
     fn parse_text(text: &str) -> Result<Self, String> {
+        check_log_filter(text)?;
         tracing_subscriber::EnvFilter::try_new(text)
             .map(|_| LogFilter(text.to_owned()))
             .map_err(|error| format!("{text:?} is not a log filter ({error})"))
     }
+}
+
+/// The level names a bare directive may be, as the message for a wrong one lists them.
+const LOG_LEVELS: &str = "trace, debug, info, warn, error or off";
+
+/// Pure: refuses the directives `EnvFilter` would accept but nobody means. `EnvFilter` reads a
+/// bare word as a target enabled at every level, so `warning` or `debug2` would silently turn
+/// the process's own logs off; here a directive without `=` must be a level, and the text after
+/// the last `=` must be one too (`EnvFilter` also accepts the numbers 0 to 5, as we do).
+fn check_log_filter(text: &str) -> Result<(), String> {
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match directive.rsplit_once('=') {
+            // `=` inside a span's field list (`[span{field=value}]`) is no level.
+            Some((_, level)) if !level.contains(']') && !level.contains('}') => level,
+            Some(_) => continue,
+            None => directive,
+        };
+        let level = level.trim();
+        if level.is_empty()
+            || level
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_err()
+        {
+            return Err(format!(
+                "{text:?} is not a log filter: in the directive {directive:?}, {level:?} is not \
+                 a level ({LOG_LEVELS}); write `target=level` to filter one target"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -375,5 +406,37 @@ mod tests {
             Ok(None)
         );
         assert!(String::parse_default(unset("nothing")).is_err());
+    }
+
+    /// A bare word is a level or nothing: `EnvFilter` alone would take `warning` for a target
+    /// and log nothing at all.
+    #[test]
+    fn log_filters_name_levels_or_targets_with_levels() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "3",
+            "info,zt_risk_sidecar=debug",
+            "hyper=warn,zt_risk_sidecar::proxy=trace,",
+            "zt_risk_sidecar[request{status=502}]=debug",
+        ] {
+            assert_eq!(
+                LogFilter::parse_text(good),
+                Ok(LogFilter(good.to_owned())),
+                "{good}"
+            );
+        }
+        for (bad, directive) in [
+            ("warning", "\"warning\""),
+            ("debug2", "\"debug2\""),
+            ("info,zt_risk_sidecar", "\"zt_risk_sidecar\""),
+            ("hyper=loud", "\"hyper=loud\""),
+            ("hyper=", "\"hyper=\""),
+        ] {
+            let problem = LogFilter::parse_text(bad).expect_err(bad);
+            assert!(problem.contains(directive), "{bad}: {problem}");
+            assert!(problem.contains("is not a level"), "{bad}: {problem}");
+        }
     }
 }

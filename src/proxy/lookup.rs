@@ -85,6 +85,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         // callers waiting here and (in `fetch`) by the fetches they wait on.
         let Some(_waiting) = Slot::take(&shared.waiting, settings.limits.max_waiting_lookups)
         else {
+            shared.metrics.record_refusal("pending-lookups");
             return Served::local(ApiError::Overloaded, None, None);
         };
         let fetch = {
@@ -102,7 +103,10 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         };
         let now = Instant::now();
         match (fetched, fallback) {
-            (Fetched::Overloaded, _) => Served::local(ApiError::Overloaded, None, None),
+            (Fetched::Overloaded, _) => {
+                shared.metrics.record_refusal("pending-lookups");
+                Served::local(ApiError::Overloaded, None, None)
+            }
             (Fetched::AlreadyCached(entry), _) => {
                 let remaining = match entry.freshness(now) {
                     Freshness::Fresh { remaining } => remaining,
@@ -160,6 +164,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 Served::stale(&entry, refusal.stale_reason(), None, now)
             }
             (Fetched::Refused(refusal), None) => {
+                shared.metrics.record_refusal(refusal.as_str());
                 if let Refusal::BudgetExhausted { .. } | Refusal::CoolingDown { .. } = refusal {
                     shared.metrics.record_local_rate_limited(refusal.as_str());
                 }

@@ -33,12 +33,14 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         let shared = &self.shared;
         let pass = shared.breaker.call();
         if let Pass::Rejected { retry_after } = pass {
+            shared.metrics.record_refusal("upstream-down");
             return Served::local(Refusal::UpstreamDown { retry_after }.to_error(), None, None);
         }
         let partition = credentials.partition();
         if let Some(refusal) = shared.admit(partition).await {
             shared.breaker.record(pass, Health::NotCalled);
             shared.metrics.record_local_rate_limited(refusal.as_str());
+            shared.metrics.record_refusal(refusal.as_str());
             return Served::local(refusal.to_error(), None, None);
         }
         let forward = match route {

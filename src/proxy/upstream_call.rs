@@ -84,6 +84,10 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
         match self.budget.admit(partition).await {
             Admission::Granted { tokens_left } => {
                 self.metrics.set_budget_tokens(tokens_left);
+                if tokens_left == 0 {
+                    // Logged by the call that spent the last token: once each time it runs out.
+                    tracing::warn!(?partition, "a credential spent its upstream budget: its lookups are served stale or refused with 429 until tokens come back");
+                }
                 None
             }
             Admission::CoolingDown { retry_after } => Some(Refusal::CoolingDown { retry_after }),
@@ -135,9 +139,14 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
                     .iter()
                     .find(|(name, _)| name == RETRY_AFTER)
                     .and_then(|(_, value)| value.to_str().ok());
-                self.budget
-                    .cool_down(partition, cool_down_for(retry_after))
-                    .await;
+                let cool_down = cool_down_for(retry_after);
+                tracing::warn!(
+                    ?partition,
+                    retry_after,
+                    cool_down_secs = cool_down.as_secs(),
+                    "Cloudflare answered 429: this credential's calls pause for the cool-down"
+                );
+                self.budget.cool_down(partition, cool_down).await;
             }
         }
         summary

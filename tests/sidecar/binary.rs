@@ -56,6 +56,61 @@ fn configuration_errors_name_the_key_and_exit_non_zero() {
     assert!(!output.contains("secret-"), "{output}");
 }
 
+/// A level typo (`warning`, `debug2`) is no target name here: it stops the start, naming where
+/// it came from and the directive, instead of silencing every log line, the fatal ones included.
+#[test]
+fn a_log_filter_typo_is_a_startup_error_naming_the_key_and_directive() {
+    let (code, output) = run_to_exit(&[], &[("ZT_SIDECAR_LOG_LEVEL", "warning")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        output.contains("`log_level`")
+            && output.contains("\"warning\"")
+            && output.contains("ZT_SIDECAR_LOG_LEVEL"),
+        "{output}"
+    );
+    let (code, output) = run_to_exit(&["--log-level", "info,hyper=loud"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        output.contains("`log_level`") && output.contains("\"hyper=loud\""),
+        "{output}"
+    );
+    let dir = tempdir();
+    let file = dir.join("sidecar.toml");
+    std::fs::write(&file, "log_level = \"debug2\"\n").expect("write");
+    let (code, output) = run_to_exit(&["--config", file.to_str().expect("utf8")], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        output.contains("`log_level`")
+            && output.contains("\"debug2\"")
+            && output.contains("line 1"),
+        "{output}"
+    );
+    let (code, output) = run_to_exit(&[], &[("RUST_LOG", "warning")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        output.contains("`RUST_LOG`") && output.contains("\"warning\""),
+        "{output}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fatal error after logging is set up still reaches the operator when the filter drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_start_up_error_is_printed_even_with_logging_off() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = taken.local_addr().expect("addr").to_string();
+    let (code, output) = tokio::task::spawn_blocking(move || {
+        run_to_exit(&["--listen", &address, "--log-level", "off"], &[])
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, Some(1));
+    assert!(output.contains("cannot listen on"), "{output}");
+    drop(taken);
+}
+
 #[test]
 fn flags_win_over_environment_and_environment_over_file() {
     let dir = tempdir();

@@ -147,6 +147,17 @@ async fn connections_over_the_limit_get_a_fast_503() {
     }
     let refused = running.raw(&raw_get(&lookup_path(ACCOUNT, "x"), "")).await;
     assert_error(&refused, StatusCode::SERVICE_UNAVAILABLE, 10508);
+    // The metrics count both sides of the limit (the admin listener's connections are not
+    // counted: they are not the lookup listener's).
+    let metrics = running.admin(http::Method::GET, "/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for line in [
+        "zt_sidecar_connections_accepted_total 2",
+        "zt_sidecar_connections_refused_total 1",
+        "zt_sidecar_connections_open 2",
+    ] {
+        assert!(text.lines().any(|sample| sample == line), "{line}:\n{text}");
+    }
     drop(held);
     running.stop().await;
 }
@@ -183,6 +194,10 @@ async fn a_flood_of_misses_is_bounded_and_cached_lookups_are_still_served() {
     // The four waiting lookups fill the bound: the next miss is refused at once...
     let refused = raw_exchange(addr, &raw_get(&lookup_path(ACCOUNT, "one-more"), "")).await;
     assert_error(&refused, StatusCode::SERVICE_UNAVAILABLE, 10508);
+    let metrics = running.admin(http::Method::GET, "/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let counted = "zt_sidecar_refusals_total{reason=\"pending-lookups\"} 1";
+    assert!(text.lines().any(|sample| sample == counted), "{text}");
     // ...while a cached lookup is served as usual.
     let hit = raw_exchange(addr, &raw_get(&lookup_path(ACCOUNT, "cached"), "")).await;
     assert_eq!(hit.status, StatusCode::OK);

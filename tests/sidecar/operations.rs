@@ -156,6 +156,105 @@ async fn metrics_count_known_traffic() {
     running.stop().await;
 }
 
+/// The sidecar's own sample lines, sorted: what a read of another endpoint must not change.
+fn own_samples(reply: &Reply) -> Vec<String> {
+    let text = String::from_utf8_lossy(&reply.body);
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|line| line.starts_with("zt_sidecar_"))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Every series is there from the first scrape, reads of other endpoints change none, scrapers
+/// get the text format they ask for, and connections on the lookup listener are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_stable_negotiated_and_count_connections() {
+    let running = AppHarness::start(|_| {}).await;
+    let first = running.admin(Method::GET, "/metrics", &[]).await;
+    let scrape = parse_metrics(&first);
+    let lookups = "zt_sidecar_lookups_total";
+    assert_eq!(
+        sample(
+            &scrape,
+            lookups,
+            &[("outcome", "hit"), ("status_class", "2xx")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(&scrape, "zt_sidecar_connections_accepted_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "zt_sidecar_refusals_total",
+            &[("reason", "upstream-down")]
+        ),
+        0.0
+    );
+    assert_eq!(sample(&scrape, "zt_sidecar_build_info", &[]), 1.0);
+    for family in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(sample(&scrape, family, &[]) >= 0.0, "{family}");
+    }
+    let stats = running.admin(Method::GET, "/cache/stats", &[]).await;
+    assert_eq!(stats.status, StatusCode::OK);
+    let second = running.admin(Method::GET, "/metrics", &[]).await;
+    assert_eq!(own_samples(&second), own_samples(&first));
+
+    let classic = running
+        .admin(
+            Method::GET,
+            "/metrics",
+            &[("accept", "text/plain;version=0.0.4")],
+        )
+        .await;
+    assert_eq!(classic.status, StatusCode::OK);
+    assert_eq!(
+        classic.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = String::from_utf8_lossy(&classic.body);
+    assert!(
+        text.contains("# TYPE zt_sidecar_lookups_total counter"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
+    let open_metrics = running
+        .admin(
+            Method::GET,
+            "/metrics",
+            &[(
+                "accept",
+                "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3",
+            )],
+        )
+        .await;
+    parse_metrics(&open_metrics);
+
+    running
+        .handle()
+        .insert_integration(ACCOUNT, "counted", TENANT);
+    assert_eq!(
+        running.lookup("counted", TOKEN_A).await.status,
+        StatusCode::OK
+    );
+    let after = parse_metrics(&running.admin(Method::GET, "/metrics", &[]).await);
+    assert!(sample(&after, "zt_sidecar_connections_accepted_total", &[]) >= 1.0);
+    assert_eq!(
+        sample(&after, "zt_sidecar_connections_refused_total", &[]),
+        0.0
+    );
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_drops_entries_across_credentials_then_lookups_miss() {
     let running = AppHarness::start(|_| {}).await;
@@ -392,8 +491,17 @@ async fn sighup_reloads_ttls_and_the_token_file_and_rejects_a_broken_file() {
     // A broken file is rejected, naming the key, and the running configuration stays.
     std::fs::write(&config_path, "cache_ttl = \"soon\"\n").expect("config");
     process.signal(Signal::SIGHUP);
-    let rejected = process.wait_for_line("configuration rejected");
+    let rejected = process.wait_for_warning("configuration rejected");
     assert!(rejected.contains("cache_ttl"), "{rejected}");
+    assert_eq!(log_field(&reloaded, "level").as_deref(), Some("WARN"));
+    // So is a log level typo, which would otherwise silence the process.
+    std::fs::write(&config_path, "log_level = \"warning\"\n").expect("config");
+    process.signal(Signal::SIGHUP);
+    let rejected = process.wait_for_line("configuration rejected");
+    assert!(
+        rejected.contains("log_level") && rejected.contains("warning"),
+        "{rejected}"
+    );
     assert_fresh_hit_within(&sidecar.get(&path, &[]).await, 61..=3600);
     assert_eq!(sim.handle().requests(SimRoute::ReferenceGet), 2);
 
@@ -418,4 +526,116 @@ async fn sighup_reloads_ttls_and_the_token_file_and_rejects_a_broken_file() {
     assert_eq!(code, Some(0));
     let _ = std::fs::remove_dir_all(&dir);
     sim.shutdown().await;
+}
+
+/// An outage shows in the default log: the breaker opening and closing and a 429's cool-down
+/// are logged once each, at `warn`, with their cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_transitions_and_cool_downs_are_logged_at_warn() {
+    let sim = start_simulator().await;
+    sim.handle().insert_integration(ACCOUNT, "watched", TENANT);
+    let mut process = SidecarProcess::start_in_front_of(
+        &sim.base_url(),
+        &[
+            "--log-format",
+            "json",
+            "--upstream-retries",
+            "0",
+            "--breaker-failures",
+            "2",
+            "--breaker-cool-down",
+            "200ms",
+        ],
+        &[],
+    );
+    let sidecar = Endpoint::new(process.listening_addr());
+
+    sim.handle()
+        .fail_next(1, Fault::Status(StatusCode::TOO_MANY_REQUESTS));
+    let limited = sidecar.lookup("watched", TOKEN_A).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let cool_down = process.wait_for_warning("Cloudflare answered 429");
+    assert!(
+        log_field(&cool_down, "retry_after").is_some(),
+        "{cool_down}"
+    );
+    assert!(!cool_down.contains(TOKEN_A), "{cool_down}");
+
+    // Token B has no cool-down; two failures in a row open the shared breaker.
+    sim.handle()
+        .set_fault(Some(Fault::Status(StatusCode::SERVICE_UNAVAILABLE)));
+    for _ in 0..2 {
+        let failed = sidecar.lookup("watched", TOKEN_B).await;
+        assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    process.wait_for_warning("circuit breaker opened");
+    sim.handle().clear_faults();
+    // The breaker lets a probe through once its cool-down is over; lookups until then are
+    // refused locally. Bounded by the process limit, never ordered by a sleep.
+    let deadline = std::time::Instant::now() + PROCESS_LIMIT;
+    while sidecar.lookup("watched", TOKEN_B).await.status != StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the breaker never closed"
+        );
+    }
+    process.wait_for_warning("circuit breaker closed");
+
+    let lines = process.terminate().await;
+    let opened_lines = lines
+        .iter()
+        .filter(|line| line.contains("circuit breaker opened"))
+        .count();
+    assert_eq!(opened_lines, 1, "{lines:#?}");
+    sim.shutdown().await;
+}
+
+/// With Cloudflare unreachable, the failure and its cause are logged at `warn` once per interval,
+/// not once per request, and a credential running out of budget is logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_logged_rate_limited_and_a_spent_budget_once() {
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let upstream = format!("http://127.0.0.1:{closed_port}/client/v4");
+    let mut process = SidecarProcess::start_in_front_of(
+        &upstream,
+        &[
+            "--log-format",
+            "json",
+            "--upstream-retries",
+            "0",
+            "--breaker-failures",
+            "0",
+            "--upstream-budget-burst",
+            "3",
+            "--upstream-budget-period",
+            "1h",
+        ],
+        &[],
+    );
+    let sidecar = Endpoint::new(process.listening_addr());
+    for _ in 0..3 {
+        assert_eq!(
+            sidecar.lookup("gone", TOKEN_A).await.status,
+            StatusCode::BAD_GATEWAY
+        );
+    }
+    // The fourth finds the budget spent and is refused without a call.
+    assert_eq!(
+        sidecar.lookup("gone", TOKEN_A).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let unreachable = process.wait_for_warning("cannot reach Cloudflare");
+    assert!(
+        log_field(&unreachable, "error").is_some_and(|error| !error.is_empty()),
+        "{unreachable}"
+    );
+    process.wait_for_warning("spent its upstream budget");
+    let lines = process.terminate().await;
+    let count = |needle: &str| lines.iter().filter(|line| line.contains(needle)).count();
+    assert_eq!(count("cannot reach Cloudflare"), 1, "{lines:#?}");
+    assert_eq!(count("spent its upstream budget"), 1, "{lines:#?}");
+    assert!(!lines.iter().any(|line| line.contains(TOKEN_A)));
 }

@@ -117,6 +117,25 @@ impl SidecarProcess {
         kill(Pid::from_raw(pid), signal).expect("signal delivered");
     }
 
+    /// Reads lines until one contains `needle`, and checks that it was logged at `warn` (JSON or
+    /// pretty format).
+    pub fn wait_for_warning(&mut self, needle: &str) -> String {
+        let line = self.wait_for_line(needle);
+        assert_eq!(log_field(&line, "level").as_deref(), Some("WARN"), "{line}");
+        line
+    }
+
+    /// Sends SIGTERM, checks the process exits 0 (within [`PROCESS_LIMIT`]) and returns every
+    /// output line. For async tests: the wait runs on a blocking thread.
+    pub async fn terminate(self) -> Vec<String> {
+        self.signal(Signal::SIGTERM);
+        let (code, lines) = tokio::task::spawn_blocking(move || self.finish())
+            .await
+            .expect("join");
+        assert_eq!(code, Some(0), "{lines:#?}");
+        lines
+    }
+
     /// Waits for exit (at most [`PROCESS_LIMIT`]) and returns the exit code and every output line.
     pub fn finish(mut self) -> (Option<i32>, Vec<String>) {
         let deadline = Instant::now() + PROCESS_LIMIT;
