@@ -155,3 +155,33 @@ fn forwarded_credential_headers_are_marked_sensitive() {
         "the sidecar's own token is not marked sensitive"
     );
 }
+
+/// README: `unix_socket_group` sets the group of the Unix socket (name or number). As root (CI)
+/// the test uses gid 65534, a group the process is not in, so the `chown` must really happen;
+/// as another user only the process's own group can be given, which shows less. Fails as root
+/// when `server.rs` skips the `chown` of the socket file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_gets_its_configured_group() {
+    use std::os::unix::fs::MetadataExt;
+    use zt_risk_sidecar::server::{bind, ListenAddr, UnixSocketSettings};
+
+    let gid = if nix::unistd::geteuid().is_root() {
+        65_534
+    } else {
+        nix::unistd::getegid().as_raw()
+    };
+    let dir = tempdir();
+    let path = dir.join("grouped.sock");
+    let settings = UnixSocketSettings {
+        mode: 0o660,
+        group: Some(gid.to_string()),
+    };
+    let listener = bind(&ListenAddr::Unix(path.clone()), &settings)
+        .await
+        .expect("bind the unix socket");
+    let metadata = std::fs::metadata(&path).expect("the socket file");
+    assert_eq!(metadata.gid(), gid);
+    assert_eq!(metadata.mode() & 0o777, 0o660);
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
+}
