@@ -505,7 +505,20 @@ def smoke_run(binary: str, name: str, config_text: str, ports_in_file: bool, jso
                 f"{name}: the lookup listener answers on its own port (404 for an unknown path)",
             )
             process.send_signal(signal.SIGHUP)
-            time.sleep(1)
+            # Wait for the sidecar's own word that it handled the reload (its log line), not for a
+            # fixed time: a sleep passes before a slow reload is done and wastes time on a quick one.
+            reloaded_by = time.monotonic() + 10
+            reload_lines = ("SIGHUP: configuration reloaded", "SIGHUP: configuration rejected")
+            while process.poll() is None and time.monotonic() < reloaded_by:
+                if any(line in log_path.read_text(errors="replace") for line in reload_lines):
+                    break
+                time.sleep(0.05)
+            logged_reload = log_path.read_text(errors="replace")
+            rule(
+                "SIGHUP: configuration reloaded" in logged_reload,
+                f"{name}: SIGHUP (systemctl reload) applies the deployed configuration again (logged within 10s)",
+                f"exit code {process.poll()}, output:\n{output()}",
+            )
             rule(
                 process.poll() is None and http_status(base + "/healthz") == 200,
                 f"{name}: survives SIGHUP (systemctl reload) and still answers /healthz",

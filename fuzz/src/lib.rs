@@ -1,17 +1,37 @@
-//! Shared oracles for the fuzz targets: the invariants each target asserts about routing,
-//! identifier decoding, upstream answers and credentials, written once so that every target that
-//! reaches the same function checks the same rules. It holds no fuzz target itself.
+//! The model of the fuzz targets, shared with `cargo test`: the invariants about routing, identifier
+//! decoding, upstream answers, credentials, purge scopes and configuration, written once, and one
+//! `check_*_input(bytes)` per target holding that target's whole body. The fuzz targets
+//! (`fuzz/fuzz_targets/*.rs`) are one call each into this file, and the root crate's property tests
+//! (`tests/sidecar/properties.rs`) compile this same file as a module (`#[path]`) and feed it
+//! proptest inputs, so the fuzzer and `cargo test` check the same rules. It holds no fuzz target
+//! and no libFuzzer code, and must only use crates that are also the root crate's dev-dependencies.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri};
-use zt_risk_sidecar::cache::{is_refresh_failure, Storability};
-use zt_risk_sidecar::credentials::{self, Partition, PartitionKey, CREDENTIAL_HEADERS};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use tokio::time::Instant;
+use zt_risk_sidecar::admin::purge_scope;
+use zt_risk_sidecar::budget::{
+    cool_down_for, retry_after_secs, LocalBudget, DEFAULT_COOL_DOWN, MAX_COOL_DOWN,
+};
+use zt_risk_sidecar::cache::{
+    answered_integration, is_refresh_failure, storability, CacheEntry, CacheKey, PurgeScope,
+    Storability, TtlPolicy,
+};
+use zt_risk_sidecar::config::{parse_bytes, parse_duration, parse_file, plan_reload, resolve, Cli};
+use zt_risk_sidecar::credentials::{
+    self, FallbackToken, Partition, PartitionKey, Secret, CREDENTIAL_HEADERS,
+};
 use zt_risk_sidecar::error::{envelope_bytes, ApiError};
+use zt_risk_sidecar::proxy::{check_request_head, RequestLimits};
+use zt_risk_sidecar::resilience::{on_result, BreakerState, Health, Pass};
 use zt_risk_sidecar::routes::{
     self, AccountId, Lookup, ReferenceId, Route, Subject, API_PREFIX, MAX_REFERENCE_ID_BYTES,
 };
+use zt_risk_sidecar::upstream::{ProxyUrl, UpstreamAnswer, UpstreamBase};
 
 /// A valid account id, for building lookup paths around a fuzzed reference id.
 pub const ACCOUNT: &str = "023e105f4ecef8ad9ca31a8372d0c353";
@@ -509,5 +529,378 @@ pub fn check_credentials(
             "a changed {} kept the partition",
             changed[index].0
         );
+    }
+}
+
+// One function per fuzz target: the target's whole body, taking the raw input bytes. The targets
+// call these; so do the property tests, with inputs proptest builds.
+
+/// The `route` target: `METHOD\nPATH` (no newline: the whole input is a GET path). Checks the
+/// route shape, the account and reference id decoding, the forwarded upstream path,
+/// GET/HEAD/other-method agreement, and the error envelopes.
+pub fn check_route_input(data: &[u8]) {
+    let (method, path) = match data.iter().position(|&byte| byte == b'\n') {
+        Some(newline) => (
+            Method::from_bytes(&data[..newline]).unwrap_or(Method::GET),
+            &data[newline + 1..],
+        ),
+        None => (Method::GET, data),
+    };
+    // hyper hands routing a `&str`; lossy conversion keeps non-UTF-8 inputs useful.
+    let path = String::from_utf8_lossy(path);
+    check_route(&method, &path);
+}
+
+/// The `reference_id` target. The input is used twice: as a raw (still percent-encoded) path
+/// segment, which must decode to a valid id or be refused exactly as routing refuses it; and as a
+/// decoded id, which, percent-encoded the way SDKs do it and with every byte escaped, must decode
+/// back to itself exactly when it satisfies the id rules.
+pub fn check_reference_id_input(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+
+    // As a raw segment.
+    let decoded = ReferenceId::decode(&text);
+    match &decoded {
+        Ok(id) => check_reference_id(id),
+        Err(error) => assert!(
+            matches!(error, ApiError::InvalidReferenceId { .. }),
+            "{error:?}"
+        ),
+    }
+    if !text.is_empty() && !text.contains('/') {
+        let routed = routes::route(&Method::GET, &lookup_path(ACCOUNT, &text));
+        if let Ok(Route::Lookup(lookup)) = &routed {
+            check_lookup(lookup);
+        }
+        assert_eq!(
+            routed_reference(&routed),
+            decoded,
+            "routing and decoding disagree on {text:?}"
+        );
+    }
+
+    // As a decoded id, encoded by a client.
+    let valid = is_valid_reference_id(&text);
+    let sdk_encoded = utf8_percent_encode(&text, NON_ALPHANUMERIC).to_string();
+    let all_bytes: String = text.bytes().map(|byte| format!("%{byte:02X}")).collect();
+    let lower_hex: String = text.bytes().map(|byte| format!("%{byte:02x}")).collect();
+    for encoded in [sdk_encoded, all_bytes, lower_hex] {
+        let result = ReferenceId::decode(&encoded);
+        assert_eq!(result.is_ok(), valid, "{text:?} as {encoded:?}: {result:?}");
+        if let Ok(id) = result {
+            assert_eq!(id.as_str(), text, "{encoded:?}");
+            check_reference_id(&id);
+            let routed = routes::route(&Method::GET, &lookup_path(ACCOUNT, &encoded));
+            assert_eq!(routed_reference(&routed), Ok(id), "{encoded:?}");
+        }
+    }
+}
+
+fn split_line(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|&byte| byte == b'\n') {
+        Some(newline) => (&data[..newline], &data[newline + 1..]),
+        None => (data, &[]),
+    }
+}
+
+/// The `upstream_answer` target: `STATUS\nRETRY-AFTER\nBODY` (a status that is not three valid
+/// digits counts as 200). Checks `cache::storability` and `cache::is_refresh_failure` against the
+/// README's caching rules, `cache::answered_integration` (the integration a body names, used for
+/// write-through purges), and the 429 cool-down read from `Retry-After` (raw header bytes, not
+/// necessarily UTF-8).
+pub fn check_upstream_answer_input(data: &[u8]) {
+    let (status_line, rest) = split_line(data);
+    let (retry_after, body) = split_line(rest);
+    let status = StatusCode::from_bytes(status_line).unwrap_or(StatusCode::OK);
+
+    let decision = storability(status, body);
+    check_storability(status, body, decision);
+    let policy = TtlPolicy {
+        positive: Duration::from_secs(60),
+        negative: Duration::from_secs(10),
+        stale_while_revalidate: Duration::from_secs(30),
+        stale_if_error: Duration::from_secs(86_400),
+    };
+    match (decision, decision.fresh_for(&policy)) {
+        (Storability::Positive, Some(ttl)) => assert_eq!(ttl, policy.positive),
+        (Storability::Negative, Some(ttl)) => assert_eq!(ttl, policy.negative),
+        (Storability::No(_), None) => {}
+        other => panic!("fresh_for disagrees with the decision: {other:?}"),
+    }
+
+    // The integration a body names: only ever `result.id` as a UUID, printed canonically.
+    if let Some(answered) = answered_integration(body) {
+        let envelope: serde_json::Value = serde_json::from_slice(body).expect("it parsed once");
+        let id = envelope["result"]["id"]
+            .as_str()
+            .expect("result.id is a string");
+        let canonical = answered.id.to_string();
+        check_integration_id(&canonical);
+        assert!(
+            canonical.eq_ignore_ascii_case(id),
+            "{id:?} read as {canonical}"
+        );
+        assert_eq!(
+            answered.reference_id.as_deref(),
+            envelope["result"]["reference_id"].as_str()
+        );
+    }
+
+    // Retry-After as the proxy reads it: a header value, as text if it is visible ASCII.
+    let text = HeaderValue::from_bytes(retry_after)
+        .ok()
+        .and_then(|value| value.to_str().ok().map(str::to_owned));
+    let wait = cool_down_for(text.as_deref());
+    assert!(wait <= MAX_COOL_DOWN, "{wait:?}");
+    match text.as_deref().map(|text| text.trim().parse::<u64>()) {
+        Some(Ok(secs)) => assert_eq!(wait, Duration::from_secs(secs).min(MAX_COOL_DOWN)),
+        _ => assert_eq!(wait, DEFAULT_COOL_DOWN),
+    }
+    let secs = retry_after_secs(wait);
+    assert!(Duration::from_secs(secs) >= wait);
+}
+
+/// The `credentials` target: lines of `name: value` (raw bytes, not necessarily UTF-8; lines
+/// that are not a valid header are skipped); a line `@fallback TOKEN` configures the sidecar's own
+/// token. Checks `credentials::extract` with [`check_credentials`], and the same header map
+/// through `proxy::check_request_head` (the 431 bounds).
+pub fn check_credentials_input(data: &[u8]) {
+    let mut pairs = Vec::new();
+    let mut fallback = None;
+    for line in data.split(|&byte| byte == b'\n') {
+        if let Some(token) = line.strip_prefix(b"@fallback ") {
+            let token = String::from_utf8_lossy(token).into_owned();
+            match FallbackToken::new(&Secret::new(token)) {
+                Ok(token) => fallback = Some(token),
+                Err(error) => {
+                    let message = error.to_string();
+                    assert!(
+                        message == "the API token is empty"
+                            || message
+                                == "the API token contains characters that cannot be sent in an HTTP header",
+                        "unexpected message {message:?}"
+                    )
+                }
+            }
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&byte| byte == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            pairs.push((name, value));
+        }
+    }
+    check_credentials(&pairs, None);
+
+    // The request-head bounds, with limits small enough for fuzzed inputs to cross.
+    let map = header_map(&pairs);
+    let limits = RequestLimits {
+        max_header_bytes: 256,
+        max_request_headers: 8,
+        ..RequestLimits::default()
+    };
+    let bytes: usize = pairs
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    let expected = if pairs.len() > limits.max_request_headers || bytes > limits.max_header_bytes {
+        Err(ApiError::HeadersTooLarge)
+    } else {
+        Ok(())
+    };
+    assert_eq!(
+        check_request_head(&Uri::from_static("/"), &map, &limits),
+        expected
+    );
+    if fallback.is_some() {
+        check_credentials(&pairs, fallback.as_ref());
+    }
+}
+
+/// The `purge_scope` target: the admin purge query (`admin::purge_scope`). Checks that it never
+/// panics, that a lookup purge names a valid account and reference id decoded exactly as the
+/// lookup path decodes it, and that the scope matches the cache key of that lookup.
+pub fn check_purge_scope_input(data: &[u8]) {
+    let query = String::from_utf8_lossy(data);
+    let Ok(scope) = purge_scope(&query) else {
+        return;
+    };
+    let pairs: Vec<(&str, &str)> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .collect();
+    let value_of = |name: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| *value)
+    };
+    match &scope {
+        PurgeScope::All => {
+            assert!(
+                pairs.iter().all(|pair| *pair == ("all", "true")),
+                "{query:?}"
+            );
+        }
+        PurgeScope::Account { account_id } => {
+            assert_eq!(
+                value_of("account_id"),
+                Some(account_id.to_string().as_str())
+            );
+            assert_eq!(value_of("reference_id"), None);
+        }
+        PurgeScope::Lookup {
+            account_id,
+            reference_id,
+        } => {
+            let account = account_id.to_string();
+            assert_eq!(value_of("account_id"), Some(account.as_str()));
+            let raw = value_of("reference_id").expect("a lookup purge names a reference id");
+            check_reference_id(reference_id);
+            assert_eq!(ReferenceId::decode(raw).as_ref(), Ok(reference_id));
+            // The operator's encoding means what the caller's did.
+            if !raw.contains('/') {
+                let routed = routes::route(&Method::GET, &lookup_path(&account, raw));
+                if let Ok(Route::Lookup(lookup)) = &routed {
+                    check_lookup(lookup);
+                }
+                assert_eq!(
+                    routed_reference(&routed).as_ref(),
+                    Ok(reference_id),
+                    "{raw:?}"
+                );
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert("authorization", HeaderValue::from_static("Bearer fuzz"));
+            let credentials =
+                credentials::extract(&headers, None, partition_key()).expect("credentials");
+            let lookup = Lookup {
+                account_id: *account_id,
+                subject: Subject::Reference(reference_id.clone()),
+            };
+            let entry = CacheEntry {
+                answer: Arc::new(UpstreamAnswer {
+                    status: StatusCode::NOT_FOUND,
+                    headers: Vec::new(),
+                    body: Default::default(),
+                }),
+                stored_at: Instant::now(),
+                fresh_for: Duration::from_secs(10),
+                retain_for: Duration::from_secs(10),
+                integration: None,
+            };
+            let key = CacheKey::new(credentials.partition(), &lookup);
+            assert!(scope.matches(&key, &entry));
+        }
+        // The operator's query names an account, a lookup or everything; never an integration
+        // (only a write purges by integration) and never a credential partition (only a 401 or
+        // 403 from Cloudflare does).
+        PurgeScope::Integration { .. } | PurgeScope::Partition { .. } => {
+            panic!("{query:?} gave the write-through or refusal scope {scope:?}")
+        }
+    }
+}
+
+/// The `config` target: configuration text. `config::parse_file` on arbitrary text, then
+/// `config::resolve` of whatever parses (file paths removed: no I/O), then the arithmetic the
+/// running sidecar does with an accepted configuration (deadlines, idle timers, the breaker, the
+/// budget), which must not panic. The same text also goes through `parse_duration`,
+/// `parse_bytes`, `cool_down_for`, `UpstreamBase::parse` and `ProxyUrl::parse` (whose `Debug`
+/// must never show the credentials).
+pub fn check_config_input(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = parse_duration("fuzz", &text);
+    let _ = parse_bytes("fuzz", &text);
+    assert!(cool_down_for(Some(&text)) <= MAX_COOL_DOWN);
+    let _ = UpstreamBase::parse(&text, false);
+    let _ = UpstreamBase::parse(&text, true);
+    if let Ok(proxy) = ProxyUrl::parse(&text) {
+        // `http://user:password@host`: the part before the last '@' of the authority is secret.
+        let authority = text
+            .trim_start_matches("http://")
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or("");
+        if let Some((credentials, host)) = authority.rsplit_once('@') {
+            let shown = format!("{proxy:?}");
+            if credentials.len() >= 4
+                && !host.contains(credentials)
+                && !"ProxyUrl(http:// (with credentials))".contains(credentials)
+            {
+                assert!(
+                    !shown.contains(credentials),
+                    "{shown} shows {credentials:?}"
+                );
+            }
+        }
+    }
+
+    let mut file = match parse_file(&text) {
+        Ok(file) => file,
+        Err(error) => {
+            assert!(!error.key.is_empty());
+            let _ = error.to_string();
+            return;
+        }
+    };
+    file.token_file = None;
+    file.admin_token_file = None;
+    file.tls_extra_ca_file = None;
+    let Ok(config) = resolve(&Cli::default(), file, None) else {
+        return;
+    };
+    assert!(plan_reload(&config, &config) == Default::default());
+
+    // proxy.rs: `Instant::now() + request_timeout` is every fetch's deadline.
+    let now = Instant::now();
+    assert!(
+        now.checked_add(config.request_timeout).is_some(),
+        "request_timeout {:?} overflows a deadline",
+        config.request_timeout
+    );
+    // server.rs: every connection's idle watchdog computes `last_activity + idle_timeout`.
+    assert!(
+        now.checked_add(config.server_limits.idle_timeout).is_some(),
+        "idle_timeout {:?} overflows",
+        config.server_limits.idle_timeout
+    );
+    // hyper's HTTP/1 server computes `Instant::now() + header_read_timeout` for every request head.
+    assert!(
+        now.checked_add(config.server_limits.header_read_timeout)
+            .is_some(),
+        "header_read_timeout {:?} overflows",
+        config.server_limits.header_read_timeout
+    );
+    // resilience.rs: an opening breaker computes `now + cool_down`.
+    assert!(
+        now.checked_add(config.breaker.cool_down).is_some(),
+        "breaker_cool_down {:?} overflows",
+        config.breaker.cool_down
+    );
+    let _ = on_result(
+        BreakerState::Closed {
+            consecutive_failures: 0,
+        },
+        Pass::Probe,
+        Health::Unhealthy,
+        &config.breaker,
+        now,
+    );
+    let _ = config.ttl.retain_for(config.ttl.positive);
+    let _ = config.ttl.stale_use(config.ttl.negative);
+
+    // The budget as the sidecar builds it, spent a few times for one credential.
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", HeaderValue::from_static("Bearer fuzz"));
+    let partition = partition_of(&headers, None).expect("credentials");
+    let budget = LocalBudget::new(config.budget);
+    for _ in 0..3 {
+        let _ = budget.admit_now(partition);
     }
 }

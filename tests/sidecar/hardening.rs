@@ -523,9 +523,18 @@ fn make_pki(name: &str) -> TestPki {
 /// Terminates TLS on a loopback port with `pki`'s server certificate and relays the plaintext to
 /// the simulated API: Cloudflare's API over TLS, as far as the sidecar can tell.
 async fn tls_front(pki: &TestPki, backend: SocketAddr) -> SocketAddr {
+    tls_front_speaking(pki, backend, rustls::DEFAULT_VERSIONS).await
+}
+
+/// [`tls_front`] that speaks only the given TLS versions.
+async fn tls_front_speaking(
+    pki: &TestPki,
+    backend: SocketAddr,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> SocketAddr {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("versions")
         .with_no_client_auth()
         .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())
@@ -595,6 +604,48 @@ async fn connect_proxy(seen: Arc<Mutex<Vec<String>>>) -> SocketAddr {
         }
     });
     addr
+}
+
+/// SECURITY.md: "TLS 1.2+ with rustls". The sidecar completes the handshake with an upstream
+/// that speaks only TLS 1.2 and with one that speaks only TLS 1.3 (rustls speaks nothing older).
+/// Fails when `upstream.rs` offers only TLS 1.3 (`with_protocol_versions(&[&TLS13])` instead of
+/// the safe defaults) or the `tls12` feature of rustls is dropped: the TLS 1.2 front then gets
+/// no handshake and the lookup is a 502 (code 10502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_upstream_speaks_tls_1_2_and_1_3() {
+    let sim = start_simulator().await;
+    sim.handle()
+        .insert_integration(ACCOUNT, "tls-versions", TENANT);
+    let pki = make_pki("versions");
+    let dir = tempdir();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).expect("write");
+    for (name, version) in [
+        ("TLS 1.2", &rustls::version::TLS12),
+        ("TLS 1.3", &rustls::version::TLS13),
+    ] {
+        let front = tls_front_speaking(&pki, sim.addr(), &[version]).await;
+        let mut config = test_config(&sim.base_url());
+        config.upstream = UpstreamBase::parse(
+            &format!("https://127.0.0.1:{}/client/v4", front.port()),
+            false,
+        )
+        .expect("https upstream");
+        config.tls.extra_ca_file = Some(ca.clone());
+        config.upstream_retries = 0;
+        let idle = SimulatedCloudflare::start(SimConfig::default())
+            .await
+            .expect("idle sim");
+        let harness = Harness::start_in_front_of(idle, config).await;
+        let reply = harness
+            .get_as(&lookup_path(ACCOUNT, "tls-versions"), TOKEN_A)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{name}: {:?}", reply.body);
+        harness.stop().await;
+    }
+    assert_eq!(sim.handle().requests(SimRoute::ReferenceGet), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+    sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

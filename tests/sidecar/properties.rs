@@ -6,18 +6,25 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::OnceLock;
 
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Method};
+use http::Method;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use zt_risk_sidecar::cache::CacheKey;
-use zt_risk_sidecar::config::{parse_file, resolve, Cli};
-use zt_risk_sidecar::credentials::{extract, Partition, PartitionKey, CREDENTIAL_HEADERS};
+use zt_risk_sidecar::config::{parse_file, resolve, settings_table, Cli};
+use zt_risk_sidecar::credentials::{extract, Partition, CREDENTIAL_HEADERS};
 use zt_risk_sidecar::error::ApiError;
 use zt_risk_sidecar::routes::{route, Lookup, ReferenceId, Route, Subject, MAX_REFERENCE_ID_BYTES};
+
+/// The fuzz targets' model (fuzz/src/lib.rs), compiled here as a module so that `cargo test`
+/// checks the same invariants as the fuzzer, from the same code. The fuzz crate itself cannot be
+/// a dev-dependency: it is a workspace of its own inside this one, and it links libFuzzer.
+#[path = "../../fuzz/src/lib.rs"]
+mod fuzz_model;
+
+use fuzz_model::{header_map, is_valid_reference_id, lookup_path, partition_key};
 
 /// Modest case counts keep this file well under a few seconds in a debug build. Failures are not
 /// written to proptest-regressions files: proptest prints the minimal case, which belongs in the
@@ -51,12 +58,6 @@ fn encode_every_byte(text: &str) -> String {
     text.bytes().map(|byte| format!("%{byte:02X}")).collect()
 }
 
-fn lookup_path(account: &str, raw_reference: &str) -> String {
-    format!(
-        "/client/v4/accounts/{account}/zt_risk_scoring/integrations/reference_id/{raw_reference}"
-    )
-}
-
 /// Routes a GET of the lookup by reference id; anything but such a lookup is an error here.
 fn route_lookup(account: &str, raw_reference: &str) -> Result<Lookup, ApiError> {
     match route(&Method::GET, &lookup_path(account, raw_reference))? {
@@ -67,15 +68,6 @@ fn route_lookup(account: &str, raw_reference: &str) -> Result<Lookup, ApiError> 
 
 fn reference_of(lookup: &Lookup) -> &ReferenceId {
     lookup.reference_id().expect("a lookup by reference id")
-}
-
-/// The README's rule for a reference id after decoding.
-fn is_valid_reference_id(decoded: &str) -> bool {
-    !decoded.is_empty()
-        && decoded.len() <= MAX_REFERENCE_ID_BYTES
-        && !decoded.chars().any(char::is_control)
-        && decoded != "."
-        && decoded != ".."
 }
 
 /// Characters a reference id may hold, biased towards the ones that matter to encoding: URL
@@ -263,12 +255,6 @@ fn dot_segments_and_bad_utf8_never_route() {
     );
 }
 
-/// One partition key for the whole test binary, so partitions compare across calls.
-fn partition_key() -> &'static PartitionKey {
-    static KEY: OnceLock<PartitionKey> = OnceLock::new();
-    KEY.get_or_init(PartitionKey::random)
-}
-
 /// A header value as `http::HeaderValue` accepts it: visible ASCII, space, tab and obs-text
 /// (0x80–0xFF, not UTF-8 on its own).
 fn header_value_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -347,14 +333,6 @@ fn unrelated_pairs(headers: &[(String, Vec<u8>)]) -> Vec<(HeaderName, HeaderValu
             )
         })
         .collect()
-}
-
-fn header_map(pairs: &[(HeaderName, HeaderValue)]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in pairs {
-        map.append(name.clone(), value.clone());
-    }
-    map
 }
 
 fn partition(pairs: &[(HeaderName, HeaderValue)]) -> Result<Partition, ApiError> {
@@ -477,6 +455,324 @@ proptest! {
         if key_one == key_two {
             prop_assert_eq!(hash_of(&key_one), hash_of(&key_two));
         }
+    }
+}
+
+// The fuzz targets' invariants as properties. Each property builds inputs in a target's own input
+// format and hands them to that target's body in the shared model (`fuzz_model::check_*_input`),
+// so what the fuzzer asserts also runs in every `cargo test`. The strategies aim at the
+// interesting region (near-valid paths, envelopes, header sets, purge queries, settings) rather
+// than uniform bytes, which would almost never reach past the first check.
+
+/// The pieces the integrations family's paths are made of, plus near misses.
+fn path_segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => proptest::sample::select(vec![
+            "accounts", "zt_risk_scoring", "integrations", "reference_id", "client", "v4", "", ".",
+            "..", "%2F", "Accounts", "integration",
+        ])
+        .prop_map(str::to_owned),
+        2 => account_id(),
+        1 => any::<u128>().prop_map(|number| format!("{number:032X}")),
+        1 => "[0-9a-f]{31,33}",
+        2 => integration_id_text(),
+        3 => raw_reference_segment(),
+    ]
+}
+
+/// A UUID as a caller may spell it: canonical, upper case, without hyphens, or a near miss.
+fn integration_id_text() -> impl Strategy<Value = String> {
+    (any::<u128>(), 0..4u8).prop_map(|(number, spelling)| {
+        let hex = format!("{number:032x}");
+        let hyphenated = format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        );
+        match spelling {
+            0 => hyphenated,
+            1 => hyphenated.to_uppercase(),
+            2 => hex,
+            _ => hyphenated[1..].to_owned(),
+        }
+    })
+}
+
+/// A reference id segment as it arrives in a path: still percent-encoded, or with stray `%`,
+/// dots, controls and non-ASCII left raw.
+fn raw_reference_segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        valid_reference_id().prop_map(|id| encode_uri_component(&id)),
+        valid_reference_id().prop_map(|id| encode_every_byte(&id)),
+        proptest::collection::vec(
+            prop_oneof![
+                4 => id_char(),
+                1 => Just('%'),
+                1 => proptest::char::range('0', '9'),
+                1 => proptest::sample::select(vec!['a', 'F', 'z', '\u{0}', '\u{7F}', '\n']),
+            ],
+            0..24
+        )
+        .prop_map(String::from_iter),
+    ]
+}
+
+/// A path of the integrations family's shape (collection, item or lookup by reference id), with
+/// or without the `/client/v4` prefix, then zero to two segments replaced, dropped or added.
+fn family_path() -> impl Strategy<Value = String> {
+    let edits = proptest::collection::vec((0usize..9, 0..3u8, path_segment()), 0..3);
+    (
+        any::<bool>(),
+        0..3u8,
+        account_id(),
+        integration_id_text(),
+        raw_reference_segment(),
+        edits,
+    )
+        .prop_map(|(prefixed, shape, account, item, reference, edits)| {
+            let mut segments: Vec<String> =
+                ["accounts", &account, "zt_risk_scoring", "integrations"]
+                    .iter()
+                    .map(|segment| (*segment).to_owned())
+                    .collect();
+            match shape {
+                0 => {}
+                1 => segments.push(item),
+                _ => segments.extend(["reference_id".to_owned(), reference]),
+            }
+            for (index, edit, segment) in edits {
+                let index = index.min(segments.len());
+                match edit {
+                    0 if index < segments.len() => segments[index] = segment,
+                    1 if index < segments.len() => {
+                        segments.remove(index);
+                    }
+                    _ => segments.insert(index, segment),
+                }
+            }
+            let prefix = if prefixed { "/client/v4" } else { "" };
+            format!("{prefix}/{}", segments.join("/"))
+        })
+}
+
+fn method_line() -> impl Strategy<Value = String> {
+    proptest::sample::select(vec![
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "PURGE",
+        "get", "",
+    ])
+    .prop_map(str::to_owned)
+}
+
+/// A JSON value for an envelope field: the right type, a wrong type, or absent (`None`).
+fn envelope_field(
+    right: BoxedStrategy<serde_json::Value>,
+) -> BoxedStrategy<Option<serde_json::Value>> {
+    prop_oneof![
+        4 => right.prop_map(Some),
+        1 => proptest::sample::select(vec![
+            serde_json::Value::Null,
+            serde_json::json!("true"),
+            serde_json::json!(1),
+            serde_json::json!({}),
+            serde_json::json!([]),
+        ])
+        .prop_map(Some),
+        1 => Just(None),
+    ]
+    .boxed()
+}
+
+/// An upstream body: an envelope whose fields are each right, wrong or missing; or not JSON.
+fn upstream_body() -> impl Strategy<Value = Vec<u8>> {
+    let result = prop_oneof![
+        Just(serde_json::Value::Null),
+        (integration_id_text(), proptest::option::of(valid_reference_id())).prop_map(
+            |(id, reference)| serde_json::json!({"id": id, "reference_id": reference, "name": "okta"})
+        ),
+        Just(serde_json::json!([])),
+    ]
+    .boxed();
+    let envelope = (
+        envelope_field(any::<bool>().prop_map(serde_json::Value::Bool).boxed()),
+        envelope_field(Just(serde_json::json!([])).boxed()),
+        envelope_field(Just(serde_json::json!([{"code": 10000, "message": "x"}])).boxed()),
+        envelope_field(result),
+    )
+        .prop_map(|(success, errors, messages, result)| {
+            let mut object = serde_json::Map::new();
+            for (name, value) in [
+                ("success", success),
+                ("errors", errors),
+                ("messages", messages),
+                ("result", result),
+            ] {
+                if let Some(value) = value {
+                    object.insert(name.to_owned(), value);
+                }
+            }
+            serde_json::to_vec(&object).expect("a JSON map serialises")
+        });
+    prop_oneof![
+        6 => envelope,
+        1 => proptest::collection::vec(any::<u8>(), 0..32),
+        1 => Just(b"[]".to_vec()),
+    ]
+}
+
+/// `STATUS\nRETRY-AFTER\nBODY`, the `upstream_answer` target's input.
+fn upstream_answer_input() -> impl Strategy<Value = Vec<u8>> {
+    let status = prop_oneof![
+        4 => proptest::sample::select(vec![
+            "200", "404", "401", "403", "429", "500", "502", "503", "504", "304", "400", "201",
+        ])
+        .prop_map(str::to_owned),
+        1 => (100u16..1000).prop_map(|code| code.to_string()),
+        1 => "[0-9a-z ]{0,4}",
+    ];
+    let retry_after = prop_oneof![
+        3 => (0u64..10_000).prop_map(|secs| secs.to_string()),
+        1 => proptest::sample::select(vec![
+            "", " 7 ", "-1", "1.5", "18446744073709551616", "Wed, 21 Oct 2015 07:28:00 GMT",
+        ])
+        .prop_map(str::to_owned),
+        1 => header_value_bytes().prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+    ];
+    (status, retry_after, upstream_body()).prop_map(|(status, retry_after, body)| {
+        let mut input = format!("{status}\n{retry_after}\n").into_bytes();
+        input.extend(body);
+        input
+    })
+}
+
+/// Lines of `name: value` and `@fallback TOKEN`, the `credentials` target's input: credential
+/// headers in either spelling, sometimes repeated, among unrelated ones.
+fn credentials_input() -> impl Strategy<Value = Vec<u8>> {
+    let credential_name = proptest::sample::select(
+        CREDENTIAL_HEADERS
+            .iter()
+            .flat_map(|(lower, display)| [*lower, *display])
+            .collect::<Vec<_>>(),
+    )
+    .prop_map(str::to_owned);
+    let line = prop_oneof![
+        3 => (credential_name, header_value_bytes()),
+        2 => unrelated_headers().prop_map(|headers| headers.into_iter().next().unwrap_or_default()),
+        1 => (Just("@fallback".to_owned()), header_value_bytes()),
+    ];
+    proptest::collection::vec(line, 0..8).prop_map(|lines| {
+        let mut input = Vec::new();
+        for (name, value) in lines {
+            input.extend_from_slice(name.as_bytes());
+            input.extend_from_slice(if name == "@fallback" { b" " } else { b": " });
+            input.extend(value);
+            input.push(b'\n');
+        }
+        input
+    })
+}
+
+/// An admin purge query: `all`, `account_id`, `reference_id` and `integration_id` pairs with
+/// valid, encoded and broken values, in any order, sometimes repeated.
+fn purge_query() -> impl Strategy<Value = String> {
+    let pair = prop_oneof![
+        1 => proptest::sample::select(vec!["all=true", "all=false", "all", "unknown=1", ""])
+            .prop_map(str::to_owned),
+        3 => account_id().prop_map(|account| format!("account_id={account}")),
+        1 => "[0-9A-Fa-f]{30,33}".prop_map(|account| format!("account_id={account}")),
+        3 => raw_reference_segment().prop_map(|reference| format!("reference_id={reference}")),
+        1 => integration_id_text().prop_map(|id| format!("integration_id={id}")),
+    ];
+    proptest::collection::vec(pair, 0..4).prop_map(|pairs| pairs.join("&"))
+}
+
+/// A configuration file: settings from the table with plausible, extreme or mistyped values,
+/// sometimes an unknown key or broken TOML.
+fn config_text() -> impl Strategy<Value = String> {
+    let keys: Vec<&'static str> = settings_table().iter().map(|setting| setting.key).collect();
+    let value = proptest::sample::select(vec![
+        "\"1s\"",
+        "\"0s\"",
+        "\"250ms\"",
+        "\"300000000000years\"",
+        "\"1000000years\"",
+        "\"5m\"",
+        "\"1 MiB\"",
+        "\"64KiB\"",
+        "0",
+        "1",
+        "65535",
+        "16777216",
+        "18446744073709551615",
+        "-1",
+        "true",
+        "\"webpki\"",
+        "\"system\"",
+        "\"json\"",
+        "\"debug\"",
+        "\"127.0.0.1:0\"",
+        "\"unix:/tmp/zt.sock\"",
+        "\"0660\"",
+        "\"https://api.cloudflare.com/client/v4\"",
+        "\"http://user:secret-password@proxy:3128\"",
+        "[\"023e105f4ecef8ad9ca31a8372d0c353\"]",
+        "\"\"",
+        "[]",
+    ]);
+    let line = prop_oneof![
+        8 => (proptest::sample::select(keys), value)
+            .prop_map(|(key, value)| format!("{key} = {value}")),
+        1 => proptest::sample::select(vec!["unknown_key = 1", "\"=", "= 1", "[table]", "cache_ttl"])
+            .prop_map(str::to_owned),
+    ];
+    proptest::collection::vec(line, 0..6).prop_map(|lines| lines.join("\n"))
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// fuzz/route: the route/405 model (shape → 404, method → 405 with `Allow`, account → 400,
+    /// then the id) and the forwarded upstream path, for near-valid paths and methods.
+    #[test]
+    fn route_model_holds(method in method_line(), path in family_path()) {
+        fuzz_model::check_route_input(format!("{method}\n{path}").as_bytes());
+    }
+
+    /// fuzz/reference_id: decoding, the forwarded segment and the round trip, with the segment
+    /// used both raw and as a decoded id.
+    #[test]
+    fn reference_id_model_holds(segment in raw_reference_segment()) {
+        fuzz_model::check_reference_id_input(segment.as_bytes());
+    }
+
+    /// fuzz/upstream_answer: storability, refresh failures, `fresh_for`, the integration a body
+    /// names and the 429 cool-down, against the README's caching rules.
+    #[test]
+    fn upstream_answer_model_holds(input in upstream_answer_input()) {
+        fuzz_model::check_upstream_answer_input(&input);
+    }
+
+    /// fuzz/credentials: partitions, repeated headers, forwarded headers marked sensitive and
+    /// absent from `Debug`, and the request-head bounds.
+    #[test]
+    fn credentials_model_holds(input in credentials_input()) {
+        fuzz_model::check_credentials_input(&input);
+    }
+
+    /// fuzz/purge_scope: a lookup purge decodes its reference id as the lookup path does, and
+    /// matches that lookup's cache key.
+    #[test]
+    fn purge_scope_model_holds(query in purge_query()) {
+        fuzz_model::check_purge_scope_input(query.as_bytes());
+    }
+
+    /// fuzz/config: errors name a key; an accepted configuration's deadlines, timers, breaker
+    /// and budget can be computed without a panic.
+    #[test]
+    fn config_model_holds(text in config_text()) {
+        fuzz_model::check_config_input(text.as_bytes());
     }
 }
 
