@@ -13,6 +13,7 @@ pub mod dev;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod resilience;
 pub mod routes;
 pub mod server;
