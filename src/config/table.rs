@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::declare::settings;
 use super::values::{unset, FileMode, LogFilter, LogFormat};
+use crate::ratelimit::Share;
 use crate::routes::AccountId;
 use crate::server::ListenAddr;
 use crate::upstream::{ProxyUrl, TlsRoots};
@@ -82,6 +83,10 @@ settings! {
     upstream_budget_period: Duration = "300s", Live, "DURATION";
     /// Largest burst of upstream calls per credential.
     upstream_budget_burst: NonZeroU32 = "50", Live, "N";
+    /// Share of Cloudflare's own per-user quota (its `Ratelimit-Policy` `q`) that the sidecar leaves to the user's other tools: at or below it (its `Ratelimit` `r`), no upstream call for that credential until the window resets. A share, not a count, so that it follows the quota of every plan.
+    upstream_reserve: Share = "10%", Live, "SHARE";
+    /// Share of Cloudflare's quota that background refreshes leave to callers (at least `upstream_reserve`); refreshes also use at most the rest of the configured budget.
+    upstream_refresh_reserve: Share = "25%", Live, "SHARE";
     /// Retries of connection failures and 502/503/504 (0 to 2).
     upstream_retries: u32 = "2", Live, "N";
     /// Consecutive failures that open the breaker (`0`: off).

@@ -248,6 +248,8 @@ fn changed_value(key: &str, files: &Files) -> Option<String> {
         "upstream_budget_requests" | "upstream_budget_burst" => "9".to_owned(),
         "upstream_budget_period" => "\"90s\"".to_owned(),
         "upstream_retries" | "breaker_failures" => "1".to_owned(),
+        "upstream_reserve" => "\"20%\"".to_owned(),
+        "upstream_refresh_reserve" => "\"30%\"".to_owned(),
         "connect_timeout" => "\"1s\"".to_owned(),
         "request_timeout" => "\"20s\"".to_owned(),
         "token_file" => files.path("token"),

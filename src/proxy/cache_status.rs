@@ -188,6 +188,8 @@ pub enum StaleReason {
     BudgetExhausted,
     /// This credential is cooling down after Cloudflare's 429.
     RateLimited,
+    /// Cloudflare's own count for this credential is at the reserve until its window resets.
+    QuotaReserve,
     /// The circuit breaker considers Cloudflare down.
     UpstreamDown,
 }
@@ -200,6 +202,7 @@ impl StaleReason {
             StaleReason::IfError => "stale-if-error",
             StaleReason::BudgetExhausted => "stale-budget-exhausted",
             StaleReason::RateLimited => "stale-rate-limited",
+            StaleReason::QuotaReserve => "stale-quota-reserve",
             StaleReason::UpstreamDown => "stale-upstream-down",
         }
     }

@@ -23,6 +23,7 @@ use crate::proxy::limits::Slot;
 use crate::proxy::response::{relay, AnswerFrom, Served, RATELIMIT};
 use crate::proxy::upstream_call::{upstream_error, Refusal};
 use crate::proxy::{LiveSettings, Proxy, Shared};
+use crate::ratelimit::Work;
 use crate::resilience::{backoff, is_retryable, Health, Pass};
 use crate::routes::Lookup;
 use crate::upstream::{UpstreamAnswer, UpstreamError};
@@ -90,7 +91,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         let fetch = {
             let shared = Arc::clone(&self.shared);
             let key = key.clone();
-            move || async move { shared.fetch(key, lookup, credentials).await }
+            move || async move { shared.fetch(key, lookup, credentials, Work::Caller).await }
         };
         let (role, fetched) = shared.flights.run(key, fetch).await;
         let fetched = match fetched {
@@ -160,7 +161,10 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 Served::stale(&entry, refusal.stale_reason(), None, now)
             }
             (Fetched::Refused(refusal), None) => {
-                if let Refusal::BudgetExhausted { .. } | Refusal::CoolingDown { .. } = refusal {
+                if let Refusal::BudgetExhausted { .. }
+                | Refusal::CoolingDown { .. }
+                | Refusal::QuotaReserve { .. } = refusal
+                {
                     shared.metrics.record_local_rate_limited(refusal.as_str());
                 }
                 let response = refusal.to_error().to_response();
@@ -174,7 +178,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         let shared = Arc::clone(&self.shared);
         let task_key = key.clone();
         self.shared.flights.start_if_idle(key, move || async move {
-            shared.fetch(task_key, lookup, credentials).await
+            shared
+                .fetch(task_key, lookup, credentials, Work::Refresh)
+                .await
         });
     }
 }
@@ -182,8 +188,14 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
 impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
     /// The leader's work, in its own task: upstream calls within the budget, the breaker and the
     /// request's deadline, retried on connection failures and 502/503/504, and the answer stored
-    /// when cacheable.
-    async fn fetch(&self, key: CacheKey, lookup: Lookup, credentials: Credentials) -> Fetched {
+    /// when cacheable. `work`: a background refresh stops at its own, larger reserve.
+    async fn fetch(
+        &self,
+        key: CacheKey,
+        lookup: Lookup,
+        credentials: Credentials,
+        work: Work,
+    ) -> Fetched {
         // A fetch for this key may have completed between this caller's cache read and its
         // joining the in-flight table; its entry is then already here.
         if let Some(entry) = self.store.get(&key).await {
@@ -211,7 +223,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
                     None => return Fetched::Refused(Refusal::UpstreamDown { retry_after }),
                 }
             }
-            if let Some(refusal) = self.admit(partition).await {
+            if let Some(refusal) = self.admit_for(partition, work).await {
                 self.breaker.record(pass, Health::NotCalled);
                 match last {
                     Some(result) => break result,
