@@ -9,6 +9,7 @@ mod hostile;
 mod integrations;
 mod lookup;
 mod operations;
+mod pacing;
 mod properties;
 mod resilience;
 mod support;

@@ -1,0 +1,161 @@
+//! Pacing by Cloudflare's own count: the `Ratelimit` header of every answer, per credential, with
+//! callers held at `upstream_reserve` and background refreshes at `upstream_refresh_reserve`. The
+//! simulator plays the user's other tools (`SimHandle::set_usage`). Real loopback sockets, one
+//! current-thread runtime, Tokio's clock paused: windows and TTLs are crossed exactly, without
+//! sleeping.
+
+use std::time::Duration;
+
+use crate::support::*;
+use http::StatusCode;
+use tokio::time::advance;
+use zt_risk_sidecar::config::Config;
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn base(config: &mut Config) {
+    config.ttl.positive = TTL;
+    config.ttl.negative = TTL;
+}
+
+/// The value of an unlabelled gauge in the sidecar's exposition.
+fn gauge(harness: &Harness, name: &str) -> i64 {
+    let text = harness.proxy.metrics().encode();
+    let line = text
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"));
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?} is not a whole number"))
+}
+
+/// The local refusals counted under `reason`.
+fn refusals(harness: &Harness, reason: &str) -> u64 {
+    let text = harness.proxy.metrics().encode();
+    let wanted = format!("zt_sidecar_local_rate_limited_total{{reason=\"{reason}\"}}");
+    text.lines()
+        .find_map(|line| line.strip_prefix(wanted.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_tools_spending_stops_cold_lookups_at_the_reserve_and_cloudflare_never_says_429() {
+    let harness = Harness::start_with(|config| {
+        base(config);
+        // Stale entries stand in for refused calls (not stale-while-revalidate).
+        config.ttl.stale_while_revalidate = Duration::ZERO;
+    })
+    .await;
+    let sim = harness.handle();
+    sim.insert_integration(ACCOUNT, "kept", TENANT);
+    assert_eq!(
+        gauge(&harness, "zt_sidecar_upstream_quota_lowest_remaining"),
+        -1
+    );
+    assert_eq!(harness.lookup("kept", TOKEN_A).await.status, StatusCode::OK);
+    assert_eq!(
+        gauge(&harness, "zt_sidecar_upstream_quota_lowest_remaining"),
+        1199
+    );
+
+    // The user's other tools spend 1,100 of the window's 1,200 calls.
+    sim.set_usage("user-a", 1100);
+    advance(TTL + Duration::from_secs(1)).await;
+    // The next call learns it (99 left, under the 120 of the 10 % reserve)...
+    let learned = harness.lookup("cold-0", TOKEN_A).await;
+    assert_eq!(learned.status, StatusCode::NOT_FOUND);
+    assert_cache_status_contains(&learned, "fwd=miss");
+    assert_eq!(
+        gauge(&harness, "zt_sidecar_upstream_quota_lowest_remaining"),
+        99
+    );
+    assert_eq!(
+        gauge(&harness, "zt_sidecar_upstream_quota_held_credentials"),
+        1
+    );
+    // ...and a stream of distinct cold lookups makes no further call until the window resets:
+    // 300 s after the window's first call, 61 s ago.
+    for index in 1..=30 {
+        let refused = harness.lookup(&format!("cold-{index}"), TOKEN_A).await;
+        assert_error(&refused, StatusCode::TOO_MANY_REQUESTS, 971);
+        assert_eq!(refused.header("retry-after"), Some("239"));
+        assert_eq!(refused.header("x-should-retry"), Some("false"));
+        assert_cache_status(&refused, "zt-risk-sidecar; detail=quota-reserve");
+    }
+    assert_eq!(refusals(&harness, "quota-reserve"), 30);
+    // An expired entry stands in meanwhile.
+    let stale = harness.lookup("kept", TOKEN_A).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_cache_status(
+        &stale,
+        "zt-risk-sidecar; hit; ttl=-1; detail=stale-quota-reserve",
+    );
+    assert_eq!(sim.requests_by_user("user-a"), 2, "held at the reserve");
+    // Another credential (another user) is not held.
+    assert_cache_status_contains(&harness.lookup("cold-1", TOKEN_B).await, "fwd=miss");
+
+    // Under a minute to the reset, SDKs may wait: no `x-should-retry: false` any more.
+    advance(Duration::from_secs(200)).await;
+    let soon = harness.lookup("cold-31", TOKEN_A).await;
+    assert_eq!(soon.header("retry-after"), Some("39"));
+    assert!(soon.header("x-should-retry").is_none());
+    // After the reset, calls resume, and the fresh count clears the hold.
+    advance(Duration::from_secs(39)).await;
+    let resumed = harness.lookup("cold-1", TOKEN_A).await;
+    assert_eq!(resumed.status, StatusCode::NOT_FOUND);
+    assert_cache_status_contains(&resumed, "fwd=miss");
+    assert_eq!(
+        gauge(&harness, "zt_sidecar_upstream_quota_held_credentials"),
+        0
+    );
+    assert_cache_status_contains(&harness.lookup("cold-2", TOKEN_A).await, "fwd=miss");
+    assert_eq!(sim.requests_by_user("user-a"), 4);
+    // Cloudflare never had to refuse: no upstream answer was a 429.
+    let exposition = harness.proxy.metrics().encode();
+    assert!(
+        exposition.contains("zt_sidecar_upstream_requests_total{status=\"200\"}")
+            && !exposition.contains("status=\"429\""),
+        "{exposition}"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn refreshes_stop_at_their_reserve_while_a_cold_caller_still_gets_through() {
+    // stale-while-revalidate at its default (30 s): expired entries are refreshed in the
+    // background.
+    let harness = Harness::start_with(base).await;
+    let sim = harness.handle();
+    sim.insert_integration(ACCOUNT, "hot", TENANT);
+    assert_eq!(harness.lookup("hot", TOKEN_A).await.status, StatusCode::OK);
+    // Other tools leave 250 calls: under the refresh reserve (25 % of 1,200), above the callers'.
+    sim.set_usage("user-a", 949);
+    assert_cache_status_contains(&harness.lookup("cold-a", TOKEN_A).await, "fwd=miss");
+    assert_eq!(
+        gauge(&harness, "zt_sidecar_upstream_quota_lowest_remaining"),
+        250
+    );
+    assert_eq!(sim.requests_by_user("user-a"), 2);
+
+    advance(TTL + Duration::from_secs(1)).await;
+    let stale = harness.lookup("hot", TOKEN_A).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_cache_status_contains(&stale, "detail=stale-while-revalidate");
+    // The refresh it started is refused at its reserve, without a call.
+    wait_until(
+        "the background refresh ends",
+        Duration::from_secs(5),
+        || harness.proxy.in_flight() == (0, 0),
+    )
+    .await;
+    assert_eq!(sim.requests_by_user("user-a"), 2, "no refresh call");
+    // A caller with a cold key still gets through.
+    let cold = harness.lookup("cold-b", TOKEN_A).await;
+    assert_eq!(cold.status, StatusCode::NOT_FOUND);
+    assert_cache_status_contains(&cold, "fwd=miss");
+    assert_eq!(sim.requests_by_user("user-a"), 3);
+    harness.stop().await;
+}
