@@ -14,17 +14,18 @@ use tokio::time::Instant;
 use crate::budget::UpstreamBudget;
 use crate::cache::{
     answered_integration, is_refresh_failure, storability, AnswerStore, CacheEntry, CacheKey,
-    Freshness, StaleUse,
+    Freshness, StaleUse, Storability, NOT_AN_ENVELOPE,
 };
 use crate::credentials::Credentials;
 use crate::error::ApiError;
+use crate::error::X_SHOULD_RETRY;
 use crate::proxy::cache_status::{CacheStatus, StaleReason};
 use crate::proxy::limits::Slot;
 use crate::proxy::response::{relay, AnswerFrom, Served, RATELIMIT};
 use crate::proxy::upstream_call::{upstream_error, Refusal};
 use crate::proxy::{LiveSettings, Proxy, Shared};
 use crate::ratelimit::Work;
-use crate::resilience::{backoff, is_retryable, Health, Pass};
+use crate::resilience::{backoff, health_of, is_gateway_failure, is_retryable, Health, Pass};
 use crate::routes::Lookup;
 use crate::upstream::{UpstreamAnswer, UpstreamError};
 
@@ -142,7 +143,15 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 Served::answered(response, cache)
             }
             (Fetched::Answered { answer, stored, .. }, _) => {
-                let response = relay(&answer, AnswerFrom::Upstream);
+                let mut response = relay(&answer, AnswerFrom::Upstream);
+                if is_gateway_failure(answer.status) {
+                    // The sidecar has already retried this within the request's deadline: an
+                    // SDK's own attempts on top would multiply the calls to a struggling
+                    // Cloudflare (three attempts each making three calls) for nothing.
+                    response
+                        .headers_mut()
+                        .insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
+                }
                 let cache = CacheStatus::Miss {
                     role,
                     stored,
@@ -232,8 +241,16 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             }
             let attempt_started = Instant::now();
             let result = self.upstream.get(&path, &credentials, deadline).await;
+            let health = lookup_health(&result);
             let summary = self
-                .settle(pass, partition, key.account_id, attempt_started, &result)
+                .settle_with_health(
+                    pass,
+                    partition,
+                    key.account_id,
+                    attempt_started,
+                    &result,
+                    health,
+                )
                 .await;
             if !is_retryable(&summary) || retries >= settings.max_retries {
                 break result;
@@ -286,6 +303,24 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             failure,
         }
     }
+}
+
+/// Pure: how a lookup's upstream call went for the breaker. As for any call, plus: a 200 or 404
+/// whose body is not a Cloudflare envelope (an HTML error page, a captive portal, garbage) is no
+/// healthy answer, even though its status looks like one.
+fn lookup_health(result: &Result<UpstreamAnswer, UpstreamError>) -> Health {
+    let summary = result
+        .as_ref()
+        .map(|answer| answer.status)
+        .map_err(|error| *error);
+    if let Ok(answer) = result {
+        let not_an_envelope =
+            storability(answer.status, &answer.body) == Storability::No(NOT_AN_ENVELOPE);
+        if not_an_envelope {
+            return Health::Unhealthy;
+        }
+    }
+    health_of(&summary)
 }
 
 /// The answer as the cache keeps it: the body (shared, not copied) and only the headers a replay

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::proxy::cache_status::StaleReason;
 use crate::proxy::Shared;
 use crate::ratelimit::{read_answer_quota, Work};
-use crate::resilience::{health_of, Pass};
+use crate::resilience::{health_of, Health, Pass};
 use crate::routes::AccountId;
 use crate::upstream::{UpstreamAnswer, UpstreamError};
 
@@ -133,12 +133,38 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             .as_ref()
             .map(|answer| answer.status)
             .map_err(|error| *error);
+        self.settle_with_health(
+            pass,
+            partition,
+            account_id,
+            started,
+            result,
+            health_of(&summary),
+        )
+        .await
+    }
+
+    /// [`Self::settle`] with the breaker's verdict given by the caller, who may know more than
+    /// the status (a lookup's 200 whose body is not an envelope is no healthy answer).
+    pub(super) async fn settle_with_health(
+        &self,
+        pass: Pass,
+        partition: Partition,
+        account_id: AccountId,
+        started: Instant,
+        result: &Result<UpstreamAnswer, UpstreamError>,
+        health: Health,
+    ) -> Result<StatusCode, UpstreamError> {
+        let summary = result
+            .as_ref()
+            .map(|answer| answer.status)
+            .map_err(|error| *error);
         let label = match &summary {
             Ok(status) => status.as_str(),
             Err(error) => error.as_str(),
         };
         self.metrics.record_upstream(label, started.elapsed());
-        self.breaker.record(pass, health_of(&summary));
+        self.breaker.record(pass, health);
         if let Ok(answer) = result {
             if let Some(reading) = read_answer_quota(&answer.headers) {
                 let summary = self.budget.observe(partition, reading).await;

@@ -159,3 +159,70 @@ async fn refreshes_stop_at_their_reserve_while_a_cold_caller_still_gets_through(
     assert_eq!(sim.requests_by_user("user-a"), 3);
     harness.stop().await;
 }
+
+/// What an SDK does with an answer: retries a 429 or a 5xx up to twice (three attempts, as
+/// Cloudflare's SDKs do), unless the answer says `x-should-retry: false`.
+async fn sdk_get(harness: &Harness, reference: &str) -> (Reply, u32) {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let reply = harness.lookup(reference, TOKEN_A).await;
+        let retryable =
+            reply.status == StatusCode::TOO_MANY_REQUESTS || reply.status.is_server_error();
+        if !retryable || reply.header("x-should-retry") == Some("false") || attempts == 3 {
+            return (reply, attempts);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relayed_503_tells_sdks_not_to_retry_on_top_of_the_sidecars_own_retries() {
+    let harness = Harness::start_with(|config| {
+        base(config);
+        config.breaker.failure_threshold = 0;
+    })
+    .await;
+    let sim = harness.handle();
+    sim.set_fault(Some(Fault::Status(StatusCode::SERVICE_UNAVAILABLE)));
+    let (reply, attempts) = sdk_get(&harness, "down").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.header("x-should-retry"), Some("false"));
+    assert_cache_status(&reply, "zt-risk-sidecar; fwd=miss; fwd-status=503");
+    assert_eq!(attempts, 1, "the SDK stops at the sidecar's answer");
+    // The sidecar's own attempts only: one call and two retries, not nine calls.
+    assert_eq!(
+        sim.requests(SimRoute::ReferenceGet),
+        1 + u64::from(harness.config.upstream_retries)
+    );
+    // An answer that is not a gateway failure keeps SDKs' own rules.
+    sim.set_fault(None);
+    let (found, _) = sdk_get(&harness, "down").await;
+    assert_eq!(found.status, StatusCode::NOT_FOUND);
+    assert!(found.header("x-should-retry").is_none());
+    harness.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_200_that_is_not_an_envelope_counts_as_a_failure_for_the_breaker() {
+    let harness = Harness::start_with(|config| {
+        base(config);
+        config.upstream_retries = 0;
+        config.breaker.failure_threshold = 2;
+    })
+    .await;
+    let sim = harness.handle();
+    sim.set_fault(Some(Fault::GarbageBody));
+    for reference in ["g1", "g2"] {
+        let reply = harness.lookup(reference, TOKEN_A).await;
+        assert_error(&reply, StatusCode::BAD_GATEWAY, 10506);
+    }
+    assert_eq!(harness.proxy.breaker().state().as_str(), "open");
+    let fast = harness.lookup("g3", TOKEN_A).await;
+    assert_cache_status(&fast, "zt-risk-sidecar; detail=upstream-down");
+    assert_eq!(
+        sim.requests(SimRoute::ReferenceGet),
+        2,
+        "nothing sent while open"
+    );
+    harness.stop().await;
+}
