@@ -79,6 +79,7 @@ fn live_settings(config: &Config) -> Result<LiveSettings, BuildError> {
         ttl: config.ttl,
         fallback_token: config.token.as_ref().map(FallbackToken::new).transpose()?,
         max_retries: config.upstream_retries,
+        stale_after_slow_upstream: config.stale_after_slow_upstream,
         limits: config.request_limits,
         writes_with_sidecar_token: config.writes_with_sidecar_token,
         allowed_accounts: config

@@ -77,6 +77,8 @@ settings! {
     stale_while_revalidate: Duration = "30s", Live, "DURATION";
     /// Serve stale when a refresh fails or is not allowed (`0s`: off).
     stale_if_error: Duration = "24h", Live, "DURATION";
+    /// Serve a stale entry (within `stale_if_error`) when its refresh takes longer than this; the refresh goes on in the background (`0s`: off, callers wait up to `request_timeout`).
+    stale_after_slow_upstream: Duration = "1s", Live, "DURATION";
     /// Upstream calls per credential per period.
     upstream_budget_requests: NonZeroU32 = "1000", Live, "N";
     /// The budget period.

@@ -244,7 +244,10 @@ fn changed_value(key: &str, files: &Files) -> Option<String> {
         "upstream" => "\"https://api.example.test/client/v4\"".to_owned(),
         "allow_insecure_upstream" => "true".to_owned(),
         "cache_max_bytes" => "\"1MiB\"".to_owned(),
-        "stale_while_revalidate" | "stale_if_error" | "breaker_cool_down" => "\"9s\"".to_owned(),
+        "stale_while_revalidate"
+        | "stale_if_error"
+        | "breaker_cool_down"
+        | "stale_after_slow_upstream" => "\"9s\"".to_owned(),
         "upstream_budget_requests" | "upstream_budget_burst" => "9".to_owned(),
         "upstream_budget_period" => "\"90s\"".to_owned(),
         "upstream_retries" | "breaker_failures" => "1".to_owned(),

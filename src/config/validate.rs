@@ -236,6 +236,7 @@ pub(crate) fn build(
         cache_max_bytes: settings.cache_max_bytes,
         connect_timeout,
         request_timeout,
+        stale_after_slow_upstream: settings.stale_after_slow_upstream,
         token: secrets.token,
         token_file: settings.token_file.clone(),
         shutdown_grace: settings.shutdown_grace,

@@ -190,6 +190,8 @@ pub enum StaleReason {
     RateLimited,
     /// Cloudflare's own count for this credential is at the reserve until its window resets.
     QuotaReserve,
+    /// The refresh took longer than `stale_after_slow_upstream`; it goes on in the background.
+    SlowUpstream,
     /// The circuit breaker considers Cloudflare down.
     UpstreamDown,
 }
@@ -203,6 +205,7 @@ impl StaleReason {
             StaleReason::BudgetExhausted => "stale-budget-exhausted",
             StaleReason::RateLimited => "stale-rate-limited",
             StaleReason::QuotaReserve => "stale-quota-reserve",
+            StaleReason::SlowUpstream => "stale-slow-upstream",
             StaleReason::UpstreamDown => "stale-upstream-down",
         }
     }

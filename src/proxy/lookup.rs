@@ -94,7 +94,23 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             let key = key.clone();
             move || async move { shared.fetch(key, lookup, credentials, Work::Caller).await }
         };
-        let (role, fetched) = shared.flights.run(key, fetch).await;
+        let flight = shared.flights.run(key, fetch);
+        let soft_deadline = settings.stale_after_slow_upstream;
+        let (role, fetched) = match &fallback {
+            Some(entry) if !soft_deadline.is_zero() => {
+                // A slow Cloudflare is not a failing one, so stale-if-error alone would keep this
+                // caller waiting up to the request timeout. At the soft deadline the entry
+                // answers; the fetch is a task of its own and goes on to refresh the entry.
+                match tokio::time::timeout_at(received + soft_deadline, flight).await {
+                    Ok(finished) => finished,
+                    Err(_slow) => {
+                        let reason = StaleReason::SlowUpstream;
+                        return Served::stale(entry, reason, None, Instant::now());
+                    }
+                }
+            }
+            _ => flight.await,
+        };
         let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(_abandoned) => {

@@ -226,3 +226,51 @@ async fn a_200_that_is_not_an_envelope_counts_as_a_failure_for_the_breaker() {
     );
     harness.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_refresh_serves_stale_at_the_soft_deadline_and_refreshes_the_entry_afterwards() {
+    let harness = Harness::start_with(|config| {
+        base(config);
+        config.ttl.stale_while_revalidate = Duration::ZERO;
+        config.stale_after_slow_upstream = Duration::from_secs(1);
+    })
+    .await;
+    let sim = harness.handle();
+    sim.insert_integration(ACCOUNT, "slow", TENANT);
+    let original = harness.lookup("slow", TOKEN_A).await;
+    assert_eq!(original.status, StatusCode::OK);
+    let updated = sim.insert_integration(ACCOUNT, "slow", "https://new-tenant.okta.com");
+    advance(TTL + Duration::from_secs(1)).await;
+    // Cloudflare now takes 5 s to answer.
+    sim.set_latency(Duration::from_secs(5));
+    let asked = tokio::time::Instant::now();
+    let stale = harness.lookup("slow", TOKEN_A).await;
+    assert_eq!(
+        asked.elapsed(),
+        Duration::from_secs(1),
+        "answered at the soft deadline"
+    );
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(stale.body, original.body);
+    assert_cache_status_contains(&stale, "detail=stale-slow-upstream");
+    // The fetch goes on and refreshes the entry when Cloudflare answers, 4 s later.
+    advance(Duration::from_secs(4)).await;
+    wait_until("the refresh completes", Duration::from_secs(30), || {
+        harness.proxy.in_flight() == (0, 0)
+    })
+    .await;
+    assert_eq!(asked.elapsed(), Duration::from_secs(5));
+    let fresh = harness.lookup("slow", TOKEN_A).await;
+    assert_cache_status_contains(&fresh, "hit");
+    assert_eq!(
+        fresh.json()["result"]["tenant_url"],
+        updated.tenant_url.as_str()
+    );
+    assert_eq!(sim.requests(SimRoute::ReferenceGet), 2);
+    // A caller with nothing stale still waits for Cloudflare.
+    let asked = tokio::time::Instant::now();
+    let cold = harness.lookup("cold", TOKEN_A).await;
+    assert_eq!(cold.status, StatusCode::NOT_FOUND);
+    assert_eq!(asked.elapsed(), Duration::from_secs(5));
+    harness.stop().await;
+}
