@@ -97,6 +97,7 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
         base: config.upstream.clone(),
         connect_timeout: config.connect_timeout,
         request_timeout: config.request_timeout,
+        max_connections: config.max_upstream_connections,
         tls: config.tls.clone(),
         proxy: config.https_proxy.clone(),
     })?;

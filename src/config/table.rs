@@ -99,6 +99,8 @@ settings! {
     connect_timeout: Duration = "5s", Restart, "DURATION";
     /// Whole upstream request, body included.
     request_timeout: Duration = "15s", Restart, "DURATION";
+    /// Upstream requests in flight at most, and so HTTP/1.1 connections open to Cloudflare at most; the rest queue within their deadlines.
+    max_upstream_connections: NonZeroUsize = "32", Restart, "N";
     /// File with the sidecar's own token (a mounted secret); re-read on SIGHUP.
     token_file: Option<PathBuf> = unset("none"), Live, "PATH";
     /// Let writes (POST, PUT, DELETE) without caller credentials go upstream with the sidecar's own token. Off: that token only reads, and any local process that reaches the listener cannot change or delete the user's integrations with it.

@@ -227,6 +227,7 @@ fn changed_value(key: &str, files: &Files) -> Option<String> {
         | "max_pending_lookups"
         | "max_waiting_lookups"
         | "max_pending_writes"
+        | "max_upstream_connections"
         | "http2_max_concurrent_streams" => "7".to_owned(),
         "header_read_timeout"
         | "body_read_timeout"

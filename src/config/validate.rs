@@ -237,6 +237,7 @@ pub(crate) fn build(
         connect_timeout,
         request_timeout,
         stale_after_slow_upstream: settings.stale_after_slow_upstream,
+        max_upstream_connections: settings.max_upstream_connections,
         token: secrets.token,
         token_file: settings.token_file.clone(),
         shutdown_grace: settings.shutdown_grace,

@@ -274,3 +274,38 @@ async fn a_slow_refresh_serves_stale_at_the_soft_deadline_and_refreshes_the_entr
     assert_eq!(asked.elapsed(), Duration::from_secs(5));
     harness.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_misses_queues_for_the_capped_upstream_connections() {
+    let harness = Harness::start_with(|config| {
+        config.max_upstream_connections = std::num::NonZeroUsize::new(2).expect("non-zero");
+    })
+    .await;
+    let sim = harness.handle();
+    let gate = sim.hold_requests();
+    let mut lookups = Vec::new();
+    for index in 0..6 {
+        let sidecar = harness.sidecar;
+        lookups.push(tokio::spawn(async move {
+            let path = lookup_path(ACCOUNT, &format!("burst-{index}"));
+            Endpoint::new(sidecar).get_as(&path, TOKEN_A).await
+        }));
+    }
+    // Six fetches are in flight, but only two requests reach Cloudflare.
+    wait_until("six fetches, two upstream requests", WAIT_LIMIT, || {
+        harness.proxy.in_flight() == (6, 0) && sim.held() == 2
+    })
+    .await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(sim.held(), 2, "the cap holds");
+    // Released, the queued ones follow within their deadlines.
+    gate.release();
+    for lookup in lookups {
+        let reply = lookup.await.expect("lookup task");
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    }
+    assert_eq!(sim.requests(SimRoute::ReferenceGet), 6);
+    harness.stop().await;
+}

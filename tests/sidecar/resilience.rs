@@ -26,6 +26,9 @@ async fn stale_if_error_covers_every_kind_of_failed_refresh() {
         config.ttl.stale_while_revalidate = Duration::ZERO;
         config.upstream_retries = 0;
         config.breaker.failure_threshold = 0;
+        // A hang is a failure here, met at the request timeout; serving stale at a soft
+        // deadline before it is tests/sidecar/pacing.rs's.
+        config.stale_after_slow_upstream = Duration::ZERO;
     })
     .await;
     let sim = harness.handle();
