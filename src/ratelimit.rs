@@ -17,8 +17,8 @@ pub const DEFAULT_QUOTA: u64 = 1200;
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 
 /// The longest reset honoured from a header, so that a bogus `t` cannot silence a credential for
-/// days (the same bound as a 429's `Retry-After`).
-pub const MAX_RESET: Duration = Duration::from_secs(3600);
+/// days: the same bound as a 429's `Retry-After`.
+pub const MAX_RESET: Duration = crate::budget::MAX_COOL_DOWN;
 
 /// Where one credential stands, as one upstream answer told it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

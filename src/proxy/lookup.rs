@@ -22,7 +22,7 @@ use crate::error::X_SHOULD_RETRY;
 use crate::proxy::cache_status::{CacheStatus, StaleReason};
 use crate::proxy::limits::Slot;
 use crate::proxy::response::{relay, AnswerFrom, Served, RATELIMIT};
-use crate::proxy::upstream_call::{upstream_error, Refusal};
+use crate::proxy::upstream_call::{status_of, upstream_error, Refusal};
 use crate::proxy::{LiveSettings, Proxy, Shared};
 use crate::ratelimit::Work;
 use crate::resilience::{backoff, health_of, is_gateway_failure, is_retryable, Health, Pass};
@@ -325,10 +325,6 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
 /// whose body is not a Cloudflare envelope (an HTML error page, a captive portal, garbage) is no
 /// healthy answer, even though its status looks like one.
 fn lookup_health(result: &Result<UpstreamAnswer, UpstreamError>) -> Health {
-    let summary = result
-        .as_ref()
-        .map(|answer| answer.status)
-        .map_err(|error| *error);
     if let Ok(answer) = result {
         let not_an_envelope =
             storability(answer.status, &answer.body) == Storability::No(NOT_AN_ENVELOPE);
@@ -336,7 +332,7 @@ fn lookup_health(result: &Result<UpstreamAnswer, UpstreamError>) -> Health {
             return Health::Unhealthy;
         }
     }
-    health_of(&summary)
+    health_of(&status_of(result))
 }
 
 /// The answer as the cache keeps it: the body (shared, not copied) and only the headers a replay

@@ -91,6 +91,16 @@ pub(super) fn upstream_error(error: UpstreamError) -> ApiError {
     }
 }
 
+/// Pure: a call's status, or its failure.
+pub(super) fn status_of(
+    result: &Result<UpstreamAnswer, UpstreamError>,
+) -> Result<StatusCode, UpstreamError> {
+    result
+        .as_ref()
+        .map(|answer| answer.status)
+        .map_err(|error| *error)
+}
+
 /// Pure: whether Cloudflare's answer refuses the credential itself (401, 403).
 fn is_credential_refusal(status: StatusCode) -> bool {
     matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
@@ -129,19 +139,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
         started: Instant,
         result: &Result<UpstreamAnswer, UpstreamError>,
     ) -> Result<StatusCode, UpstreamError> {
-        let summary = result
-            .as_ref()
-            .map(|answer| answer.status)
-            .map_err(|error| *error);
-        self.settle_with_health(
-            pass,
-            partition,
-            account_id,
-            started,
-            result,
-            health_of(&summary),
-        )
-        .await
+        let health = health_of(&status_of(result));
+        self.settle_with_health(pass, partition, account_id, started, result, health)
+            .await
     }
 
     /// [`Self::settle`] with the breaker's verdict given by the caller, who may know more than
@@ -155,10 +155,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
         result: &Result<UpstreamAnswer, UpstreamError>,
         health: Health,
     ) -> Result<StatusCode, UpstreamError> {
-        let summary = result
-            .as_ref()
-            .map(|answer| answer.status)
-            .map_err(|error| *error);
+        let summary = status_of(result);
         let label = match &summary {
             Ok(status) => status.as_str(),
             Err(error) => error.as_str(),
