@@ -1,7 +1,9 @@
-//! The upstream budget: how many calls each credential may make to Cloudflare, and the cool-down a
-//! credential serves after Cloudflare answered it 429. Both belong to one credential partition. The
-//! request path sees only the small [`UpstreamBudget`] trait, so a budget shared by a fleet of
-//! sidecars (Redis) can replace [`LocalBudget`] without rewiring anything.
+//! The upstream budget: how many calls each credential may make to Cloudflare, the cool-down a
+//! credential serves after Cloudflare answered it 429, and the latest count Cloudflare's
+//! `Ratelimit` header gave for it (the pacing decision itself is pure, in ratelimit.rs). All
+//! belong to one credential partition. The request path sees only the small [`UpstreamBudget`]
+//! trait, so a budget shared by a fleet of sidecars (Redis) can replace [`LocalBudget`] without
+//! rewiring anything. It must not know about the cache.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +22,7 @@ use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
 use crate::credentials::Partition;
+use crate::ratelimit::{pace, Pace, QuotaReading, QuotaState, Reserves, Share, Work};
 
 /// The longest cool-down honoured from a `Retry-After`, so that a bogus header cannot silence a
 /// credential for days.
@@ -29,24 +32,53 @@ pub const MAX_COOL_DOWN: Duration = Duration::from_secs(3600);
 /// sidecar assumes that.
 pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(300);
 
-/// A token bucket: `requests` per `period` on average, with bursts of up to `burst`.
+/// A token bucket: `requests` per `period` on average, with bursts of up to `burst`; and the
+/// reserves of Cloudflare's own count that callers and background refreshes leave untouched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BudgetPolicy {
     pub requests: NonZeroU32,
     pub period: Duration,
     pub burst: NonZeroU32,
+    pub reserves: Reserves,
 }
 
 impl BudgetPolicy {
     fn quota(&self) -> Quota {
-        // One token comes back every period/requests; `with_period` refuses only a zero period,
-        // which config validation already rules out.
-        let per_token = self.period / self.requests.get();
-        Quota::with_period(per_token.max(Duration::from_nanos(1)))
-            .unwrap_or_else(|| Quota::per_second(self.requests))
-            .allow_burst(self.burst)
+        quota_of(self.requests, self.period, self.burst)
+    }
+
+    /// The share of the bucket background refreshes may use: all but the refresh reserve, so
+    /// that a caller with a cold key always finds tokens that refreshes could not take. `None`
+    /// when that share rounds to nothing: refreshes then never call.
+    fn refresh_quota(&self) -> Option<Quota> {
+        let without_reserve = |value: NonZeroU32| {
+            let kept = self.reserves.refresh.of(u64::from(value.get()));
+            let left = u64::from(value.get()).saturating_sub(kept);
+            NonZeroU32::new(u32::try_from(left).unwrap_or(u32::MAX))
+        };
+        Some(quota_of(
+            without_reserve(self.requests)?,
+            self.period,
+            without_reserve(self.burst)?,
+        ))
     }
 }
+
+fn quota_of(requests: NonZeroU32, period: Duration, burst: NonZeroU32) -> Quota {
+    // One token comes back every period/requests; `with_period` refuses only a zero period,
+    // which config validation already rules out.
+    let per_token = period / requests.get();
+    Quota::with_period(per_token.max(Duration::from_nanos(1)))
+        .unwrap_or_else(|| Quota::per_second(requests))
+        .allow_burst(burst)
+}
+
+/// The default reserves: callers leave 10 % of Cloudflare's quota to the user's other tools, and
+/// background refreshes leave another 15 % to callers.
+pub const DEFAULT_RESERVES: Reserves = Reserves {
+    caller: Share::TEN_PERCENT,
+    refresh: Share::TWENTY_FIVE_PERCENT,
+};
 
 /// Whether a credential may make one upstream call now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,12 +89,32 @@ pub enum Admission {
     Exhausted { retry_after: Duration },
     /// Cloudflare answered this credential 429; it may call again after `retry_after`.
     CoolingDown { retry_after: Duration },
+    /// Cloudflare's own count for this credential is at or below the reserve for this kind of
+    /// work; the window resets after `retry_after`.
+    AtReserve { retry_after: Duration },
+}
+
+/// Where the credentials stand by Cloudflare's count, for the metrics: no label per credential.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaSummary {
+    /// The fewest calls left among credentials with a current reading (`None`: no reading).
+    pub lowest_remaining: Option<u64>,
+    /// Credentials whose callers are held at the reserve until their window resets.
+    pub held_at_reserve: usize,
 }
 
 /// The budget interface of the request path.
 pub trait UpstreamBudget: Send + Sync + 'static {
-    /// Takes one token for `partition`, unless it is cooling down or out of tokens.
-    fn admit(&self, partition: Partition) -> impl Future<Output = Admission> + Send;
+    /// Takes one token for `partition` to do `work`, unless it is cooling down, out of tokens, or
+    /// at the reserve of Cloudflare's count for that work.
+    fn admit(&self, partition: Partition, work: Work) -> impl Future<Output = Admission> + Send;
+    /// Records the count Cloudflare's `Ratelimit` header gave for `partition`, and returns where
+    /// all credentials now stand.
+    fn observe(
+        &self,
+        partition: Partition,
+        reading: QuotaReading,
+    ) -> impl Future<Output = QuotaSummary> + Send;
     /// Records that Cloudflare answered `partition` 429 and asked it to wait `wait`.
     fn cool_down(&self, partition: Partition, wait: Duration) -> impl Future<Output = ()> + Send;
     /// Applies a new policy (on reload). Cool-downs are kept.
@@ -114,10 +166,33 @@ fn keyed_limiter(policy: &BudgetPolicy) -> KeyedLimiter {
         .with_middleware::<StateInformationMiddleware>()
 }
 
-/// The in-process budget: governor's keyed GCRA limiter plus a table of cool-downs.
+/// The limiters of one policy, replaced together on reload.
+struct Limiters {
+    policy: BudgetPolicy,
+    all: KeyedLimiter,
+    /// Background refreshes pass this one too; `None`: they never call.
+    refreshes: Option<KeyedLimiter>,
+}
+
+impl Limiters {
+    fn new(policy: BudgetPolicy) -> Limiters {
+        Limiters {
+            policy,
+            all: keyed_limiter(&policy),
+            refreshes: policy.refresh_quota().map(|quota| {
+                RateLimiter::dashmap_with_clock(quota, TokioClock)
+                    .with_middleware::<StateInformationMiddleware>()
+            }),
+        }
+    }
+}
+
+/// The in-process budget: governor's keyed GCRA limiters, a table of cool-downs and a table of
+/// Cloudflare's counts.
 pub struct LocalBudget {
-    limiter: ArcSwap<KeyedLimiter>,
+    limiters: ArcSwap<Limiters>,
     cool_downs: Mutex<HashMap<Partition, Instant>>,
+    quotas: Mutex<HashMap<Partition, QuotaState>>,
     calls: AtomicU64,
 }
 
@@ -128,24 +203,51 @@ const HOUSEKEEPING_EVERY: u64 = 4096;
 impl LocalBudget {
     pub fn new(policy: BudgetPolicy) -> LocalBudget {
         LocalBudget {
-            limiter: ArcSwap::from_pointee(keyed_limiter(&policy)),
+            limiters: ArcSwap::from_pointee(Limiters::new(policy)),
             cool_downs: Mutex::new(HashMap::new()),
+            quotas: Mutex::new(HashMap::new()),
             calls: AtomicU64::new(0),
         }
     }
 
     fn housekeeping(&self, now: Instant) {
-        let limiter = self.limiter.load();
-        limiter.retain_recent();
-        limiter.shrink_to_fit();
+        let limiters = self.limiters.load();
+        for limiter in std::iter::once(&limiters.all).chain(limiters.refreshes.as_ref()) {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
         self.cool_downs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, until| *until > now);
+        self.quotas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, state| state.is_current(now));
     }
 
-    /// The admission decision, synchronous: the local tables never wait.
-    pub fn admit_now(&self, partition: Partition) -> Admission {
+    /// Cloudflare's count: whether `work` is held at its reserve.
+    fn pace_now(&self, partition: Partition, work: Work, now: Instant) -> Option<Admission> {
+        let reserves = self.limiters.load().policy.reserves;
+        let quotas = self.quotas.lock().unwrap_or_else(PoisonError::into_inner);
+        match pace(quotas.get(&partition), reserves, work, now) {
+            Pace::Hold { retry_after } => Some(Admission::AtReserve { retry_after }),
+            Pace::Go => None,
+        }
+    }
+
+    /// Counts an admitted call against Cloudflare's count before its answer arrives, so that calls
+    /// admitted together cannot overshoot the reserve together.
+    fn count_call(&self, partition: Partition) {
+        let mut quotas = self.quotas.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(state) = quotas.get_mut(&partition) {
+            state.remaining = state.remaining.saturating_sub(1);
+        }
+    }
+
+    /// The admission decision, synchronous: the local tables never wait. The stricter of the
+    /// configured bucket and Cloudflare's count decides.
+    pub fn admit_now(&self, partition: Partition, work: Work) -> Admission {
         let now = Instant::now();
         if self.calls.fetch_add(1, Ordering::Relaxed) % HOUSEKEEPING_EVERY == HOUSEKEEPING_EVERY - 1
         {
@@ -164,10 +266,30 @@ impl LocalBudget {
                 };
             }
         }
-        match self.limiter.load().check_key(&partition) {
-            Ok(snapshot) => Admission::Granted {
-                tokens_left: snapshot.remaining_burst_capacity(),
-            },
+        // Cloudflare's count first: a held credential spends no token of either bucket.
+        if let Some(held) = self.pace_now(partition, work, now) {
+            return held;
+        }
+        let limiters = self.limiters.load();
+        if work == Work::Refresh {
+            let Some(refreshes) = &limiters.refreshes else {
+                return Admission::Exhausted {
+                    retry_after: limiters.policy.period,
+                };
+            };
+            if let Err(not_until) = refreshes.check_key(&partition) {
+                return Admission::Exhausted {
+                    retry_after: not_until.wait_time_from(TokioInstant(now)),
+                };
+            }
+        }
+        match limiters.all.check_key(&partition) {
+            Ok(snapshot) => {
+                self.count_call(partition);
+                Admission::Granted {
+                    tokens_left: snapshot.remaining_burst_capacity(),
+                }
+            }
             Err(not_until) => Admission::Exhausted {
                 retry_after: not_until.wait_time_from(TokioInstant(now)),
             },
@@ -186,22 +308,53 @@ impl LocalBudget {
             *entry = until;
         }
     }
+
+    pub fn observe_now(&self, partition: Partition, reading: QuotaReading) -> QuotaSummary {
+        let now = Instant::now();
+        let reserves = self.limiters.load().policy.reserves;
+        let mut quotas = self.quotas.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = match quotas.get(&partition) {
+            Some(old) => old.merge(reading, now),
+            None => QuotaState::from_reading(reading, now),
+        };
+        quotas.insert(partition, state);
+        // The table holds only credentials in use (housekeeping drops past windows), so a scan
+        // per answer is cheap, and it keeps the metrics free of any label per credential.
+        let current = quotas.values().filter(|state| state.is_current(now));
+        let mut summary = QuotaSummary::default();
+        for state in current {
+            summary.lowest_remaining = Some(
+                summary
+                    .lowest_remaining
+                    .map_or(state.remaining, |lowest| lowest.min(state.remaining)),
+            );
+            if pace(Some(state), reserves, Work::Caller, now) != Pace::Go {
+                summary.held_at_reserve += 1;
+            }
+        }
+        summary
+    }
 }
 
 impl UpstreamBudget for LocalBudget {
-    async fn admit(&self, partition: Partition) -> Admission {
-        self.admit_now(partition)
+    async fn admit(&self, partition: Partition, work: Work) -> Admission {
+        self.admit_now(partition, work)
+    }
+
+    async fn observe(&self, partition: Partition, reading: QuotaReading) -> QuotaSummary {
+        self.observe_now(partition, reading)
     }
 
     async fn cool_down(&self, partition: Partition, wait: Duration) {
         self.cool_down_now(partition, wait);
     }
 
-    /// A new limiter replaces the old one: every credential starts with a full bucket under the
+    /// New limiters replace the old ones: every credential starts with a full bucket under the
     /// new policy. Reloads are rare operator actions; carrying fractional state across quotas
-    /// would add nothing worth its complexity.
+    /// would add nothing worth its complexity. Cloudflare's counts are kept: they are facts, not
+    /// policy.
     fn set_policy(&self, policy: BudgetPolicy) {
-        self.limiter.store(Arc::new(keyed_limiter(&policy)));
+        self.limiters.store(Arc::new(Limiters::new(policy)));
     }
 }
 
@@ -248,6 +401,7 @@ mod tests {
             requests: NonZeroU32::new(requests).expect("non-zero"),
             period: Duration::from_secs(period_secs),
             burst: NonZeroU32::new(burst).expect("non-zero"),
+            reserves: DEFAULT_RESERVES,
         }
     }
 
@@ -257,9 +411,12 @@ mod tests {
         let budget = LocalBudget::new(policy(10, 10, 3));
         let a = partition("a");
         for tokens_left in [2, 1, 0] {
-            assert_eq!(budget.admit(a).await, Admission::Granted { tokens_left });
+            assert_eq!(
+                budget.admit(a, Work::Caller).await,
+                Admission::Granted { tokens_left }
+            );
         }
-        let Admission::Exhausted { retry_after } = budget.admit(a).await else {
+        let Admission::Exhausted { retry_after } = budget.admit(a, Work::Caller).await else {
             panic!("the burst is spent");
         };
         assert!(
@@ -268,15 +425,24 @@ mod tests {
         );
         // Another credential has its own bucket.
         assert_eq!(
-            budget.admit(partition("b")).await,
+            budget.admit(partition("b"), Work::Caller).await,
             Admission::Granted { tokens_left: 2 }
         );
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(budget.admit(a).await, Admission::Granted { tokens_left: 0 });
-        assert!(matches!(budget.admit(a).await, Admission::Exhausted { .. }));
+        assert_eq!(
+            budget.admit(a, Work::Caller).await,
+            Admission::Granted { tokens_left: 0 }
+        );
+        assert!(matches!(
+            budget.admit(a, Work::Caller).await,
+            Admission::Exhausted { .. }
+        ));
         // A new policy applies at once.
         budget.set_policy(policy(10, 10, 5));
-        assert_eq!(budget.admit(a).await, Admission::Granted { tokens_left: 4 });
+        assert_eq!(
+            budget.admit(a, Work::Caller).await,
+            Admission::Granted { tokens_left: 4 }
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -285,41 +451,148 @@ mod tests {
         let a = partition("a");
         budget.cool_down(a, Duration::from_secs(120)).await;
         assert_eq!(
-            budget.admit(a).await,
+            budget.admit(a, Work::Caller).await,
             Admission::CoolingDown {
                 retry_after: Duration::from_secs(120)
             }
         );
         assert!(matches!(
-            budget.admit(partition("b")).await,
+            budget.admit(partition("b"), Work::Caller).await,
             Admission::Granted { .. }
         ));
         // A shorter, later 429 does not shorten it.
         budget.cool_down(a, Duration::from_secs(5)).await;
         tokio::time::advance(Duration::from_secs(100)).await;
         assert_eq!(
-            budget.admit(a).await,
+            budget.admit(a, Work::Caller).await,
             Admission::CoolingDown {
                 retry_after: Duration::from_secs(20)
             }
         );
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert!(matches!(budget.admit(a).await, Admission::Granted { .. }));
+        assert!(matches!(
+            budget.admit(a, Work::Caller).await,
+            Admission::Granted { .. }
+        ));
     }
 
     #[tokio::test(start_paused = true)]
     async fn housekeeping_forgets_idle_credentials() {
         let budget = LocalBudget::new(policy(10, 10, 1));
         for index in 0..100 {
-            budget.admit(partition(&format!("t{index}"))).await;
+            budget
+                .admit(partition(&format!("t{index}")), Work::Caller)
+                .await;
         }
         budget
             .cool_down(partition("t0"), Duration::from_secs(1))
             .await;
         tokio::time::advance(Duration::from_secs(5)).await;
         budget.housekeeping(Instant::now());
-        assert_eq!(budget.limiter.load().len(), 0);
+        assert_eq!(budget.limiters.load().all.len(), 0);
+        assert!(budget.quotas.lock().expect("lock").is_empty());
         assert!(budget.cool_downs.lock().expect("lock").is_empty());
+    }
+
+    fn reading(remaining: u64, reset_secs: u64) -> QuotaReading {
+        QuotaReading {
+            remaining,
+            reset_after: Duration::from_secs(reset_secs),
+            quota: Some(1200),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cloudflares_count_holds_a_credential_at_the_reserve_until_the_reset() {
+        let budget = LocalBudget::new(policy(1000, 300, 50));
+        let (a, b) = (partition("a"), partition("b"));
+        let summary = budget.observe(a, reading(122, 60)).await;
+        assert_eq!(
+            summary,
+            QuotaSummary {
+                lowest_remaining: Some(122),
+                held_at_reserve: 0
+            }
+        );
+        // Two calls admitted before any answer count down to the reserve (120 of 1200).
+        assert!(matches!(
+            budget.admit(a, Work::Caller).await,
+            Admission::Granted { .. }
+        ));
+        assert!(matches!(
+            budget.admit(a, Work::Caller).await,
+            Admission::Granted { .. }
+        ));
+        assert_eq!(
+            budget.admit(a, Work::Caller).await,
+            Admission::AtReserve {
+                retry_after: Duration::from_secs(60)
+            }
+        );
+        // Another credential is not held.
+        assert!(matches!(
+            budget.admit(b, Work::Caller).await,
+            Admission::Granted { .. }
+        ));
+        let summary = budget.observe(b, reading(700, 120)).await;
+        assert_eq!(
+            summary,
+            QuotaSummary {
+                lowest_remaining: Some(120),
+                held_at_reserve: 1
+            }
+        );
+        // The window resets: calls resume, and a fresh answer replaces the old count.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(matches!(
+            budget.admit(a, Work::Caller).await,
+            Admission::Granted { .. }
+        ));
+        let summary = budget.observe(a, reading(1199, 300)).await;
+        assert_eq!(summary.held_at_reserve, 0);
+        assert_eq!(summary.lowest_remaining, Some(700));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_stop_at_their_reserve_and_callers_still_get_through() {
+        // Cloudflare's count: 250 of 1200 left is under the refresh reserve (25 %), above the
+        // caller's (10 %).
+        let budget = LocalBudget::new(policy(1000, 300, 50));
+        let a = partition("a");
+        budget.observe(a, reading(250, 60)).await;
+        assert!(matches!(
+            budget.admit(a, Work::Refresh).await,
+            Admission::AtReserve { .. }
+        ));
+        assert!(matches!(
+            budget.admit(a, Work::Caller).await,
+            Admission::Granted { .. }
+        ));
+        // The configured bucket: refreshes may take 75 % of the burst, the rest is callers'.
+        let budget = LocalBudget::new(policy(1000, 300, 8));
+        let mut refreshed = 0;
+        while let Admission::Granted { .. } = budget.admit(a, Work::Refresh).await {
+            refreshed += 1;
+        }
+        assert_eq!(refreshed, 6);
+        for tokens_left in [1, 0] {
+            assert_eq!(
+                budget.admit(a, Work::Caller).await,
+                Admission::Granted { tokens_left }
+            );
+        }
+        // A refresh reserve of 100 % leaves refreshes nothing.
+        let mut everything = policy(1000, 300, 8);
+        everything.reserves.refresh = Share::per_mille(1000).expect("100%");
+        let budget = LocalBudget::new(everything);
+        assert!(matches!(
+            budget.admit(a, Work::Refresh).await,
+            Admission::Exhausted { .. }
+        ));
+        assert!(matches!(
+            budget.admit(a, Work::Caller).await,
+            Admission::Granted { .. }
+        ));
     }
 
     #[test]

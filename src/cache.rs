@@ -186,6 +186,9 @@ impl Storability {
     }
 }
 
+/// The `Storability::No` reason of a body that is not a Cloudflare envelope at all.
+pub const NOT_AN_ENVELOPE: &str = "not-an-envelope";
+
 /// Pure: decides from status and body whether an answer is cacheable. Only 200 and 404 are, and
 /// only with a valid Cloudflare envelope: 401, 403, 429 and 5xx depend on the moment or the
 /// credential, and a body that is not an envelope is no answer to keep.
@@ -195,7 +198,7 @@ pub fn storability(status: StatusCode, body: &[u8]) -> Storability {
     }
     let Ok(serde_json::Value::Object(envelope)) = serde_json::from_slice::<serde_json::Value>(body)
     else {
-        return Storability::No("not-an-envelope");
+        return Storability::No(NOT_AN_ENVELOPE);
     };
     let success = envelope.get("success").and_then(serde_json::Value::as_bool);
     let lists_present = envelope
@@ -206,7 +209,7 @@ pub fn storability(status: StatusCode, body: &[u8]) -> Storability {
             .is_some_and(serde_json::Value::is_array);
     let result = envelope.get("result");
     if !lists_present {
-        return Storability::No("not-an-envelope");
+        return Storability::No(NOT_AN_ENVELOPE);
     }
     match (status, success, result) {
         (StatusCode::OK, Some(true), Some(serde_json::Value::Object(_))) => Storability::Positive,

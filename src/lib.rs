@@ -6,8 +6,9 @@
 //! tests; the configuration (`config`) and the listeners (`server`) for whoever embeds or tests the
 //! service; and the pure deciders that the property tests, the fuzz targets and the load tools
 //! exercise directly (`routes`, `credentials`, `cache`, `budget`, `resilience`, `error`, `proxy`'s
-//! request limits and hit response, `upstream`'s URL types, `admin`'s purge scopes). The in-flight
-//! table (`coalesce`) and the metric families (`metrics`) are internal.
+//! request limits and hit response, `upstream`'s URL types, `admin`'s purge scopes), and the metric
+//! families' exposition formats (`metrics`) that tests scrape. The in-flight table (`coalesce`) is
+//! internal.
 
 pub mod admin;
 pub mod budget;
@@ -18,8 +19,9 @@ pub mod credentials;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
-mod metrics;
+pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod resilience;
 pub mod routes;
 pub mod server;
@@ -86,6 +88,7 @@ fn live_settings(config: &Config) -> Result<LiveSettings, BuildError> {
         ttl: config.ttl,
         fallback_token: config.token.as_ref().map(FallbackToken::new).transpose()?,
         max_retries: config.upstream_retries,
+        stale_after_slow_upstream: config.stale_after_slow_upstream,
         limits: config.request_limits,
         writes_with_sidecar_token: config.writes_with_sidecar_token,
         allowed_accounts: config
@@ -103,6 +106,7 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
         base: config.upstream.clone(),
         connect_timeout: config.connect_timeout,
         request_timeout: config.request_timeout,
+        max_connections: config.max_upstream_connections,
         tls: config.tls.clone(),
         proxy: config.https_proxy.clone(),
     })?;

@@ -116,17 +116,20 @@ const STALE_REASONS: &[&str] = &[
     "stale-if-error",
     "stale-budget-exhausted",
     "stale-rate-limited",
+    "stale-quota-reserve",
+    "stale-slow-upstream",
     "stale-upstream-down",
 ];
 
 /// Why the sidecar answered a 429 itself.
-const LOCAL_RATE_LIMIT_REASONS: &[&str] = &["budget-exhausted", "rate-limited"];
+const LOCAL_RATE_LIMIT_REASONS: &[&str] = &["budget-exhausted", "rate-limited", "quota-reserve"];
 
 /// Why the sidecar refused a request without asking Cloudflare.
 pub const REFUSAL_REASONS: &[&str] = &[
     "pending-lookups",
     "budget-exhausted",
     "rate-limited",
+    "quota-reserve",
     "upstream-down",
 ];
 
@@ -204,6 +207,8 @@ pub struct Metrics {
     cache_weighted_bytes: Gauge,
     cache_evictions: Family<CauseLabel, Counter>,
     budget_tokens: Gauge,
+    quota_lowest_remaining: Gauge,
+    quota_held_credentials: Gauge,
     breaker_state: Family<StateLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
 }
@@ -381,6 +386,21 @@ impl Metrics {
             "Upstream budget tokens left for the credential that last called Cloudflare",
             budget_tokens.clone(),
         );
+        // Cloudflare's own count (`Ratelimit`), summarised over credentials: a label per
+        // credential would be unbounded.
+        let quota_lowest_remaining = Gauge::default();
+        registry.register(
+            "upstream_quota_lowest_remaining",
+            "Fewest calls left in Cloudflare's current window among credentials (its Ratelimit header); -1 before any reading",
+            quota_lowest_remaining.clone(),
+        );
+        quota_lowest_remaining.set(-1);
+        let quota_held_credentials = Gauge::default();
+        registry.register(
+            "upstream_quota_held_credentials",
+            "Credentials held at the upstream_reserve of Cloudflare's count until their window resets",
+            quota_held_credentials.clone(),
+        );
         let breaker_state = Family::<StateLabel, Gauge>::default();
         registry.register(
             "breaker_state",
@@ -414,6 +434,8 @@ impl Metrics {
             cache_weighted_bytes,
             cache_evictions,
             budget_tokens,
+            quota_lowest_remaining,
+            quota_held_credentials,
             breaker_state,
             reloads,
         };
@@ -493,6 +515,15 @@ impl Metrics {
 
     pub fn set_budget_tokens(&self, tokens: u32) {
         self.budget_tokens.set(i64::from(tokens));
+    }
+
+    /// Where credentials stand by Cloudflare's count: the fewest calls left (`None`: no current
+    /// reading) and how many are held at the reserve.
+    pub fn set_upstream_quota(&self, lowest_remaining: Option<u64>, held: usize) {
+        let lowest = lowest_remaining.map_or(-1, |calls| i64::try_from(calls).unwrap_or(i64::MAX));
+        self.quota_lowest_remaining.set(lowest);
+        self.quota_held_credentials
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     pub fn record_reload(&self, result: &'static str) {

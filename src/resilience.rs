@@ -220,7 +220,8 @@ pub fn health_of(result: &Result<StatusCode, UpstreamError>) -> Health {
     }
 }
 
-fn is_gateway_failure(status: StatusCode) -> bool {
+/// Pure: 502, 503 or 504, the answers of a gateway in trouble.
+pub fn is_gateway_failure(status: StatusCode) -> bool {
     matches!(status.as_u16(), 502..=504)
 }
 

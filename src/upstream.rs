@@ -1,10 +1,12 @@
 //! The only outbound I/O of the sidecar: one pooled hyper-util client over rustls, built once,
 //! that sends a lookup to Cloudflare and returns the answer it may relay. It decides nothing about
-//! caching; it enforces the connect and whole-request timeouts and the body size bound.
+//! caching; it enforces the connect and whole-request timeouts, the body size bound and the cap on
+//! requests (and so connections) in flight.
 
 use std::error::Error as _;
 use std::fmt;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::Semaphore;
 
 use crate::credentials::Credentials;
 use crate::throttle::LogThrottle;
@@ -316,6 +319,9 @@ pub struct UpstreamSettings {
     pub base: UpstreamBase,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Requests in flight at most: over HTTP/1.1, each holds a connection of its own, so this
+    /// also bounds the connections a burst of expiries opens.
+    pub max_connections: NonZeroUsize,
     pub tls: TlsSettings,
     /// Used for `https://` upstreams only.
     pub proxy: Option<ProxyUrl>,
@@ -385,6 +391,8 @@ pub struct Upstream {
     request_timeout: Duration,
     user_agent: HeaderValue,
     failure_log: Arc<LogThrottle>,
+    /// One permit per request in flight. hyper-util's pool caps idle connections, not open ones.
+    in_flight: Arc<Semaphore>,
 }
 
 /// How often a failure to reach Cloudflare is logged at `warn` during an outage.
@@ -412,7 +420,8 @@ impl Upstream {
         builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60));
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(settings.max_connections.get());
         let client = match &settings.proxy {
             Some(proxy) if settings.base.scheme == Scheme::HTTPS => {
                 let mut tunnel = Tunnel::new(proxy.uri.clone(), http);
@@ -431,6 +440,7 @@ impl Upstream {
             request_timeout: settings.request_timeout,
             user_agent,
             failure_log: Arc::new(LogThrottle::new(FAILURE_LOG_EVERY)),
+            in_flight: Arc::new(Semaphore::new(settings.max_connections.get())),
         })
     }
 
@@ -483,7 +493,16 @@ impl Upstream {
         for (name, value) in credentials.headers() {
             headers.insert(name.clone(), value.clone());
         }
-        match tokio::time::timeout_at(deadline, self.exchange(request)).await {
+        // Queued for a permit within the same deadline: a request that waited its whole deadline
+        // for a connection times out like one that waited for Cloudflare.
+        let bounded = async {
+            let Ok(_permit) = self.in_flight.acquire().await else {
+                // The semaphore is never closed; this is a bug if it happens.
+                return Err(UpstreamError::Unreachable);
+            };
+            self.exchange(request).await
+        };
+        match tokio::time::timeout_at(deadline, bounded).await {
             Ok(result) => result,
             Err(_elapsed) => Err(UpstreamError::Timeout),
         }

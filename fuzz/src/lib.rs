@@ -27,6 +27,7 @@ use zt_risk_sidecar::credentials::{
 };
 use zt_risk_sidecar::error::{envelope_bytes, ApiError};
 use zt_risk_sidecar::proxy::{check_request_head, RequestLimits};
+use zt_risk_sidecar::ratelimit::Work;
 use zt_risk_sidecar::resilience::{on_result, BreakerState, Health, Pass};
 use zt_risk_sidecar::routes::{
     self, AccountId, Lookup, ReferenceId, Route, Subject, API_PREFIX, MAX_REFERENCE_ID_BYTES,
@@ -901,6 +902,6 @@ pub fn check_config_input(data: &[u8]) {
     let partition = partition_of(&headers, None).expect("credentials");
     let budget = LocalBudget::new(config.budget);
     for _ in 0..3 {
-        let _ = budget.admit_now(partition);
+        let _ = budget.admit_now(partition, Work::Caller);
     }
 }

@@ -61,6 +61,10 @@ pub struct Config {
     pub cache_max_bytes: NonZeroU64,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Upstream requests in flight at most (and so HTTP/1.1 connections).
+    pub max_upstream_connections: std::num::NonZeroUsize,
+    /// How long a caller with a stale entry waits for its refresh before the entry answers.
+    pub stale_after_slow_upstream: Duration,
     pub token: Option<Secret>,
     pub token_file: Option<PathBuf>,
     pub shutdown_grace: Duration,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::declare::settings;
 use super::values::{unset, FileMode, LogFilter, LogFormat};
+use crate::ratelimit::Share;
 use crate::routes::AccountId;
 use crate::server::ListenAddr;
 use crate::upstream::{ProxyUrl, TlsRoots};
@@ -76,12 +77,18 @@ settings! {
     stale_while_revalidate: Duration = "30s", Live, "DURATION";
     /// Serve stale when a refresh fails or is not allowed (`0s`: off).
     stale_if_error: Duration = "24h", Live, "DURATION";
+    /// Serve a stale entry (within `stale_if_error`) when its refresh takes longer than this; the refresh goes on in the background (`0s`: off, callers wait up to `request_timeout`).
+    stale_after_slow_upstream: Duration = "1s", Live, "DURATION";
     /// Upstream calls per credential per period.
     upstream_budget_requests: NonZeroU32 = "1000", Live, "N";
     /// The budget period.
     upstream_budget_period: Duration = "300s", Live, "DURATION";
     /// Largest burst of upstream calls per credential.
     upstream_budget_burst: NonZeroU32 = "50", Live, "N";
+    /// Share of Cloudflare's own per-user quota (its `Ratelimit-Policy` `q`) that the sidecar leaves to the user's other tools: at or below it (its `Ratelimit` `r`), no upstream call for that credential until the window resets. A share, not a count, so that it follows the quota of every plan.
+    upstream_reserve: Share = "10%", Live, "SHARE";
+    /// Share of Cloudflare's quota that background refreshes leave to callers (at least `upstream_reserve`); refreshes also use at most the rest of the configured budget.
+    upstream_refresh_reserve: Share = "25%", Live, "SHARE";
     /// Retries of connection failures and 502/503/504 (0 to 2).
     upstream_retries: u32 = "2", Live, "N";
     /// Consecutive failures that open the breaker (`0`: off).
@@ -92,6 +99,8 @@ settings! {
     connect_timeout: Duration = "5s", Restart, "DURATION";
     /// Whole upstream request, body included.
     request_timeout: Duration = "15s", Restart, "DURATION";
+    /// Upstream requests in flight at most, and so HTTP/1.1 connections open to Cloudflare at most; the rest queue within their deadlines.
+    max_upstream_connections: NonZeroUsize = "32", Restart, "N";
     /// File with the sidecar's own token (a mounted secret); re-read on SIGHUP.
     token_file: Option<PathBuf> = unset("none"), Live, "PATH";
     /// Let writes (POST, PUT, DELETE) without caller credentials go upstream with the sidecar's own token. Off: that token only reads, and any local process that reaches the listener cannot change or delete the user's integrations with it.

@@ -227,6 +227,7 @@ fn changed_value(key: &str, files: &Files) -> Option<String> {
         | "max_pending_lookups"
         | "max_waiting_lookups"
         | "max_pending_writes"
+        | "max_upstream_connections"
         | "http2_max_concurrent_streams" => "7".to_owned(),
         "header_read_timeout"
         | "body_read_timeout"
@@ -244,10 +245,15 @@ fn changed_value(key: &str, files: &Files) -> Option<String> {
         "upstream" => "\"https://api.example.test/client/v4\"".to_owned(),
         "allow_insecure_upstream" => "true".to_owned(),
         "cache_max_bytes" => "\"1MiB\"".to_owned(),
-        "stale_while_revalidate" | "stale_if_error" | "breaker_cool_down" => "\"9s\"".to_owned(),
+        "stale_while_revalidate"
+        | "stale_if_error"
+        | "breaker_cool_down"
+        | "stale_after_slow_upstream" => "\"9s\"".to_owned(),
         "upstream_budget_requests" | "upstream_budget_burst" => "9".to_owned(),
         "upstream_budget_period" => "\"90s\"".to_owned(),
         "upstream_retries" | "breaker_failures" => "1".to_owned(),
+        "upstream_reserve" => "\"20%\"".to_owned(),
+        "upstream_refresh_reserve" => "\"30%\"".to_owned(),
         "connect_timeout" => "\"1s\"".to_owned(),
         "request_timeout" => "\"20s\"".to_owned(),
         "token_file" => files.path("token"),

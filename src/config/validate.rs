@@ -11,6 +11,7 @@ use crate::budget::BudgetPolicy;
 use crate::cache::TtlPolicy;
 use crate::credentials::{FallbackToken, Secret};
 use crate::proxy::RequestLimits;
+use crate::ratelimit::Reserves;
 use crate::resilience::BreakerPolicy;
 use crate::server::{ListenAddr, ServerLimits, UnixSocketSettings};
 use crate::upstream::{TlsSettings, UpstreamBase};
@@ -157,10 +158,23 @@ pub(crate) fn build(
             ConfigError::new("upstream", format!("{:?}: {problem}", settings.upstream))
         })?;
 
+    if settings.upstream_refresh_reserve < settings.upstream_reserve {
+        return Err(ConfigError::new(
+            "upstream_refresh_reserve",
+            format!(
+                "{} is less than upstream_reserve ({}): background refreshes would spend what callers leave",
+                settings.upstream_refresh_reserve, settings.upstream_reserve
+            ),
+        ));
+    }
     let budget = BudgetPolicy {
         requests: settings.upstream_budget_requests,
         period: not_zero("upstream_budget_period", settings.upstream_budget_period)?,
         burst: settings.upstream_budget_burst,
+        reserves: Reserves {
+            caller: settings.upstream_reserve,
+            refresh: settings.upstream_refresh_reserve,
+        },
     };
     if settings.upstream_retries > MAX_UPSTREAM_RETRIES {
         return Err(ConfigError::new(
@@ -222,6 +236,8 @@ pub(crate) fn build(
         cache_max_bytes: settings.cache_max_bytes,
         connect_timeout,
         request_timeout,
+        stale_after_slow_upstream: settings.stale_after_slow_upstream,
+        max_upstream_connections: settings.max_upstream_connections,
         token: secrets.token,
         token_file: settings.token_file.clone(),
         shutdown_grace: settings.shutdown_grace,

@@ -124,6 +124,13 @@ impl<T: SettingValue> SettingValue for Option<T> {
     }
 }
 
+/// Shares are written like `10%`, `12.5%` or `0.1`.
+impl SettingValue for crate::ratelimit::Share {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        crate::ratelimit::Share::parse(text)
+    }
+}
+
 /// Durations are written like `500ms`, `60s`, `24h`, `1h 30m`.
 impl SettingValue for Duration {
     fn parse_text(text: &str) -> Result<Self, String> {

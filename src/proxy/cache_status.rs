@@ -188,6 +188,10 @@ pub enum StaleReason {
     BudgetExhausted,
     /// This credential is cooling down after Cloudflare's 429.
     RateLimited,
+    /// Cloudflare's own count for this credential is at the reserve until its window resets.
+    QuotaReserve,
+    /// The refresh took longer than `stale_after_slow_upstream`; it goes on in the background.
+    SlowUpstream,
     /// The circuit breaker considers Cloudflare down.
     UpstreamDown,
 }
@@ -200,6 +204,8 @@ impl StaleReason {
             StaleReason::IfError => "stale-if-error",
             StaleReason::BudgetExhausted => "stale-budget-exhausted",
             StaleReason::RateLimited => "stale-rate-limited",
+            StaleReason::QuotaReserve => "stale-quota-reserve",
+            StaleReason::SlowUpstream => "stale-slow-upstream",
             StaleReason::UpstreamDown => "stale-upstream-down",
         }
     }

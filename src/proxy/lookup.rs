@@ -14,16 +14,18 @@ use tokio::time::Instant;
 use crate::budget::UpstreamBudget;
 use crate::cache::{
     answered_integration, is_refresh_failure, storability, AnswerStore, CacheEntry, CacheKey,
-    Freshness, StaleUse,
+    Freshness, StaleUse, Storability, NOT_AN_ENVELOPE,
 };
 use crate::credentials::Credentials;
 use crate::error::ApiError;
+use crate::error::X_SHOULD_RETRY;
 use crate::proxy::cache_status::{CacheStatus, StaleReason};
 use crate::proxy::limits::Slot;
 use crate::proxy::response::{relay, AnswerFrom, Served, RATELIMIT};
-use crate::proxy::upstream_call::{upstream_error, Refusal};
+use crate::proxy::upstream_call::{status_of, upstream_error, Refusal};
 use crate::proxy::{LiveSettings, Proxy, Shared};
-use crate::resilience::{backoff, is_retryable, Health, Pass};
+use crate::ratelimit::Work;
+use crate::resilience::{backoff, health_of, is_gateway_failure, is_retryable, Health, Pass};
 use crate::routes::Lookup;
 use crate::upstream::{UpstreamAnswer, UpstreamError};
 
@@ -91,9 +93,25 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         let fetch = {
             let shared = Arc::clone(&self.shared);
             let key = key.clone();
-            move || async move { shared.fetch(key, lookup, credentials).await }
+            move || async move { shared.fetch(key, lookup, credentials, Work::Caller).await }
         };
-        let (role, fetched) = shared.flights.run(key, fetch).await;
+        let flight = shared.flights.run(key, fetch);
+        let soft_deadline = settings.stale_after_slow_upstream;
+        let (role, fetched) = match &fallback {
+            Some(entry) if !soft_deadline.is_zero() => {
+                // A slow Cloudflare is not a failing one, so stale-if-error alone would keep this
+                // caller waiting up to the request timeout. At the soft deadline the entry
+                // answers; the fetch is a task of its own and goes on to refresh the entry.
+                match tokio::time::timeout_at(received + soft_deadline, flight).await {
+                    Ok(finished) => finished,
+                    Err(_slow) => {
+                        let reason = StaleReason::SlowUpstream;
+                        return Served::stale(entry, reason, None, Instant::now());
+                    }
+                }
+            }
+            _ => flight.await,
+        };
         let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(_abandoned) => {
@@ -145,7 +163,15 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 Served::answered(response, cache)
             }
             (Fetched::Answered { answer, stored, .. }, _) => {
-                let response = relay(&answer, AnswerFrom::Upstream);
+                let mut response = relay(&answer, AnswerFrom::Upstream);
+                if is_gateway_failure(answer.status) {
+                    // The sidecar has already retried this within the request's deadline: an
+                    // SDK's own attempts on top would multiply the calls to a struggling
+                    // Cloudflare (three attempts each making three calls) for nothing.
+                    response
+                        .headers_mut()
+                        .insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
+                }
                 let cache = CacheStatus::Miss {
                     role,
                     stored,
@@ -165,7 +191,10 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             }
             (Fetched::Refused(refusal), None) => {
                 shared.metrics.record_refusal(refusal.as_str());
-                if let Refusal::BudgetExhausted { .. } | Refusal::CoolingDown { .. } = refusal {
+                if let Refusal::BudgetExhausted { .. }
+                | Refusal::CoolingDown { .. }
+                | Refusal::QuotaReserve { .. } = refusal
+                {
                     shared.metrics.record_local_rate_limited(refusal.as_str());
                 }
                 let response = refusal.to_error().to_response();
@@ -179,7 +208,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         let shared = Arc::clone(&self.shared);
         let task_key = key.clone();
         self.shared.flights.start_if_idle(key, move || async move {
-            shared.fetch(task_key, lookup, credentials).await
+            shared
+                .fetch(task_key, lookup, credentials, Work::Refresh)
+                .await
         });
     }
 }
@@ -187,8 +218,14 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
 impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
     /// The leader's work, in its own task: upstream calls within the budget, the breaker and the
     /// request's deadline, retried on connection failures and 502/503/504, and the answer stored
-    /// when cacheable.
-    async fn fetch(&self, key: CacheKey, lookup: Lookup, credentials: Credentials) -> Fetched {
+    /// when cacheable. `work`: a background refresh stops at its own, larger reserve.
+    async fn fetch(
+        &self,
+        key: CacheKey,
+        lookup: Lookup,
+        credentials: Credentials,
+        work: Work,
+    ) -> Fetched {
         // A fetch for this key may have completed between this caller's cache read and its
         // joining the in-flight table; its entry is then already here.
         if let Some(entry) = self.store.get(&key).await {
@@ -216,7 +253,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
                     None => return Fetched::Refused(Refusal::UpstreamDown { retry_after }),
                 }
             }
-            if let Some(refusal) = self.admit(partition).await {
+            if let Some(refusal) = self.admit_for(partition, work).await {
                 self.breaker.record(pass, Health::NotCalled);
                 match last {
                     Some(result) => break result,
@@ -225,8 +262,16 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             }
             let attempt_started = Instant::now();
             let result = self.upstream.get(&path, &credentials, deadline).await;
+            let health = lookup_health(&result);
             let summary = self
-                .settle(pass, partition, key.account_id, attempt_started, &result)
+                .settle_with_health(
+                    pass,
+                    partition,
+                    key.account_id,
+                    attempt_started,
+                    &result,
+                    health,
+                )
                 .await;
             if !is_retryable(&summary) || retries >= settings.max_retries {
                 break result;
@@ -279,6 +324,20 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             failure,
         }
     }
+}
+
+/// Pure: how a lookup's upstream call went for the breaker. As for any call, plus: a 200 or 404
+/// whose body is not a Cloudflare envelope (an HTML error page, a captive portal, garbage) is no
+/// healthy answer, even though its status looks like one.
+fn lookup_health(result: &Result<UpstreamAnswer, UpstreamError>) -> Health {
+    if let Ok(answer) = result {
+        let not_an_envelope =
+            storability(answer.status, &answer.body) == Storability::No(NOT_AN_ENVELOPE);
+        if not_an_envelope {
+            return Health::Unhealthy;
+        }
+    }
+    health_of(&status_of(result))
 }
 
 /// The answer as the cache keeps it: the body (shared, not copied) and only the headers a replay

@@ -57,6 +57,9 @@ pub struct LiveSettings {
     pub fallback_token: Option<FallbackToken>,
     /// Retries after a connection failure or a 502/503/504, within the request's deadline.
     pub max_retries: u32,
+    /// A caller with a stale entry to fall back on waits this long for Cloudflare, then gets the
+    /// entry while the fetch goes on (`0s`: waits up to the request timeout).
+    pub stale_after_slow_upstream: std::time::Duration,
     pub limits: RequestLimits,
     /// `None`: every account may be looked up.
     pub allowed_accounts: Option<Arc<HashSet<AccountId>>>,

@@ -260,7 +260,7 @@ async fn rate_limited_answers_are_relayed_with_retry_after_and_not_cached() {
     let harness = Harness::start().await;
     let sim = harness.handle();
     sim.set_rate_limit(RateLimitPolicy {
-        quota: 2,
+        quota: 1200,
         window: Duration::from_secs(300),
         block: Duration::from_secs(300),
     });
@@ -271,6 +271,9 @@ async fn rate_limited_answers_are_relayed_with_retry_after_and_not_cached() {
             .await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND);
     }
+    // The user's other tools spend the rest of the window after the sidecar's last reading
+    // (1,198 left), so the sidecar's pacing cannot see the block coming.
+    sim.set_usage("user-a", 1200);
     // Cloudflare's own 429 is relayed: its envelope, Retry-After and Ratelimit-Policy, plus
     // x-should-retry: false, since SDKs would otherwise retry a 300 s block within seconds.
     let limited = harness.get_as(&lookup_path(ACCOUNT, "r3"), TOKEN_A).await;

@@ -26,6 +26,9 @@ async fn stale_if_error_covers_every_kind_of_failed_refresh() {
         config.ttl.stale_while_revalidate = Duration::ZERO;
         config.upstream_retries = 0;
         config.breaker.failure_threshold = 0;
+        // A hang is a failure here, met at the request timeout; serving stale at a soft
+        // deadline before it is tests/sidecar/pacing.rs's.
+        config.stale_after_slow_upstream = Duration::ZERO;
     })
     .await;
     let sim = harness.handle();
@@ -204,9 +207,9 @@ async fn an_empty_budget_serves_stale_or_answers_429_locally() {
 async fn a_429_storm_makes_one_upstream_request_per_credential_per_retry_after_window() {
     let harness = Harness::start_with(base).await;
     let sim = harness.handle();
-    // Cloudflare lets each user make 2 calls, then blocks it for 120 s.
+    // Cloudflare blocks a user over its quota for 120 s.
     sim.set_rate_limit(RateLimitPolicy {
-        quota: 2,
+        quota: 1200,
         window: Duration::from_secs(300),
         block: Duration::from_secs(120),
     });
@@ -217,6 +220,9 @@ async fn a_429_storm_makes_one_upstream_request_per_credential_per_retry_after_w
                 StatusCode::NOT_FOUND
             );
         }
+        // The user's other tools spend the rest of the window after the sidecar's last reading
+        // (1,198 left), so the sidecar's pacing cannot see the block coming.
+        sim.set_usage(user, 1200);
         // The third call is Cloudflare's 429: relayed, and the credential cools down.
         let first = harness.lookup("s3", token).await;
         assert_eq!(first.status, StatusCode::TOO_MANY_REQUESTS);
@@ -260,15 +266,17 @@ async fn a_cached_answer_stands_in_while_its_credential_cools_down_after_a_429()
     })
     .await;
     let sim = harness.handle();
-    // One call per user, then a block of 120 s.
+    // A user over its quota is blocked for 120 s.
     sim.set_rate_limit(RateLimitPolicy {
-        quota: 1,
+        quota: 1200,
         window: Duration::from_secs(300),
         block: Duration::from_secs(120),
     });
     sim.insert_integration(ACCOUNT, "ref-cool", TENANT);
     let original = harness.lookup("ref-cool", TOKEN_A).await;
     assert_cache_status_contains(&original, "stored");
+    // The user's other tools spend the rest of the window behind the sidecar's back.
+    sim.set_usage("user-a", 1200);
     let limited = harness.lookup("other", TOKEN_A).await;
     assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, 971);
     // Expired, inside the cool-down and inside stale-if-error: the stored answer stands in and

@@ -17,6 +17,7 @@
 //! | POST | `/faults` | `{"clear":true}` | drops every queued and standing fault |
 //! | POST | `/latency` | `{"ms":M}` | latency added to every request |
 //! | POST | `/rate_limit` | `{"quota":Q,"window_secs":W,"block_secs":B}` and/or `"reset":true` | the per-user policy; `reset` forgets every window and block |
+//! | POST | `/usage` | `{"user":U,"used":N}` | the user's count so far in the current window, as if their other tools had spent it ([`SimHandle::set_usage`]); a count above the quota counts as the quota |
 //! | GET | `/counters` | `?user=U` (repeatable) | `{"total":N,"routes":{...},"users":{...}}` |
 //! | POST | `/counters/reset` | | zeroes the counters, empties the recorded requests |
 //! | GET | `/requests` | `?limit=N` (default 100) | the last recorded requests: method, path, user, route (never headers: they hold credentials) |
@@ -211,6 +212,7 @@ async fn handle(
         Route::Faults => parse(&body).and_then(|request| faults(&control.sim, request)),
         Route::Latency => parse(&body).and_then(|request| latency(&control.sim, request)),
         Route::RateLimit => parse(&body).and_then(|request| rate_limit(&control.sim, request)),
+        Route::Usage => parse(&body).and_then(|request| usage(&control, request)),
         Route::Counters => counters(&control, &query),
         Route::CountersReset => {
             control.sim.reset_counters();
@@ -233,6 +235,7 @@ fn route_of(path: &str) -> Option<(Route, Method)> {
         "/faults" => (Route::Faults, Method::POST),
         "/latency" => (Route::Latency, Method::POST),
         "/rate_limit" => (Route::RateLimit, Method::POST),
+        "/usage" => (Route::Usage, Method::POST),
         "/counters" => (Route::Counters, Method::GET),
         "/counters/reset" => (Route::CountersReset, Method::POST),
         "/requests" => (Route::Requests, Method::GET),
@@ -248,6 +251,7 @@ enum Route {
     Faults,
     Latency,
     RateLimit,
+    Usage,
     Counters,
     CountersReset,
     Requests,
@@ -305,6 +309,7 @@ fn index() -> Value {
             "POST /faults",
             "POST /latency",
             "POST /rate_limit",
+            "POST /usage",
             "GET /counters",
             "POST /counters/reset",
             "GET /requests",
@@ -528,6 +533,22 @@ fn rate_limit(sim: &SimHandle, request: RateLimitRequest) -> Answer {
         answer.insert("reset".to_owned(), Value::Bool(true));
     }
     Ok(Value::Object(answer))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageRequest {
+    user: String,
+    used: u32,
+}
+
+fn usage(control: &Control, request: UsageRequest) -> Answer {
+    if request.user.is_empty() {
+        return Err(Refusal::bad_request("\"user\" must not be empty"));
+    }
+    control.sim.set_usage(&request.user, request.used);
+    control.remember_user(&request.user);
+    Ok(json!({"user": request.user, "used": request.used}))
 }
 
 // ---- observation ----

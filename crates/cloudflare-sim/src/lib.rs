@@ -63,6 +63,10 @@
 //! `Ratelimit: "default";r=<remaining>;t=<seconds to reset>` and
 //! `Ratelimit-Policy: "default";q=<quota>;w=<window seconds>`; 429s add `Retry-After` (seconds,
 //! rounded up). Time is Tokio's clock, so tests can pause and advance it.
+//!
+//! The simulator plays the user's other tools too: [`SimHandle::set_usage`] (control API:
+//! `POST /usage`) sets how much of the current window a user has already spent elsewhere (the
+//! dashboard, Terraform, scripts), so tests and `--dev` can show a client pacing by `Ratelimit`.
 
 mod auth;
 mod control;
@@ -476,6 +480,14 @@ impl SimHandle {
     /// Forgets every user's window and block.
     pub fn reset_rate_limits(&self) {
         self.shared.reset_rate_limits();
+    }
+
+    /// Sets `user`'s count so far in the current window (what the user's other tools, the
+    /// dashboard, Terraform, scripts, spent): Cloudflare counts them all against one quota. A
+    /// window that has ended starts afresh now; a count above the quota counts as the quota.
+    pub fn set_usage(&self, user: &str, used: u32) {
+        self.shared
+            .set_usage(user, used, tokio::time::Instant::now());
     }
 
     /// How many requests were classified as `route`.

@@ -30,6 +30,18 @@ impl UserWindow {
     }
 }
 
+/// Sets how many requests the user has made in the current window (what their other tools
+/// spent): a window past its end starts afresh now, a block is kept, and the count is bounded by
+/// the quota, so that the next request over it is the one that starts the block.
+pub(crate) fn set_used(window: &mut UserWindow, policy: &RateLimitPolicy, used: u32, now: Instant) {
+    if now.saturating_duration_since(window.started) >= policy.window {
+        let blocked_until = window.blocked_until.filter(|until| *until > now);
+        *window = UserWindow::starting(now);
+        window.blocked_until = blocked_until;
+    }
+    window.used = used.min(policy.quota);
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Decision {
     Allowed { remaining: u32, reset_in: Duration },
@@ -113,6 +125,50 @@ pub(crate) fn apply_headers(
     }
     if let Ok(value) = HeaderValue::try_from(policy_value) {
         headers.insert(RATELIMIT_POLICY, value);
+    }
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn other_tools_spending_counts_in_the_current_window() {
+        let policy = RateLimitPolicy {
+            quota: 1200,
+            window: Duration::from_secs(300),
+            block: Duration::from_secs(300),
+        };
+        let start = Instant::now();
+        let mut window = UserWindow::starting(start);
+        tokio::time::advance(Duration::from_secs(100)).await;
+        let now = Instant::now();
+        set_used(&mut window, &policy, 1100, now);
+        assert_eq!(
+            admit(&mut window, &policy, now),
+            Decision::Allowed {
+                remaining: 99,
+                reset_in: Duration::from_secs(200)
+            }
+        );
+        // More than the quota counts as the quota: the next request is blocked.
+        set_used(&mut window, &policy, 5000, now);
+        assert!(matches!(
+            admit(&mut window, &policy, now),
+            Decision::Blocked { .. }
+        ));
+        // A window past its end starts afresh from the time of the change.
+        let mut old = UserWindow::starting(start);
+        tokio::time::advance(Duration::from_secs(300)).await;
+        let now = Instant::now();
+        set_used(&mut old, &policy, 10, now);
+        assert_eq!(
+            admit(&mut old, &policy, now),
+            Decision::Allowed {
+                remaining: 1189,
+                reset_in: Duration::from_secs(300)
+            }
+        );
     }
 }
 

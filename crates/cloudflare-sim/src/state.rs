@@ -314,6 +314,16 @@ impl Shared {
         lock(&self.windows).clear();
     }
 
+    /// Sets `user`'s count so far in the current window, as if their other tools had spent it.
+    pub fn set_usage(&self, user: &str, used: u32, now: Instant) {
+        let policy = self.rate_limit();
+        let mut windows = lock(&self.windows);
+        let window = windows
+            .entry(user.to_owned())
+            .or_insert_with(|| UserWindow::starting(now));
+        rate_limit::set_used(window, &policy, used, now);
+    }
+
     // ---- integrations ----
 
     pub fn upsert_integration(&self, integration: Integration) -> Integration {

@@ -127,7 +127,7 @@ async fn lists_its_routes_and_answers_only_its_own() {
     index.assert_status(200);
     assert_eq!(index.header("content-type"), "application/json");
     let routes = index.json()["routes"].as_array().unwrap().len();
-    assert_eq!(routes, 8, "{}", index.text());
+    assert_eq!(routes, 9, "{}", index.text());
 
     let unknown = rig.control(Method::GET, "/nope", None).await;
     unknown.assert_status(404);
@@ -318,6 +318,45 @@ async fn rate_limit_policy_and_reset() {
     let restored = rig.lookup("ref").await;
     restored.assert_status(200);
     assert_eq!(restored.header("ratelimit"), "\"default\";r=1199;t=300");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn usage_sets_what_the_users_other_tools_spent() {
+    let rig = Rig::start().await;
+    rig.seed().await;
+    assert_eq!(
+        rig.post("/usage", json!({"user": USER, "used": 1100}))
+            .await,
+        json!({"user": USER, "used": 1100})
+    );
+    let answer = rig.lookup("ref").await;
+    answer.assert_status(200);
+    assert!(
+        answer
+            .header("ratelimit")
+            .starts_with("\"default\";r=99;t="),
+        "{}",
+        answer.header("ratelimit")
+    );
+    // Spent to the quota: the next call is the one that starts the block.
+    rig.post("/usage", json!({"user": USER, "used": 99_999}))
+        .await;
+    rig.lookup("ref").await.assert_status(429);
+    // Malformed requests are refused.
+    for body in [
+        json!({"user": USER}),
+        json!({"user": "", "used": 1}),
+        json!({"user": USER, "used": -1}),
+        json!({"user": USER, "used": 1, "extra": true}),
+    ] {
+        rig.control(Method::POST, "/usage", Some(body))
+            .await
+            .assert_status(400);
+    }
+    rig.control(Method::GET, "/usage", None)
+        .await
+        .assert_status(405);
     rig.stop().await;
 }
 
