@@ -2,13 +2,16 @@
 //! prometheus-client crate, not by hand). Labels are only small closed vocabularies: never an
 //! account id, a reference id or anything derived from a credential.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +62,37 @@ fn upstream_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 13))
 }
 
+/// A counter kept elsewhere and read at scrape time: the log writer counts the lines it dropped
+/// itself, and this only reports that count. It reads 0 until a source is set.
+#[derive(Clone, Default)]
+struct ReadAtScrape(Arc<OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>>);
+
+impl ReadAtScrape {
+    fn read(&self) -> u64 {
+        self.0.get().map_or(0, |read| read())
+    }
+}
+
+impl std::fmt::Debug for ReadAtScrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ReadAtScrape").field(&self.read()).finish()
+    }
+}
+
+impl TypedMetric for ReadAtScrape {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ReadAtScrape {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        ConstCounter::new(self.read()).encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
 /// Every metric of the process. Cheap to share behind an `Arc`; all updates are atomic.
 pub struct Metrics {
     registry: Registry,
@@ -76,6 +110,7 @@ pub struct Metrics {
     budget_tokens: Gauge,
     breaker_state: Family<StateLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
+    log_lines_dropped: ReadAtScrape,
 }
 
 /// The breaker states, for the state-set gauge.
@@ -178,6 +213,12 @@ impl Metrics {
             "Configuration reloads on SIGHUP, by result",
             reloads.clone(),
         );
+        let log_lines_dropped = ReadAtScrape::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer's queue was full (the writer never makes a request wait)",
+            log_lines_dropped.clone(),
+        );
         let metrics = Metrics {
             registry,
             lookups,
@@ -194,6 +235,7 @@ impl Metrics {
             budget_tokens,
             breaker_state,
             reloads,
+            log_lines_dropped,
         };
         metrics.set_breaker_state("closed");
         metrics
@@ -272,6 +314,12 @@ impl Metrics {
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
         self.cache_weighted_bytes
             .set(i64::try_from(weighted_bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Reads the count of dropped log lines from `read` at every scrape. Only the first source set
+    /// counts: there is one log writer per process.
+    pub fn count_dropped_log_lines(&self, read: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.log_lines_dropped.0.set(Box::new(read));
     }
 
     /// Lookups answered with each outcome so far (for the stats endpoint).
