@@ -199,6 +199,24 @@ async fn sigterm_exits_zero_once_the_grace_period_runs_out_on_a_stuck_request() 
     sim.shutdown().await;
 }
 
+/// Sends SIGTERM at once, waits for the exit (bounded), checks it is 0, and returns every line
+/// the process wrote.
+async fn stop_with_sigterm(running: SidecarProcess) -> Vec<String> {
+    running.signal(Signal::SIGTERM);
+    let (code, lines) = tokio::task::spawn_blocking(move || running.finish())
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0), "{lines:#?}");
+    lines
+}
+
+/// A simulated Cloudflare API with one integration, `reference`, in [`ACCOUNT`].
+async fn simulator_with(reference: &str) -> SimulatedCloudflare {
+    let sim = start_simulator().await;
+    sim.handle().insert_integration(ACCOUNT, reference, TENANT);
+    sim
+}
+
 /// The request events among a process's output lines (either format): the only lines with a
 /// latency.
 fn request_events(lines: &[String]) -> Vec<&String> {
@@ -213,9 +231,7 @@ fn request_events(lines: &[String]) -> Vec<&String> {
 /// credential: in JSON one object per line, in the pretty format one readable line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_event_at_the_default_level_names_its_fields_and_no_secret() {
-    let sim = start_simulator().await;
-    sim.handle()
-        .insert_integration(ACCOUNT, "ref-event", TENANT);
+    let sim = simulator_with("ref-event").await;
     let upstream = sim.base_url();
     for format in ["json", "pretty"] {
         let mut running =
@@ -229,11 +245,7 @@ async fn the_request_event_at_the_default_level_names_its_fields_and_no_secret()
             .to_owned();
         let hit = lookups.lookup("ref-event", TOKEN_A).await;
         assert_cache_status_contains(&hit, "hit");
-        running.signal(Signal::SIGTERM);
-        let (code, lines) = tokio::task::spawn_blocking(move || running.finish())
-            .await
-            .expect("join");
-        assert_eq!(code, Some(0));
+        let lines = stop_with_sigterm(running).await;
         let events = request_events(&lines);
         assert_eq!(events.len(), 2, "one event per request: {lines:#?}");
         for line in &lines {
@@ -282,8 +294,7 @@ async fn the_request_event_at_the_default_level_names_its_fields_and_no_secret()
 async fn every_request_event_before_sigterm_reaches_the_output() {
     const REQUESTS: usize = 2_000;
     const AT_ONCE: usize = 50;
-    let sim = start_simulator().await;
-    sim.handle().insert_integration(ACCOUNT, "ref-last", TENANT);
+    let sim = simulator_with("ref-last").await;
     let upstream = sim.base_url();
     let mut running = SidecarProcess::start_in_front_of(&upstream, &["--log-format", "json"], &[]);
     let lookups = Endpoint::new(running.listening_addr());
@@ -294,11 +305,7 @@ async fn every_request_event_before_sigterm_reaches_the_output() {
         }
     }
     // No wait for the log: the signal follows the last answer at once.
-    running.signal(Signal::SIGTERM);
-    let (code, lines) = tokio::task::spawn_blocking(move || running.finish())
-        .await
-        .expect("join");
-    assert_eq!(code, Some(0));
+    let lines = stop_with_sigterm(running).await;
     let events = request_events(&lines);
     assert_eq!(events.len(), REQUESTS, "lines lost at exit");
     assert!(
@@ -456,11 +463,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
             if format == "json" { 2 } else { 4 },
             "one reset and one retry for each format"
         );
-        running.signal(Signal::SIGTERM);
-        let (code, lines) = tokio::task::spawn_blocking(move || running.finish())
-            .await
-            .expect("join");
-        assert_eq!(code, Some(0));
+        let lines = stop_with_sigterm(running).await;
         assert!(
             lines.len() > 20,
             "trace logging produced output: {}",
