@@ -44,11 +44,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-    let (logs, warning) = telemetry::init(config.log_format, log_filter.as_deref());
+    let (logs, log_writer, warning) = telemetry::init(config.log_format, log_filter.as_deref());
     if let Some(warning) = warning {
         tracing::warn!("{warning}");
     }
-    runtime.block_on(async move {
+    let dropped_lines = log_writer.dropped_lines();
+    #[cfg(feature = "dev")]
+    let stdout = log_writer.plain_output();
+    let code = runtime.block_on(async move {
         // Without the `dev` feature there is no simulator to start and `config.dev` is never set;
         // with it, dev mode rewrites the upstream and the token to point at the simulator.
         #[cfg(feature = "dev")]
@@ -74,6 +77,9 @@ fn main() -> ExitCode {
             Ok(app) => app,
             Err(error) => return fatal(&error),
         };
+        app.proxy
+            .metrics()
+            .count_dropped_log_lines(move || dropped_lines.count());
         let local = listener.describe();
         let admin_local = admin_listener.local_addr().unwrap_or(config.admin_listen);
         tracing::info!(listen = %local, admin_listen = %admin_local, upstream = %config.upstream, "zt-risk-sidecar listening");
@@ -84,7 +90,7 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "dev")]
         if let Some(dev) = &dev {
-            println!("{}", dev.instructions(&local));
+            stdout.println(&dev.instructions(&local));
         }
         let Signals { terminate, interrupt, hangup } = signals;
         let reloads = tokio::spawn(reload_on_hangup(hangup, app.clone(), cli, token_env, config.clone(), logs));
@@ -103,7 +109,12 @@ fn main() -> ExitCode {
             }
         }
         ExitCode::SUCCESS
-    })
+    });
+    // Tasks still on the runtime may log as they are dropped; only then is the writer stopped,
+    // which writes and flushes every queued line (the last requests and "stopped") before exit.
+    drop(runtime);
+    drop(log_writer);
+    code
 }
 
 /// Ends start-up with an error that always reaches the operator: logged, and also written to

@@ -4,15 +4,17 @@
 //! or anything derived from a credential. It reads the accept loop's and the process's counters at
 //! scrape time; it must not decide anything on the request path.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::server::ConnectionCounters;
@@ -211,6 +213,38 @@ pub struct Metrics {
     quota_held_credentials: Gauge,
     breaker_state: Family<StateLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
+    log_lines_dropped: ReadAtScrape,
+}
+
+/// A counter kept elsewhere and read at scrape time: the log writer counts the lines it dropped
+/// itself, and this only reports that count. It reads 0 until a source is set.
+#[derive(Clone, Default)]
+struct ReadAtScrape(Arc<OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>>);
+
+impl ReadAtScrape {
+    fn read(&self) -> u64 {
+        self.0.get().map_or(0, |read| read())
+    }
+}
+
+impl std::fmt::Debug for ReadAtScrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ReadAtScrape").field(&self.read()).finish()
+    }
+}
+
+impl TypedMetric for ReadAtScrape {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ReadAtScrape {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        ConstCounter::new(self.read()).encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
 }
 
 impl Default for Metrics {
@@ -417,6 +451,12 @@ impl Metrics {
             &reloads,
             RELOAD_RESULTS.iter().map(|result| ResultLabel { result }),
         );
+        let log_lines_dropped = ReadAtScrape::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer's queue was full (the writer never makes a request wait)",
+            log_lines_dropped.clone(),
+        );
         let metrics = Metrics {
             registry: root,
             connections,
@@ -438,6 +478,7 @@ impl Metrics {
             quota_held_credentials,
             breaker_state,
             reloads,
+            log_lines_dropped,
         };
         metrics.set_breaker_state("closed");
         metrics
@@ -543,6 +584,12 @@ impl Metrics {
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
         self.cache_weighted_bytes
             .set(i64::try_from(weighted_bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Reads the count of dropped log lines from `read` at every scrape. Only the first source set
+    /// counts: there is one log writer per process.
+    pub fn count_dropped_log_lines(&self, read: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.log_lines_dropped.0.set(Box::new(read));
     }
 
     /// Lookups answered with each outcome so far (for the stats endpoint). Reads only: it

@@ -12,11 +12,11 @@ import platform
 import subprocess
 import sys
 
-SYSTEM_ORDER = ["ceiling", "sidecar", "sidecar-info", "nginx", "varnish"]
+SYSTEM_ORDER = ["ceiling", "sidecar", "sidecar-warn", "nginx", "varnish"]
 SYSTEM_NAMES = {
     "ceiling": "static ceiling (hyper, same server loop)",
-    "sidecar": "zt-risk-sidecar (log warn)",
-    "sidecar-info": "zt-risk-sidecar (log info → /dev/null)",
+    "sidecar": "zt-risk-sidecar (defaults: access log at info → file)",
+    "sidecar-warn": "zt-risk-sidecar (--log-level warn)",
     "nginx": "nginx proxy_cache",
     "varnish": "Varnish",
 }
@@ -218,6 +218,14 @@ def main():
             r = sidecar["rps"] / ceiling["rps"]
             target(f"sidecar hit throughput ≥ 0.9× ceiling ({label})", r >= 0.9,
                    f"{sidecar['rps']:,.0f} vs {ceiling['rps']:,.0f} req/s = {r:.2f}×")
+        warn = rows.get("sidecar-warn")
+        if sidecar and warn:
+            r = sidecar["rps"] / warn["rps"]
+            target(f"defaults ≥ 0.9× --log-level warn in hits/s ({label})", r >= 0.9,
+                   f"{sidecar['rps']:,.0f} vs {warn['rps']:,.0f} req/s = {r:.2f}×")
+            c = sidecar["cpu_seconds_per_100k"] / warn["cpu_seconds_per_100k"]
+            target(f"defaults ≤ 1.1× --log-level warn in CPU per hit ({label})", c <= 1.1,
+                   f"{sidecar['cpu_seconds_per_100k']:.2f} vs {warn['cpu_seconds_per_100k']:.2f} CPU s/100k = {c:.2f}×")
         if sidecar and nginx:
             a, b = sidecar["latency_us"]["p99"], nginx["latency_us"]["p99"]
             target(f"sidecar p99 ≤ nginx p99 ({label})", a <= b, f"{a / 1000:.2f} ms vs {b / 1000:.2f} ms")

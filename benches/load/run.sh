@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The load benchmark: the sidecar beside nginx (proxy_cache), Varnish and a static ceiling, all in
-# front of the same simulated Cloudflare API (50 ms per call), on loopback, in one run.
+# The load benchmark: the sidecar as shipped (its default settings, the access log at info written
+# to a file as a container runtime would) beside the same binary at `--log-level warn`, nginx
+# (proxy_cache), Varnish and a static ceiling, all in front of the same simulated Cloudflare API
+# (50 ms per call), on loopback, in one run.
 #
 #   bash benches/load/run.sh            # about 10 minutes on 2 cores; bounded at 20 minutes
 #
-# It installs what is missing (wrk, nginx with set-misc, varnish: Debian packages), builds the
+# It installs what is missing (wrk, and nginx with set-misc and varnish when SYSTEMS or
+# COALESCE_SYSTEMS name them: Debian packages), builds the
 # sidecar and the three load tools of crates/zt-loadtest (load-upstream, load-ceiling, load-driver)
 # in release mode, then measures:
 #   1. throughput and latency of hits (wrk, 2 threads, 64 keep-alive connections, DURATION s):
@@ -20,7 +23,9 @@
 # fails on a missed target (exit 0); it exits non-zero only when it cannot measure.
 #
 # Knobs (environment): DURATION (10), ROUNDS (3), KEYS (10000), FILL (1000000), COALESCE_CLIENTS (1000),
-# UPSTREAM_LATENCY_MS (50), SYSTEMS ("ceiling sidecar sidecar-info nginx varnish"),
+# UPSTREAM_LATENCY_MS (50), SYSTEMS ("ceiling sidecar sidecar-warn nginx varnish"; the peers are
+# optional: SYSTEMS="ceiling sidecar sidecar-warn" measures without nginx and Varnish),
+# COALESCE_SYSTEMS (the SYSTEMS among "sidecar nginx varnish"),
 # PHASES ("load coalesce memory"), SIDECAR_BIN (a sidecar binary to measure instead of building
 # one, for A/B comparisons of a change), WALL_LIMIT_S (1200).
 set -euo pipefail
@@ -35,7 +40,15 @@ KEYS=${KEYS:-10000}
 FILL=${FILL:-1000000}
 COALESCE_CLIENTS=${COALESCE_CLIENTS:-1000}
 UPSTREAM_LATENCY_MS=${UPSTREAM_LATENCY_MS:-50}
-SYSTEMS=${SYSTEMS:-"ceiling sidecar sidecar-info nginx varnish"}
+SYSTEMS=${SYSTEMS:-"ceiling sidecar sidecar-warn nginx varnish"}
+if [[ -z ${COALESCE_SYSTEMS+set} ]]; then
+  COALESCE_SYSTEMS=""
+  for system in sidecar nginx varnish; do
+    [[ " $SYSTEMS " == *" $system "* ]] && COALESCE_SYSTEMS+="$system "
+  done
+fi
+# Whether a peer is measured at all; one that is not is neither installed nor started.
+wanted() { [[ " $SYSTEMS $COALESCE_SYSTEMS " == *" $1 "* ]]; }
 PHASES=${PHASES:-"load coalesce memory"}
 WALL_LIMIT_S=${WALL_LIMIT_S:-1200}
 
@@ -92,10 +105,12 @@ disown "$WATCHDOG"
 # ---- 0. tools ----
 need_install=()
 command -v wrk >/dev/null || need_install+=(wrk)
-command -v nginx >/dev/null || need_install+=(nginx)
-command -v varnishd >/dev/null || need_install+=(varnish)
-[[ -f /usr/lib/nginx/modules/ngx_http_set_misc_module.so ]] ||
-  need_install+=(libnginx-mod-http-ndk libnginx-mod-http-set-misc)
+if wanted nginx; then
+  command -v nginx >/dev/null || need_install+=(nginx)
+  [[ -f /usr/lib/nginx/modules/ngx_http_set_misc_module.so ]] ||
+    need_install+=(libnginx-mod-http-ndk libnginx-mod-http-set-misc)
+fi
+if wanted varnish; then command -v varnishd >/dev/null || need_install+=(varnish); fi
 command -v curl >/dev/null || need_install+=(curl)
 command -v python3 >/dev/null || need_install+=(python3)
 if ((${#need_install[@]})); then
@@ -209,8 +224,8 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # ---- 2. the upstream ----
 SIM_KEYS=$((KEYS + 200))
 ((FILL > SIM_KEYS)) && SIM_KEYS=$FILL
-read -r UPSTREAM_PORT COUNTERS_PORT CEILING_PORT SIDECAR_PORT SIDECAR_ADMIN SIDECAR_INFO_PORT \
-  SIDECAR_INFO_ADMIN NGINX_PORT VARNISH_PORT MEM_PORT MEM_ADMIN <<<"$(free_ports 11)"
+read -r UPSTREAM_PORT COUNTERS_PORT CEILING_PORT SIDECAR_PORT SIDECAR_ADMIN SIDECAR_WARN_PORT \
+  SIDECAR_WARN_ADMIN NGINX_PORT VARNISH_PORT MEM_PORT MEM_ADMIN <<<"$(free_ports 11)"
 log "starting the simulated Cloudflare API ($SIM_KEYS integrations, ${UPSTREAM_LATENCY_MS} ms)"
 "$UPSTREAM_BIN" --port "$UPSTREAM_PORT" --counters-port "$COUNTERS_PORT" \
   --latency-ms "$UPSTREAM_LATENCY_MS" --keys "$SIM_KEYS" --token "$TOKEN" --account "$ACCOUNT" \
@@ -226,17 +241,21 @@ SIDECAR_FLAGS=(--upstream "$UPSTREAM_BASE"
   # The benchmark measures caching, not the budget: warming 10,000 keys would spend it.
   --upstream-budget-requests 1000000000 --upstream-budget-period 1s --upstream-budget-burst 1000000)
 
-log "starting the sidecar (log level warn), and one at info with its log to /dev/null"
+# The main row is the sidecar as shipped: default log level (info, one event per request) and
+# format, its output appended to a file as a container runtime would keep it. Beside it the same
+# binary at `--log-level warn`, to show what the access log costs. Appending (O_APPEND) lets each
+# run truncate the files, so a long run does not fill the disk with request lines.
+log "starting the sidecar with its defaults (access log to a file), and one at --log-level warn"
 "$SIDECAR_BIN" --listen "127.0.0.1:$SIDECAR_PORT" --admin-listen "127.0.0.1:$SIDECAR_ADMIN" \
-  --log-level warn "${SIDECAR_FLAGS[@]}" >"$RUN/sidecar.log" 2>&1 &
+  "${SIDECAR_FLAGS[@]}" >>"$RUN/sidecar.log" 2>&1 &
 SIDECAR_PID=$!
 track "$SIDECAR_PID"
-"$SIDECAR_BIN" --listen "127.0.0.1:$SIDECAR_INFO_PORT" --admin-listen "127.0.0.1:$SIDECAR_INFO_ADMIN" \
-  --log-level info "${SIDECAR_FLAGS[@]}" >/dev/null 2>&1 &
-SIDECAR_INFO_PID=$!
-track "$SIDECAR_INFO_PID"
+"$SIDECAR_BIN" --listen "127.0.0.1:$SIDECAR_WARN_PORT" --admin-listen "127.0.0.1:$SIDECAR_WARN_ADMIN" \
+  --log-level warn "${SIDECAR_FLAGS[@]}" >>"$RUN/sidecar-warn.log" 2>&1 &
+SIDECAR_WARN_PID=$!
+track "$SIDECAR_WARN_PID"
 wait_http "http://127.0.0.1:$SIDECAR_ADMIN/healthz"
-wait_http "http://127.0.0.1:$SIDECAR_INFO_ADMIN/healthz"
+wait_http "http://127.0.0.1:$SIDECAR_WARN_ADMIN/healthz"
 
 # The ceiling answers with exactly the headers and body of a sidecar hit.
 HOT_KEY=ref-0000000
@@ -253,13 +272,15 @@ while IFS= read -r line; do
   esac
 done <"$RUN/hit.headers"
 BODY_BYTES=$(stat -c %s "$RUN/hit.body")
-log "a hit is ${BODY_BYTES} body bytes; starting the ceiling, nginx and varnish"
+log "a hit is ${BODY_BYTES} body bytes; starting the ceiling and the peers measured ($SYSTEMS)"
 "$CEILING_BIN" --port "$CEILING_PORT" --body-file "$RUN/hit.body" "${CEILING_HEADERS[@]}" \
   >"$RUN/ceiling.out" 2>&1 &
 CEILING_PID=$!
 track "$CEILING_PID"
 wait_ready "$RUN/ceiling.out" "$CEILING_PID"
 
+NGINX_PID="" VARNISH_PID=""
+if wanted nginx; then
 NGINX_CACHE=/dev/shm/zt-bench-nginx.${RUN##*.}
 HMAC_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 sed -e "s|@RUN_DIR@|$RUN|g; s|@LISTEN_PORT@|$NGINX_PORT|g; s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" \
@@ -268,27 +289,30 @@ sed -e "s|@RUN_DIR@|$RUN|g; s|@LISTEN_PORT@|$NGINX_PORT|g; s|@UPSTREAM_PORT@|$UP
 nginx -c "$RUN/nginx.conf" >"$RUN/nginx.out" 2>&1 &
 NGINX_PID=$!
 track "$NGINX_PID"
+wait_http "http://127.0.0.1:$NGINX_PORT/"
+fi
 
+if wanted varnish; then
 sed -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" "$HERE/varnish.vcl.template" >"$RUN/varnish.vcl"
 chmod 644 "$RUN/varnish.vcl"
 varnishd -F -a "127.0.0.1:$VARNISH_PORT" -f "$RUN/varnish.vcl" -s malloc,1g -n "$RUN/varnish" \
   -T none >"$RUN/varnish.out" 2>&1 &
 VARNISH_PID=$!
 track "$VARNISH_PID"
-wait_http "http://127.0.0.1:$NGINX_PORT/"
 wait_http "http://127.0.0.1:$VARNISH_PORT/"
+fi
 
 port_of() {
   case $1 in
     ceiling) echo "$CEILING_PORT" ;; sidecar) echo "$SIDECAR_PORT" ;;
-    sidecar-info) echo "$SIDECAR_INFO_PORT" ;; nginx) echo "$NGINX_PORT" ;;
+    sidecar-warn) echo "$SIDECAR_WARN_PORT" ;; nginx) echo "$NGINX_PORT" ;;
     varnish) echo "$VARNISH_PORT" ;;
   esac
 }
 pids_of() {
   case $1 in
     ceiling) echo "$CEILING_PID" ;; sidecar) echo "$SIDECAR_PID" ;;
-    sidecar-info) echo "$SIDECAR_INFO_PID" ;;
+    sidecar-warn) echo "$SIDECAR_WARN_PID" ;;
     nginx) process_tree "$NGINX_PID" ;; varnish) process_tree "$VARNISH_PID" ;;
   esac
 }
@@ -318,6 +342,8 @@ measure() { # system, scenario (hot|keys), round
   # Entries that expired since the last round were answered stale and are being refreshed in the
   # background (all three caches do that); let those refreshes finish before measuring hits.
   wait_upstream_quiet
+  # The access log of this run only (see where the sidecars are started).
+  case $system in sidecar) : >"$RUN/sidecar.log" ;; sidecar-warn) : >"$RUN/sidecar-warn.log" ;; esac
   before_up=$(upstream_reference_gets)
   # shellcheck disable=SC2086
   before_cpu=$(cpu_ticks $pids)
@@ -333,11 +359,17 @@ measure() { # system, scenario (hot|keys), round
   # shellcheck disable=SC2086
   after_cs=$(ctx_switches $pids)
   after_up=$(upstream_reference_gets)
+  local log_lines=-1 dropped=-1
+  if [[ $system == sidecar ]]; then
+    log_lines=$(wc -l <"$RUN/sidecar.log")
+    dropped=$(curl -s "http://127.0.0.1:$SIDECAR_ADMIN/metrics" |
+      awk '/^zt_sidecar_log_lines_dropped_total / {print $2}')
+  fi
   python3 - "$RUN/wrk-$tag.txt" "$RESULTS/$tag.json" "$((after_cpu - before_cpu))" "$CLK_TCK" \
     "$((after_up - before_up))" "$system" "$scenario" "$round" "$((after_busy - before_busy))" \
-    "$RUN/wrk-time-$tag.txt" "$((after_cs - before_cs))" <<'PY'
+    "$RUN/wrk-time-$tag.txt" "$((after_cs - before_cs))" "$log_lines" "${dropped:--1}" <<'PY'
 import json, os, sys
-text, out, ticks, clk, upstream, system, scenario, round_, busy, wrk_time, switches = sys.argv[1:]
+text, out, ticks, clk, upstream, system, scenario, round_, busy, wrk_time, switches, log_lines, dropped = sys.argv[1:]
 line = next(l for l in open(text) if l.startswith("WRK_JSON "))
 wrk = json.loads(line[len("WRK_JSON "):])
 seconds = wrk["duration_us"] / 1e6
@@ -357,13 +389,18 @@ result = {
     "other_processes_cpu_seconds": others,
     "other_processes_cpu_share": others / ((os.cpu_count() or 1) * seconds),
     "upstream_calls_during_run": int(upstream),
+    # The default sidecar only: lines in its log file after the run, and the process's count of
+    # dropped lines so far (-1: not measured).
+    "log_lines": int(log_lines),
+    "log_lines_dropped_total": int(float(dropped)),
 }
 json.dump(result, open(out, "w"))
 lat = wrk["latency_us"]
 print(f'r{round_} {scenario:4} {system:12} {result["rps"]:7.0f} req/s  p50 {lat["p50"]/1000:6.2f}  '
       f'p99 {lat["p99"]/1000:6.2f}  p99.9 {lat["p999"]/1000:6.2f} ms  '
       f'cpu/100k {result["cpu_seconds_per_100k"] or 0:.2f} s  cs/req {result["context_switches_per_request"] or 0:.2f}  '
-      f'others {100 * result["other_processes_cpu_share"]:.0f}%  upstream {upstream}  errors {sum(wrk["errors"].values())}',
+      f'others {100 * result["other_processes_cpu_share"]:.0f}%  upstream {upstream}  errors {sum(wrk["errors"].values())}'
+      + (f'  log lines {log_lines} dropped {dropped}' if system == "sidecar" else ''),
       file=sys.stderr)
 PY
 }
@@ -386,7 +423,7 @@ fi
 # Each system gets its own never-requested keys (seeded integrations past the KEYS range).
 coalesce_index=$KEYS
 phase coalesce || COALESCE_SYSTEMS=""
-for system in ${COALESCE_SYSTEMS-sidecar nginx varnish}; do
+for system in $COALESCE_SYSTEMS; do
   for clients in "$COALESCE_CLIENTS" 100; do
     key=$(printf 'ref-%07d' "$coalesce_index")
     coalesce_index=$((coalesce_index + 1))
@@ -417,10 +454,10 @@ done
 # answers at once (latency 0), so the fill is bound by the sidecar's miss path, not by waiting.
 if phase memory; then
   log "memory: stopping the load servers, filling a fresh sidecar"
-  for pid in "$SIDECAR_PID" "$SIDECAR_INFO_PID" "$CEILING_PID" "$NGINX_PID" "$VARNISH_PID"; do
+  for pid in "$SIDECAR_PID" "$SIDECAR_WARN_PID" "$CEILING_PID" $NGINX_PID $VARNISH_PID; do
     kill -TERM "$pid" 2>/dev/null || true
   done
-  for pid in "$SIDECAR_PID" "$SIDECAR_INFO_PID" "$CEILING_PID" "$NGINX_PID" "$VARNISH_PID"; do
+  for pid in "$SIDECAR_PID" "$SIDECAR_WARN_PID" "$CEILING_PID" $NGINX_PID $VARNISH_PID; do
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   done
   curl -s -X POST "$CONTROL_URL/latency?ms=0" >/dev/null

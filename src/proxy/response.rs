@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::budget::cool_down_for;
 use crate::cache::{CacheEntry, Freshness};
+use crate::coalesce::Role;
 use crate::error::{ApiError, SDK_RETRY_AFTER_LIMIT_SECS, X_SHOULD_RETRY};
 use crate::proxy::cache_status::{CacheStatus, StaleReason, CACHE_STATUS};
 use crate::routes::AccountId;
@@ -162,14 +163,22 @@ fn set_age(response: &mut Response<ResponseBody>, entry: &CacheEntry, now: Insta
 }
 
 /// The one place a [`CacheStatus`] becomes the `Cache-Status` header. A fresh hit's value comes
-/// from a table filled once per count of seconds, so a hit allocates nothing for it; the rarer
-/// outcomes are written out per response.
+/// from a table filled once per count of seconds, so a hit allocates nothing for it; so does a
+/// collapsed answer's, from a table by upstream status, because up to `max_waiting_lookups`
+/// waiters get the same one at the same moment (the answer itself is built once, by the leader's
+/// fetch, and every waiter shares its body bytes and header values). The rarer outcomes are
+/// written out per response.
 fn set_cache_status(response: &mut Response<ResponseBody>, cache: &CacheStatus) {
     if !cache.is_sent() {
         return;
     }
     let value = match *cache {
         CacheStatus::Hit { ttl } => HIT_CACHE_STATUS.get(ttl, || cache.to_string()),
+        CacheStatus::Miss {
+            role: Role::Follower,
+            fwd_status,
+            ..
+        } => COLLAPSED_CACHE_STATUS.get(u64::from(fwd_status.as_u16()), || cache.to_string()),
         _ => HeaderValue::try_from(cache.to_string()).ok(),
     };
     if let Some(value) = value {
@@ -177,7 +186,8 @@ fn set_cache_status(response: &mut Response<ResponseBody>, cache: &CacheStatus) 
     }
 }
 
-/// Header values that depend only on a count of seconds, made once and then shared. Their bytes
+/// Header values that depend only on a small count (seconds, or a status code), made once and then
+/// shared. Their bytes
 /// are static (leaked once: at most [`TABLED_SECONDS`] short strings per table), so a hit's clone
 /// is a plain copy: no allocation, and no reference count that every core would write to. Counts
 /// from [`TABLED_SECONDS`] up are made per use.
@@ -207,6 +217,9 @@ impl SecondsTable {
 static AGE_VALUES: LazyLock<SecondsTable> = LazyLock::new(SecondsTable::new);
 /// `Cache-Status` of a fresh hit, by seconds of freshness left.
 static HIT_CACHE_STATUS: LazyLock<SecondsTable> = LazyLock::new(SecondsTable::new);
+/// `Cache-Status` of a collapsed answer (a waiter on another lookup's fetch), by upstream status
+/// (every status code is below [`TABLED_SECONDS`]).
+static COLLAPSED_CACHE_STATUS: LazyLock<SecondsTable> = LazyLock::new(SecondsTable::new);
 
 #[cfg(test)]
 mod tests {
@@ -253,6 +266,44 @@ mod tests {
         assert_eq!(
             written[0].as_bytes().as_ptr(),
             written[1].as_bytes().as_ptr()
+        );
+    }
+
+    /// Every waiter on one fetch gets the same `Cache-Status`, written once per upstream status
+    /// and then shared, whether the leader stored the answer or not.
+    #[test]
+    fn a_collapsed_answers_cache_status_is_written_once_per_upstream_status() {
+        let written: Vec<HeaderValue> = [true, false]
+            .into_iter()
+            .map(|stored| {
+                let mut response = Response::new(Full::default());
+                let collapsed = CacheStatus::Miss {
+                    role: Role::Follower,
+                    stored,
+                    fwd_status: StatusCode::NOT_FOUND,
+                };
+                set_cache_status(&mut response, &collapsed);
+                response.headers()[CACHE_STATUS].clone()
+            })
+            .collect();
+        assert_eq!(
+            written[0],
+            "zt-risk-sidecar; fwd=miss; collapsed; fwd-status=404"
+        );
+        assert_eq!(
+            written[0].as_bytes().as_ptr(),
+            written[1].as_bytes().as_ptr()
+        );
+        let mut leader = Response::new(Full::default());
+        let stored = CacheStatus::Miss {
+            role: Role::Leader,
+            stored: true,
+            fwd_status: StatusCode::NOT_FOUND,
+        };
+        set_cache_status(&mut leader, &stored);
+        assert_eq!(
+            leader.headers()[CACHE_STATUS],
+            "zt-risk-sidecar; fwd=miss; stored; fwd-status=404"
         );
     }
 

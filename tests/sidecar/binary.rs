@@ -4,6 +4,8 @@
 use http::StatusCode;
 use nix::sys::signal::Signal;
 
+use zt_risk_sidecar::routes::REFERENCE_ROUTE;
+
 use crate::support::*;
 
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
@@ -252,6 +254,123 @@ async fn sigterm_exits_zero_once_the_grace_period_runs_out_on_a_stuck_request() 
     sim.shutdown().await;
 }
 
+/// Sends SIGTERM at once, waits for the exit (bounded), checks it is 0, and returns every line
+/// the process wrote.
+async fn stop_with_sigterm(running: SidecarProcess) -> Vec<String> {
+    running.signal(Signal::SIGTERM);
+    let (code, lines) = tokio::task::spawn_blocking(move || running.finish())
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0), "{lines:#?}");
+    lines
+}
+
+/// A simulated Cloudflare API with one integration, `reference`, in [`ACCOUNT`].
+async fn simulator_with(reference: &str) -> SimulatedCloudflare {
+    let sim = start_simulator().await;
+    sim.handle().insert_integration(ACCOUNT, reference, TENANT);
+    sim
+}
+
+/// The request events among a process's output lines (either format): the only lines with a
+/// latency.
+fn request_events(lines: &[String]) -> Vec<&String> {
+    lines
+        .iter()
+        .filter(|line| line.contains("latency_us"))
+        .collect()
+}
+
+/// At the default level (no `RUST_LOG`, no `log_level`), through the log writer's queue, each
+/// request is one event with every field an operator reads and Cloudflare's `cf-ray`, and no
+/// credential: in JSON one object per line, in the pretty format one readable line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_event_at_the_default_level_names_its_fields_and_no_secret() {
+    let sim = simulator_with("ref-event").await;
+    let upstream = sim.base_url();
+    for format in ["json", "pretty"] {
+        let mut running =
+            SidecarProcess::start_in_front_of(&upstream, &["--log-format", format], &[]);
+        let lookups = Endpoint::new(running.listening_addr());
+        let miss = lookups.lookup("ref-event", TOKEN_A).await;
+        assert_eq!(miss.status, StatusCode::OK, "{miss:?}");
+        let ray = miss
+            .header("cf-ray")
+            .expect("the simulator sends a cf-ray")
+            .to_owned();
+        let hit = lookups.lookup("ref-event", TOKEN_A).await;
+        assert_cache_status_contains(&hit, "hit");
+        let lines = stop_with_sigterm(running).await;
+        let events = request_events(&lines);
+        assert_eq!(events.len(), 2, "one event per request: {lines:#?}");
+        for line in &lines {
+            assert!(!line.contains(TOKEN_A), "a credential in: {line}");
+        }
+        for (event, cache) in events.iter().zip(["miss", "hit"]) {
+            if format == "json" {
+                let event: serde_json::Value = serde_json::from_str(event)
+                    .unwrap_or_else(|error| panic!("not one JSON object ({error}): {event}"));
+                assert_eq!(event["level"], "INFO", "{event}");
+                assert_eq!(event["message"], "request", "{event}");
+                assert_eq!(event["method"], "GET", "{event}");
+                assert_eq!(event["route"], REFERENCE_ROUTE, "{event}");
+                assert_eq!(event["account_id"], ACCOUNT, "{event}");
+                assert_eq!(event["status"], 200, "{event}");
+                assert_eq!(event["cache"], cache, "{event}");
+                assert_eq!(event["cf_ray"], ray.as_str(), "{event}");
+                assert!(event["latency_us"].is_u64(), "{event}");
+                let upstream_status = if cache == "miss" {
+                    serde_json::json!(200)
+                } else {
+                    serde_json::Value::Null
+                };
+                assert_eq!(event["upstream_status"], upstream_status, "{event}");
+            } else {
+                for field in [
+                    " INFO ".to_owned(),
+                    "method=GET".to_owned(),
+                    format!("account_id={ACCOUNT}"),
+                    "status=200".to_owned(),
+                    format!("cache=\"{cache}\""),
+                    format!("cf_ray=\"{ray}\""),
+                    "latency_us=".to_owned(),
+                ] {
+                    assert!(event.contains(&field), "no {field:?} in: {event}");
+                }
+            }
+        }
+    }
+    sim.shutdown().await;
+}
+
+/// Request events still queued for the log writer when SIGTERM arrives are written before the
+/// process exits: every one of many requests answered just before the signal has its line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_event_before_sigterm_reaches_the_output() {
+    const REQUESTS: usize = 2_000;
+    const AT_ONCE: usize = 50;
+    let sim = simulator_with("ref-last").await;
+    let upstream = sim.base_url();
+    let mut running = SidecarProcess::start_in_front_of(&upstream, &["--log-format", "json"], &[]);
+    let lookups = Endpoint::new(running.listening_addr());
+    for _ in 0..REQUESTS / AT_ONCE {
+        let replies = join_all((0..AT_ONCE).map(|_| lookups.lookup("ref-last", TOKEN_A))).await;
+        for reply in replies {
+            assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        }
+    }
+    // No wait for the log: the signal follows the last answer at once.
+    let lines = stop_with_sigterm(running).await;
+    let events = request_events(&lines);
+    assert_eq!(events.len(), REQUESTS, "lines lost at exit");
+    assert!(
+        lines.last().is_some_and(|line| line.contains("stopped")),
+        "\"stopped\" is the last line: {:?}",
+        lines.last()
+    );
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_any_log_line_at_trace_level() {
     let sim = start_simulator().await;
@@ -399,11 +518,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
             if format == "json" { 2 } else { 4 },
             "one reset and one retry for each format"
         );
-        running.signal(Signal::SIGTERM);
-        let (code, lines) = tokio::task::spawn_blocking(move || running.finish())
-            .await
-            .expect("join");
-        assert_eq!(code, Some(0));
+        let lines = stop_with_sigterm(running).await;
         assert!(
             lines.len() > 20,
             "trace logging produced output: {}",
