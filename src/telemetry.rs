@@ -228,10 +228,10 @@ mod tests {
         assert_eq!(log_writer.dropped_lines().count(), 2);
         assert!(
             metrics
-                .encode()
+                .encode(crate::metrics::Exposition::OpenMetrics)
                 .contains("zt_sidecar_log_lines_dropped_total 2"),
             "{}",
-            metrics.encode()
+            metrics.encode(crate::metrics::Exposition::OpenMetrics)
         );
 
         // Releasing the output and dropping the writer flushes what was queued, in order.
