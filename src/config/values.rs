@@ -375,6 +375,14 @@ const LOG_LEVELS: &str = "trace, debug, info, warn, error or off";
 /// the process's own logs off; here a directive without `=` must be a level, and the text after
 /// the last `=` must be one too (`EnvFilter` also accepts the numbers 0 to 5, as we do).
 fn check_log_filter(text: &str) -> Result<(), String> {
+    // Targets are Rust module paths and levels are words: a filter is ASCII. Refusing the rest
+    // here also keeps `EnvFilter`'s parser away from text it panics on (it slices field lists at
+    // byte offsets that can fall inside a multi-byte character; found by fuzzing the config).
+    if !text.is_ascii() {
+        return Err(format!(
+            "{text:?} is not a log filter: targets and levels are ASCII"
+        ));
+    }
     for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let level = match directive.rsplit_once('=') {
             // `=` inside a span's field list (`[span{field=value}]`) is no level.
@@ -444,6 +452,19 @@ mod tests {
             let problem = LogFilter::parse_text(bad).expect_err(bad);
             assert!(problem.contains(directive), "{bad}: {problem}");
             assert!(problem.contains("is not a level"), "{bad}: {problem}");
+        }
+    }
+
+    /// Found by fuzzing: `EnvFilter`'s parser panicked on a field list holding a multi-byte
+    /// character. Such a filter is refused by name before it gets there.
+    #[test]
+    fn non_ascii_log_filters_are_refused_before_the_parser_sees_them() {
+        for bad in [
+            " z\u{de}[::0s ={3:0g_]|[:\u{fe}:1]:0}at",
+            "info,caf\u{e9}=debug",
+        ] {
+            let problem = LogFilter::parse_text(bad).expect_err(bad);
+            assert!(problem.contains("ASCII"), "{bad}: {problem}");
         }
     }
 }
