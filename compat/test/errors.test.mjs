@@ -109,12 +109,15 @@ test('over the rate limit: a RateLimitError (429, code 971) at once, then the co
   for (const id of ids) {
     await seedIntegration(id);
   }
-  // Cloudflare's rule, scaled down: 2 requests per 5 minutes per user, then 5 minutes blocked.
+  // Cloudflare's rule, scaled down: 20 requests per 5 minutes per user, then 5 minutes blocked.
   // The policy applies to every user of the simulator; it is restored below.
-  await control('POST', '/rate_limit', { quota: 2, window_secs: 300, block_secs: 300, reset: true });
+  await control('POST', '/rate_limit', { quota: 20, window_secs: 300, block_secs: 300, reset: true });
   try {
     await getByReference(sdk.client, ids[0]);
     await getByReference(sdk.client, ids[1]);
+    // The user's other tools spend the rest of the window behind the sidecar's back: the sidecar
+    // last saw 18 calls left (well above its reserve), so it asks, and Cloudflare says 429.
+    await control('POST', '/usage', { user, used: 20 });
     const started = Date.now();
     const error = await rejection(() => getByReference(sdk.client, ids[2]), RateLimitError);
     assert.equal(error.status, 429);
