@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::{Command, CommandFactory};
 use clap_complete::Shell;
 use clap_mangen::Man;
-use roff::{bold, italic, roman, Roff};
+use roff::{bold, italic, roman, Inline, Roff};
 
 /// The installed binary's name: the man page's title and the command the completions complete.
 pub const BINARY: &str = "zt-risk-sidecar";
@@ -39,6 +39,15 @@ pub struct Document {
 }
 
 impl Document {
+    /// Whether this document covers the sidecar's own flags: its man page and every completion
+    /// script (which complete subcommands too), not a subcommand's man page.
+    pub fn covers_top_level(&self) -> bool {
+        match self.kind {
+            Kind::ManPage => self.path == Path::new("man").join(format!("{BINARY}.1")),
+            Kind::Completion(_) => true,
+        }
+    }
+
     /// Whether this document mentions the long flag `flag` (without its dashes) as a flag of its
     /// own: `--listen` does not count as mentioning `--listen-address`, or the reverse, so a
     /// renamed flag cannot hide behind a longer one that starts with the same words.
@@ -116,8 +125,7 @@ fn render_man_pages(
 /// `RestartPreventExitStatus=2` rely on).
 fn operator_sections() -> Roff {
     let mut roff = Roff::default();
-    roff.control("SH", ["FILES"]);
-    for (path, meaning) in [
+    let files = [
         (
             "/etc/zt-risk-sidecar/sidecar.toml",
             "The configuration file given with --config by the systemd unit; every key is also a flag and an environment variable.",
@@ -130,13 +138,8 @@ fn operator_sections() -> Roff {
             "/usr/lib/systemd/system/zt-risk-sidecar.service",
             "The hardened systemd unit. systemctl reload re-reads the configuration (SIGHUP); SIGTERM drains.",
         ),
-    ] {
-        roff.control("TP", []);
-        roff.text([italic(path)]);
-        roff.text([roman(meaning)]);
-    }
-    roff.control("SH", ["EXIT STATUS"]);
-    for (code, meaning) in [
+    ];
+    let exit_codes = [
         ("0", "Stopped on SIGTERM or SIGINT after draining."),
         (
             "1",
@@ -146,12 +149,28 @@ fn operator_sections() -> Roff {
             "2",
             "A usage or configuration error; the message names the flag, variable or key.",
         ),
-    ] {
-        roff.control("TP", []);
-        roff.text([bold(code)]);
-        roff.text([roman(meaning)]);
-    }
+    ];
+    tagged_section(
+        &mut roff,
+        "FILES",
+        &files.map(|(path, text)| (italic(path), text)),
+    );
+    tagged_section(
+        &mut roff,
+        "EXIT STATUS",
+        &exit_codes.map(|(code, text)| (bold(code), text)),
+    );
     roff
+}
+
+/// A section of tagged paragraphs (`.TP`): each tag on its own line, its text indented below.
+fn tagged_section(roff: &mut Roff, heading: &str, paragraphs: &[(Inline, &str)]) {
+    roff.control("SH", [heading]);
+    for (tag, text) in paragraphs {
+        roff.control("TP", []);
+        roff.text([tag.clone()]);
+        roff.text([roman(*text)]);
+    }
 }
 
 /// The file name each shell looks for in its system completion directory.
@@ -206,45 +225,64 @@ mod tests {
         }
     }
 
-    fn kinds(documents: &[Document]) -> Vec<Kind> {
-        documents.iter().map(|document| document.kind).collect()
+    fn top_level(documents: Vec<Document>) -> Vec<Document> {
+        documents
+            .into_iter()
+            .filter(Document::covers_top_level)
+            .collect()
     }
 
     #[test]
-    fn one_man_page_and_three_completions_for_the_sidecar() {
+    fn a_man_page_for_the_sidecar_and_each_subcommand_and_three_completions() {
         let documents = rendered();
         let paths: Vec<_> = documents.iter().map(|d| d.path.clone()).collect();
-        assert_eq!(
-            paths,
+        let mut expected = vec![PathBuf::from("man/zt-risk-sidecar.1")];
+        // A subcommand (`check`, planned) adds its own page; the sidecar has none yet.
+        for subcommand in sidecar_command().get_subcommands() {
+            if !subcommand.is_hide_set() {
+                expected.push(format!("man/zt-risk-sidecar-{}.1", subcommand.get_name()).into());
+            }
+        }
+        expected.extend(
             [
-                "man/zt-risk-sidecar.1",
                 "completions/zt-risk-sidecar.bash",
                 "completions/_zt-risk-sidecar",
                 "completions/zt-risk-sidecar.fish",
             ]
-            .map(PathBuf::from)
+            .map(PathBuf::from),
         );
+        assert_eq!(paths, expected);
+        let completions: Vec<Kind> = documents
+            .iter()
+            .map(|document| document.kind)
+            .filter(|kind| *kind != Kind::ManPage)
+            .collect();
         assert_eq!(
-            kinds(&documents),
+            completions,
             [
-                Kind::ManPage,
                 Kind::Completion(Shell::Bash),
                 Kind::Completion(Shell::Zsh),
                 Kind::Completion(Shell::Fish),
             ]
         );
+        assert_eq!(top_level(documents).len(), 4);
     }
 
-    #[test]
-    fn every_document_mentions_the_documented_flags() {
-        for document in rendered() {
+    /// Asserts that each of the sidecar's top-level documents mentions every flag of `flags`.
+    fn assert_every_document_mentions(flags: &[&str]) {
+        for document in top_level(rendered()) {
             assert_eq!(
-                document.missing_flags(&DOCUMENTED_FLAGS),
+                document.missing_flags(flags),
                 Vec::<&str>::new(),
                 "{}",
                 document.path.display()
             );
         }
+    }
+
+    #[test]
+    fn every_document_mentions_the_documented_flags() {
+        assert_every_document_mentions(&DOCUMENTED_FLAGS);
     }
 
     #[test]
@@ -257,14 +295,7 @@ mod tests {
             .collect();
         assert!(flags.len() > DOCUMENTED_FLAGS.len(), "{flags:?}");
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        for document in rendered() {
-            assert_eq!(
-                document.missing_flags(&flags),
-                Vec::<&str>::new(),
-                "{}",
-                document.path.display()
-            );
-        }
+        assert_every_document_mentions(&flags);
     }
 
     #[test]
@@ -273,7 +304,7 @@ mod tests {
         // case a substring search would miss.
         let renamed = sidecar_command().mut_arg("listen", |arg| arg.long("listen-address"));
         let documents = match render(renamed) {
-            Ok(documents) => documents,
+            Ok(documents) => top_level(documents),
             Err(error) => panic!("rendering failed: {error}"),
         };
         assert_eq!(documents.len(), 4);
@@ -305,33 +336,37 @@ mod tests {
 
     #[test]
     fn a_subcommand_gets_its_own_man_page_and_completions_know_it() {
-        // The sidecar has no subcommand yet; `check` is planned. The same code path renders one.
+        // A made-up subcommand, so that this holds beside the sidecar's own (`check`, planned).
         let command = sidecar_command().subcommand(
-            Command::new("check")
-                .about("Validates the configuration and exits")
-                .arg(Arg::new("print").long("print-effective")),
+            Command::new("inspect-example")
+                .about("An example subcommand")
+                .arg(Arg::new("print").long("print-example")),
         );
         let documents = match render(command) {
             Ok(documents) => documents,
             Err(error) => panic!("rendering failed: {error}"),
         };
-        let check = documents
+        let page = documents
             .iter()
-            .find(|d| d.path == Path::new("man/zt-risk-sidecar-check.1"));
-        let Some(check) = check else {
+            .find(|d| d.path == Path::new("man/zt-risk-sidecar-inspect-example.1"));
+        let Some(page) = page else {
             panic!("no man page for the subcommand")
         };
-        assert!(check.mentions_flag("print-effective"));
-        assert!(!check.mentions_flag("listen"));
-        assert!(documents[0].text.contains("zt\\-risk\\-sidecar\\-check"));
+        assert!(!page.covers_top_level());
+        assert!(page.mentions_flag("print-example"));
+        assert!(!page.mentions_flag("listen"));
+        assert!(documents[0].covers_top_level());
+        assert!(documents[0]
+            .text
+            .contains("zt\\-risk\\-sidecar\\-inspect\\-example"));
         for completion in documents.iter().filter(|d| d.kind != Kind::ManPage) {
             assert!(
-                completion.text.contains("check"),
+                completion.text.contains("inspect-example"),
                 "{}",
                 completion.path.display()
             );
             assert!(
-                completion.mentions_flag("print-effective"),
+                completion.mentions_flag("print-example"),
                 "{}",
                 completion.path.display()
             );
