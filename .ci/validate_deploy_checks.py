@@ -37,7 +37,7 @@ DOCKERIGNORE = ROOT / "deploy" / "Dockerfile.dockerignore"
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 UNIT = ROOT / "deploy" / "systemd" / "zt-risk-sidecar.service"
 DEFAULT_CONFIG = ROOT / "config" / "sidecar.toml"
-BINARY_PATH = "/usr/local/bin/zt-risk-sidecar"
+BINARY_PATH = "/usr/bin/zt-risk-sidecar"
 ADMIN_PORT = 9901
 
 failures = 0
