@@ -45,6 +45,13 @@ fn last_authorization(sim: &SimulatedCloudflare) -> Option<String> {
     })
 }
 
+/// Ends a test with a running process: SIGTERM and exit 0, then its files and the simulator.
+async fn stop(process: SidecarProcess, dir: &Path, sim: SimulatedCloudflare) {
+    process.terminate().await;
+    let _ = std::fs::remove_dir_all(dir);
+    sim.shutdown().await;
+}
+
 /// A sample of the reload counter, read from the admin listener's metrics.
 async fn reloads(admin: &Endpoint, result: &str, headers: &[(&str, &str)]) -> f64 {
     let reply = admin.get("/metrics", headers).await;
@@ -337,9 +344,7 @@ async fn a_token_rotated_by_a_symlink_swap_is_used_upstream() {
     // A new token is a new partition: the lookup goes upstream with it.
     assert_cache_status_contains(&sidecar.get(&path, &[]).await, "stored");
     assert_eq!(last_authorization(&sim), Some(bearer(TOKEN_B)));
-    process.terminate().await;
-    let _ = std::fs::remove_dir_all(&volume.dir);
-    sim.shutdown().await;
+    stop(process, &volume.dir, sim).await;
 }
 
 /// A token file rewritten in place is re-read; an empty one is rejected at warn, without its
@@ -380,9 +385,7 @@ async fn a_rewritten_token_file_is_used_and_a_bad_one_keeps_the_old_token() {
     assert_eq!(last_authorization(&sim), Some(bearer(TOKEN_B)));
     assert_eq!(reloads(&admin, "applied", &[]).await, 1.0);
     assert_eq!(reloads(&admin, "rejected", &[]).await, 2.0);
-    process.terminate().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    sim.shutdown().await;
+    stop(process, &dir, sim).await;
 }
 
 /// `POST /reload` does what SIGHUP does and says how it went: it needs the admin token (whose
@@ -446,9 +449,7 @@ async fn post_reload_applies_and_answers_whether_it_did() {
     process.wait_for_warning("POST /reload: configuration rejected");
     assert_eq!(reloads(&admin, "applied", &lower_case).await, 1.0);
     assert_eq!(reloads(&admin, "rejected", &lower_case).await, 1.0);
-    process.terminate().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    sim.shutdown().await;
+    stop(process, &dir, sim).await;
 }
 
 /// A process for the SIGHUP tests: started from `config` (written by the caller), with its
@@ -491,9 +492,7 @@ async fn sighup_applies_a_new_admin_token() {
         10000,
     );
     assert_eq!(admin.get("/cache/stats", &two).await.status, StatusCode::OK);
-    process.terminate().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    sim.shutdown().await;
+    stop(process, &dir, sim).await;
 }
 
 /// SIGHUP applies `upstream_retries`: a 503 that was relayed with no retry is retried after it.
@@ -522,9 +521,7 @@ async fn sighup_applies_upstream_retries() {
     let retried = sidecar.lookup("after", TOKEN_A).await;
     assert_eq!(retried.status, StatusCode::OK, "{retried:?}");
     assert_eq!(sim.handle().requests(SimRoute::ReferenceGet), 3);
-    process.terminate().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    sim.shutdown().await;
+    stop(process, &dir, sim).await;
 }
 
 /// SIGHUP applies the breaker policy: one failure that did not open the breaker opens it after
@@ -567,9 +564,7 @@ async fn sighup_applies_the_breaker_policy() {
         10503,
     );
     assert_eq!(sim.handle().requests(SimRoute::ReferenceGet), 3);
-    process.terminate().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    sim.shutdown().await;
+    stop(process, &dir, sim).await;
 }
 
 /// SIGHUP applies `log_level`: with the request path at `warn` a request writes no event;
@@ -660,9 +655,7 @@ async fn a_changed_ca_file_is_checked_and_logged_as_needing_a_restart() {
     std::fs::write(&ca, "not a certificate\n").expect("ca");
     let rejected = process.wait_for_warning("file change: configuration rejected");
     assert!(rejected.contains("tls_extra_ca_file"), "{rejected}");
-    process.terminate().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    sim.shutdown().await;
+    stop(process, &dir, sim).await;
 }
 
 /// Admin query strings are forms (`+` is a space, `%2F` a slash), and the admin token's scheme
