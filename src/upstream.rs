@@ -315,6 +315,18 @@ impl ProxyUrl {
     }
 }
 
+impl ProxyUrl {
+    /// The proxy's address without its credentials (`http://host:port`): what `check` prints.
+    pub fn address(&self) -> String {
+        self.uri.to_string().trim_end_matches('/').to_owned()
+    }
+
+    /// Whether the URL carried `user:password@`.
+    pub fn has_credentials(&self) -> bool {
+        self.authorization.is_some()
+    }
+}
+
 impl fmt::Debug for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let credentials = if self.authorization.is_some() {

@@ -42,6 +42,14 @@ pub fn describe(cli: &Cli, file: &FileConfig, config: &Config) -> String {
     };
     let _ = writeln!(text, "# the sidecar's token: {token}");
     let _ = writeln!(text, "# the admin token: {admin_token}");
+    if config
+        .settings
+        .https_proxy
+        .as_ref()
+        .is_some_and(|proxy| proxy.has_credentials())
+    {
+        let _ = writeln!(text, "# https_proxy's credentials: <redacted>");
+    }
     if config.settings.https_proxy.is_some() && config.https_proxy.is_none() {
         let _ = writeln!(
             text,
@@ -91,16 +99,21 @@ mod tests {
         for secret in ["env-token-secret", "proxy-password"] {
             assert!(!text.contains(secret), "{secret} printed:\n{text}");
         }
-        // What is printed reads back as a configuration file, and means the same; only the
-        // proxy, whose credentials are redacted, cannot.
-        let without_proxy: String = text
-            .lines()
-            .filter(|line| !line.starts_with("https_proxy"))
-            .map(|line| format!("{line}\n"))
-            .collect();
-        let again = parse_file(&without_proxy).expect("the report is a configuration file");
+        assert!(text.contains("https_proxy = \"http://proxy.corp:3128\"  # from --https-proxy"));
+        assert!(
+            text.contains("# https_proxy's credentials: <redacted>"),
+            "{text}"
+        );
+        // What is printed reads back as a configuration file and means the same, except for
+        // what is redacted (the proxy's credentials).
+        let again = parse_file(&text).expect("the report is a configuration file");
         let reread = resolve(&Cli::default(), again, None).expect("valid");
-        assert_eq!(reread.ttl, config.ttl);
-        assert_eq!(reread.cache_max_bytes, config.cache_max_bytes);
+        let mut expected = config.settings.clone();
+        expected.https_proxy = reread.settings.https_proxy.clone();
+        assert_eq!(reread.settings, expected);
+        assert_eq!(
+            reread.settings.https_proxy.map(|proxy| proxy.address()),
+            Some("http://proxy.corp:3128".to_owned())
+        );
     }
 }

@@ -397,6 +397,11 @@ impl SettingValue for ProxyUrl {
     fn parse_text(text: &str) -> Result<Self, String> {
         ProxyUrl::parse(text.trim()).map_err(|error| error.to_string())
     }
+
+    /// The address only: credentials are never printed (`check` says whether there are some).
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(self.address())
+    }
 }
 
 /// The hosts reached without the HTTPS proxy (`NO_PROXY`): comma-separated names, each matching

@@ -113,7 +113,9 @@ fn check_prints_the_effective_configuration_redacted_and_binds_nothing() {
             token.display()
         ),
         "# the admin token: <redacted>, from admin_token_file".to_owned(),
-        "https_proxy = ".to_owned(),
+        "https_proxy = \"http://proxy.corp:3128\"  # from the environment variable HTTPS_PROXY"
+            .to_owned(),
+        "# https_proxy's credentials: <redacted>".to_owned(),
     ] {
         assert!(stdout.contains(&line), "{line:?} missing from:\n{stdout}");
     }
@@ -216,8 +218,7 @@ fn values_are_read_as_operators_write_them_and_errors_name_their_source() {
         "allow_insecure_upstream = true  # from the environment variable ZT_SIDECAR_ALLOW_INSECURE_UPSTREAM",
         "writes_with_sidecar_token = true  # from line 1",
         "cache_max_bytes = 67108864  # from --cache-max-bytes",
-        "# from the environment variable https_proxy",
-        "http://proxy.corp:3128/",
+        "https_proxy = \"http://proxy.corp:3128\"  # from the environment variable https_proxy",
         "# https_proxy is not used: no_proxy exempts api.cloudflare.com",
     ] {
         assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
