@@ -707,3 +707,36 @@ async fn purge_reads_form_encoding_and_the_bearer_scheme_in_any_case() {
     );
     running.stop().await;
 }
+
+/// The watch follows the configuration in force: after a SIGHUP names another `token_file`,
+/// a change to that file is what triggers a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_follows_a_token_file_named_by_a_reload() {
+    let sim = start_simulator().await;
+    for reference in ["first", "second", "third"] {
+        sim.handle().insert_integration(ACCOUNT, reference, TENANT);
+    }
+    let dir = tempdir();
+    let (old, new) = (dir.join("old-token"), dir.join("new-token"));
+    std::fs::write(&old, format!("{TOKEN_A}\n")).expect("token");
+    std::fs::write(&new, format!("{TOKEN_B}\n")).expect("token");
+    let config = dir.join("sidecar.toml");
+    let naming = |file: &Path| format!("token_file = \"{}\"", file.display());
+    write_config(&config, &sim.base_url(), &naming(&old));
+    let (mut process, sidecar, _) = start_from(&config);
+    sidecar.get(&lookup_path(ACCOUNT, "first"), &[]).await;
+    assert_eq!(last_authorization(&sim), Some(bearer(TOKEN_A)));
+
+    write_config(&config, &sim.base_url(), &naming(&new));
+    process.signal(Signal::SIGHUP);
+    process.wait_for_warning("SIGHUP: configuration reloaded");
+    sidecar.get(&lookup_path(ACCOUNT, "second"), &[]).await;
+    assert_eq!(last_authorization(&sim), Some(bearer(TOKEN_B)));
+
+    std::fs::write(&new, format!("{TOKEN_OTHER_ACCOUNT}\n")).expect("token");
+    let reloaded = process.wait_for_warning("file change: configuration reloaded");
+    assert!(reloaded.contains("token"), "{reloaded}");
+    sidecar.get(&lookup_path(ACCOUNT, "third"), &[]).await;
+    assert_eq!(last_authorization(&sim), Some(bearer(TOKEN_OTHER_ACCOUNT)));
+    stop(process, &dir, sim).await;
+}
