@@ -126,6 +126,10 @@ fn run(cli: Cli) -> ExitCode {
         app.proxy
             .metrics()
             .count_dropped_log_lines(move || dropped_lines.count());
+        // Reloads re-read with the same flags and environment as this start. The file watch
+        // starts here, before "listening" is logged: a change after that line is always seen.
+        let load: Loader = Box::new(move || config::load(&cli, token_env.clone()));
+        let (reload, reloads) = Reloader::new(app.clone(), load, config.clone(), Some(logs)).start();
         let local = listener.describe();
         let admin_local = admin_listener.local_addr().unwrap_or(config.admin_listen);
         tracing::info!(listen = %local, admin_listen = %admin_local, upstream = %config.upstream, "zt-risk-sidecar listening");
@@ -141,9 +145,6 @@ fn run(cli: Cli) -> ExitCode {
             eprintln!("{}", dev.instructions(&local));
         }
         let Signals { terminate, interrupt, hangup } = signals;
-        // Reloads re-read with the same flags and environment as this start.
-        let load: Loader = Box::new(move || config::load(&cli, token_env.clone()));
-        let (reload, reloads) = Reloader::new(app.clone(), load, config.clone(), Some(logs)).start();
         let hangups = tokio::spawn(reload_on_hangup(hangup, reload));
         let outcome = app
             .serve(listener, admin_listener, config.shutdown_grace, shutdown_on(terminate, interrupt))

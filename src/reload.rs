@@ -110,67 +110,82 @@ impl Reloader {
         }
     }
 
-    /// Starts the reload task and the watch on the running configuration's secret files; the
-    /// admin listener's `POST /reload` is connected to it. Abort the task to stop both.
+    /// Starts the watch on the running configuration's secret files, before it returns (so
+    /// that a change after start-up announces itself is seen), and the reload task; the admin
+    /// listener's `POST /reload` is connected to it. Abort the task to stop both.
     pub fn start(self) -> (ReloadHandle, JoinHandle<()>) {
         let (sender, requests) = mpsc::channel(QUEUED_RELOADS);
         let handle = ReloadHandle { requests: sender };
         self.app.admin.set_reload_handle(handle.clone());
-        let task = tokio::spawn(self.run(requests, handle.clone()));
+        let watch = start_watch(&self.running, &handle);
+        let task = tokio::spawn(self.run(requests, handle.clone(), watch));
         (handle, task)
     }
 
-    async fn run(mut self, mut requests: mpsc::Receiver<ReloadRequest>, handle: ReloadHandle) {
-        let mut watch = start_watch(&self.running, &handle);
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<ReloadRequest>,
+        handle: ReloadHandle,
+        mut watch: Option<FileWatch>,
+    ) {
         while let Some(request) = requests.recv().await {
-            let outcome = self.reload_once(request.trigger);
+            let outcome = match self.reload_once() {
+                Ok(Reloaded { plan, config }) => {
+                    self.running = config;
+                    // A reload may name other files (a new `token_file`): the watch follows the
+                    // configuration in force, and does so before the reload is reported, so
+                    // that whoever reads the report and then changes the new file is seen.
+                    let files = watched_files(&self.running);
+                    if watch.as_ref().map(FileWatch::files) != Some(&files[..]) {
+                        drop(watch.take());
+                        watch = start_watch(&self.running, &handle);
+                    }
+                    ReloadOutcome::Applied {
+                        applied: plan.applied,
+                        needs_restart: plan.needs_restart,
+                    }
+                }
+                Err(reason) => ReloadOutcome::Rejected { reason },
+            };
+            self.report(request.trigger, &outcome);
             if let Some(reply) = request.reply {
                 let _ = reply.send(outcome);
-            }
-            // A reload may name other files (a new `token_file`): the watch follows the
-            // configuration in force.
-            if watch.as_ref().map(FileWatch::files) != Some(&watched_files(&self.running)[..]) {
-                drop(watch.take());
-                watch = start_watch(&self.running, &handle);
             }
         }
     }
 
-    /// Re-reads the configuration and applies what can change live, logging and counting the
-    /// outcome; the running configuration stays whole when the new one is invalid.
-    fn reload_once(&mut self, trigger: Trigger) -> ReloadOutcome {
-        let metrics = self.app.proxy.metrics();
-        let reloaded = (self.load)()
+    /// Re-reads the configuration and applies what can change live; nothing changes when the
+    /// new configuration is invalid, and the error says why.
+    fn reload_once(&self) -> Result<Reloaded, String> {
+        let mut new = (self.load)().map_err(|error| error.to_string())?;
+        if self.running.dev {
+            // --dev points the sidecar at its own simulator; a reload keeps that.
+            new.replace_upstream(self.running.upstream.clone(), self.running.token.clone());
+        }
+        self.app
+            .reload(&self.running, new, self.logs.as_ref())
             .map_err(|error| error.to_string())
-            .and_then(|mut new| {
-                if self.running.dev {
-                    // --dev points the sidecar at its own simulator; a reload keeps that.
-                    new.replace_upstream(self.running.upstream.clone(), self.running.token.clone());
-                }
-                self.app
-                    .reload(&self.running, new, self.logs.as_ref())
-                    .map_err(|error| error.to_string())
-            });
+    }
+
+    /// Counts and logs a reload's outcome, at `warn` like every operational event: a changed
+    /// (or refused) configuration is something an operator reading only warnings must see.
+    fn report(&self, trigger: Trigger, outcome: &ReloadOutcome) {
+        let metrics = self.app.proxy.metrics();
         let trigger = trigger.as_str();
-        match reloaded {
-            Ok(Reloaded { plan, config }) => {
+        match outcome {
+            ReloadOutcome::Applied {
+                applied,
+                needs_restart,
+            } => {
                 metrics.record_reload("applied");
-                if !plan.needs_restart.is_empty() {
-                    tracing::warn!(trigger, keys = ?plan.needs_restart, "{trigger}: these changes need a restart and were not applied");
+                if !needs_restart.is_empty() {
+                    tracing::warn!(trigger, keys = ?needs_restart, "{trigger}: these changes need a restart and were not applied");
                 }
-                // At warn, like every operational event: a changed configuration is something an
-                // operator reading only warnings must still see.
-                tracing::warn!(trigger, applied = ?plan.applied, "{trigger}: configuration reloaded");
-                self.running = config;
-                ReloadOutcome::Applied {
-                    applied: plan.applied,
-                    needs_restart: plan.needs_restart,
-                }
+                tracing::warn!(trigger, applied = ?applied, "{trigger}: configuration reloaded");
             }
-            Err(error) => {
+            ReloadOutcome::Rejected { reason } => {
                 metrics.record_reload("rejected");
-                tracing::warn!(trigger, %error, "{trigger}: configuration rejected; the running one stays");
-                ReloadOutcome::Rejected { reason: error }
+                tracing::warn!(trigger, error = %reason, "{trigger}: configuration rejected; the running one stays");
             }
         }
     }
