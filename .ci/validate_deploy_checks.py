@@ -38,7 +38,7 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 UNIT = ROOT / "deploy" / "systemd" / "zt-risk-sidecar.service"
 DEFAULT_CONFIG = ROOT / "config" / "sidecar.toml"
 BINARY_PATH = "/usr/bin/zt-risk-sidecar"
-ADMIN_PORT = 9901
+ADMIN_PORT = 14481
 
 failures = 0
 
@@ -263,7 +263,7 @@ def check_kubernetes() -> None:
 
     config_text = config_map["data"]["sidecar.toml"]
     config = tomllib.loads(config_text)
-    listen_host = config.get("listen", "127.0.0.1:8080").rsplit(":", 1)[0]
+    listen_host = config.get("listen", "127.0.0.1:14480").rsplit(":", 1)[0]
     rule(listen_host in ("127.0.0.1", "[::1]", "localhost"), "the lookup listener is loopback", config.get("listen", ""))
     admin = config.get("admin_listen", f"127.0.0.1:{ADMIN_PORT}")
     admin_host, admin_port = admin.rsplit(":", 1)
@@ -339,7 +339,7 @@ def check_kubernetes() -> None:
     )
     app_env = {e["name"]: e.get("value", "") for c in pod.get("containers", []) for e in c.get("env", [])}
     rule(
-        app_env.get("CLOUDFLARE_BASE_URL", "").startswith(f"http://{config.get('listen', '127.0.0.1:8080')}/"),
+        app_env.get("CLOUDFLARE_BASE_URL", "").startswith(f"http://{config.get('listen', '127.0.0.1:14480')}/"),
         "the app's CLOUDFLARE_BASE_URL points at the sidecar's listen address",
         app_env.get("CLOUDFLARE_BASE_URL", "unset"),
     )

@@ -62,7 +62,7 @@ fn lookup_path(reference: &str) -> String {
 fn sdk_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();
     let pairs = [
-        ("host", "127.0.0.1:8080"),
+        ("host", "127.0.0.1:14480"),
         ("user-agent", "Cloudflare/Python 4.3.1"),
         ("accept", "application/json"),
         ("content-type", "application/json"),
@@ -412,7 +412,7 @@ fn request(path: &str) -> Request<()> {
     Request::builder()
         .method(Method::GET)
         .uri(path)
-        .header("host", "127.0.0.1:8080")
+        .header("host", "127.0.0.1:14480")
         .header("user-agent", "Cloudflare/Python 4.3.1")
         .header("accept", "application/json")
         .header(AUTHORIZATION, format!("Bearer {DEV_TOKEN}"))

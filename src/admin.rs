@@ -1,9 +1,9 @@
-//! The admin listener's requests: liveness, readiness, Prometheus metrics, cache stats and purge,
-//! optionally behind a bearer token of its own. It serves operators, never lookups, and it is
+//! The admin listener's requests: liveness, readiness, Prometheus metrics, cache stats, purge and
+//! reload, optionally behind a bearer token of its own. It serves operators, never lookups, and it is
 //! bound to its own address, never the lookup port.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use crate::credentials::Secret;
 use crate::error::ApiError;
 use crate::metrics::Exposition;
 use crate::proxy::Proxy;
+use crate::reload::{ReloadHandle, ReloadOutcome, Trigger};
 use crate::routes::{AccountId, ReferenceId};
 use crate::server::ResponseBody;
 
@@ -57,6 +58,9 @@ pub struct Admin<S: AnswerStore, B: UpstreamBudget> {
     proxy: Proxy<S, B>,
     readiness: Readiness,
     token: Arc<ArcSwapOption<Secret>>,
+    /// Set once the reload task runs; until then (and in tests that run none) `POST /reload`
+    /// is no route.
+    reload: Arc<OnceLock<ReloadHandle>>,
 }
 
 impl<S: AnswerStore, B: UpstreamBudget> Clone for Admin<S, B> {
@@ -65,6 +69,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Clone for Admin<S, B> {
             proxy: self.proxy.clone(),
             readiness: self.readiness.clone(),
             token: Arc::clone(&self.token),
+            reload: Arc::clone(&self.reload),
         }
     }
 }
@@ -75,7 +80,13 @@ impl<S: AnswerStore, B: UpstreamBudget> Admin<S, B> {
             proxy,
             readiness,
             token: Arc::new(ArcSwapOption::from(token.map(Arc::new))),
+            reload: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Connects `POST /reload` to the reload task; only the first handle counts.
+    pub fn set_reload_handle(&self, handle: ReloadHandle) {
+        let _ = self.reload.set(handle);
     }
 
     /// Replaces the admin token (on reload).
@@ -136,7 +147,39 @@ impl<S: AnswerStore, B: UpstreamBudget> Admin<S, B> {
                     Err(reason) => ApiError::BadAdminRequest { reason }.to_response(),
                 }
             }
+            "/reload" => {
+                if method != Method::POST {
+                    return ApiError::MethodNotAllowed { allow: "POST" }.to_response();
+                }
+                self.reload().await
+            }
             _ => ApiError::NoRoute.to_response(),
+        }
+    }
+
+    /// Does what SIGHUP does and answers how it went: 200 with the applied keys and those that
+    /// need a restart, or 422 with the configuration error in Cloudflare's envelope.
+    async fn reload(&self) -> Response<ResponseBody> {
+        let Some(handle) = self.reload.get() else {
+            return ApiError::NoRoute.to_response();
+        };
+        match handle.reload(Trigger::AdminRequest).await {
+            Some(ReloadOutcome::Applied {
+                applied,
+                needs_restart,
+            }) => {
+                let body = serde_json::json!({
+                    "outcome": "applied",
+                    "applied": applied,
+                    "needs_restart": needs_restart,
+                });
+                json(StatusCode::OK, body.to_string())
+            }
+            Some(ReloadOutcome::Rejected { reason }) => {
+                ApiError::ReloadRejected { reason }.to_response()
+            }
+            // The reload task ends only when the process stops.
+            None => ApiError::Overloaded.to_response(),
         }
     }
 
@@ -144,14 +187,14 @@ impl<S: AnswerStore, B: UpstreamBudget> Admin<S, B> {
         let Some(token) = self.token.load_full() else {
             return true;
         };
-        let expected = format!("Bearer {}", token.expose());
         let presented = request
             .headers()
             .get(AUTHORIZATION)
             .map(HeaderValue::as_bytes)
+            .and_then(bearer_credentials)
             .unwrap_or_default();
         // blake3::Hash compares in constant time, so the comparison leaks nothing of the token.
-        blake3::hash(presented) == blake3::hash(expected.as_bytes())
+        blake3::hash(presented) == blake3::hash(token.expose().as_bytes())
     }
 
     fn readiness(&self) -> Response<ResponseBody> {
@@ -230,6 +273,20 @@ impl<S: AnswerStore, B: UpstreamBudget> Admin<S, B> {
     }
 }
 
+/// Pure: the credentials of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 9110, section 11.1), so `bearer` and `BEARER` are the same; the token is
+/// taken as sent, after the spaces that separate it from the scheme.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    let scheme = value.get(..SCHEME.len())?;
+    let rest = value.get(SCHEME.len()..)?;
+    if !scheme.eq_ignore_ascii_case(SCHEME) || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let start = rest.iter().position(|byte| *byte != b' ')?;
+    rest.get(start..)
+}
+
 /// `Some(405)` for anything but GET and HEAD.
 fn only_get(method: &Method) -> Option<Response<ResponseBody>> {
     (method != Method::GET && method != Method::HEAD)
@@ -246,8 +303,10 @@ fn json(status: StatusCode, body: String) -> Response<ResponseBody> {
 }
 
 /// Pure: the purge scope from a query string: `account_id=A&reference_id=R` (one lookup, every
-/// credential), `account_id=A` (every lookup of an account) or `all=true`. Values are
-/// percent-encoded like the lookup path: decoded exactly once.
+/// credential), `account_id=A` (every lookup of an account) or `all=true`. Values are decoded
+/// as a form (`application/x-www-form-urlencoded`, what `curl --data-urlencode -G` and every
+/// HTML form send): `+` is a space and each `%XX` escape is decoded exactly once; a `%` that
+/// starts no escape is refused rather than guessed at.
 pub fn purge_scope(query: &str) -> Result<PurgeScope, &'static str> {
     let mut account = None;
     let mut reference = None;
@@ -269,8 +328,9 @@ pub fn purge_scope(query: &str) -> Result<PurgeScope, &'static str> {
             match reference {
                 None => Ok(PurgeScope::Account { account_id }),
                 Some(raw) => {
-                    let reference_id =
-                        ReferenceId::decode(raw).map_err(|_| "reference_id is not a valid id")?;
+                    // In a form, `+` is a space; written as `%20` it is decoded with the rest.
+                    let reference_id = ReferenceId::decode(&raw.replace('+', "%20"))
+                        .map_err(|_| "reference_id is not a valid id")?;
                     Ok(PurgeScope::Lookup {
                         account_id,
                         reference_id,
@@ -305,6 +365,21 @@ mod tests {
                 reference_id: ReferenceId::decode("a%2Fb").expect("id"),
             })
         );
+        // Form encoding: `+` is a space, `%2B` a plus, `%2F` a slash.
+        assert_eq!(
+            purge_scope(&format!("account_id={ACCOUNT}&reference_id=team+a%2Fokta")),
+            Ok(PurgeScope::Lookup {
+                account_id: account,
+                reference_id: ReferenceId::from_decoded("team a/okta").expect("id"),
+            })
+        );
+        assert_eq!(
+            purge_scope(&format!("account_id={ACCOUNT}&reference_id=a%2Bb")),
+            Ok(PurgeScope::Lookup {
+                account_id: account,
+                reference_id: ReferenceId::from_decoded("a+b").expect("id"),
+            })
+        );
         for bad in [
             "",
             "all=false",
@@ -316,6 +391,29 @@ mod tests {
             "colour=blue",
         ] {
             assert!(purge_scope(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The scheme is case-insensitive; the token is exact and must follow a space.
+    #[test]
+    fn bearer_credentials_take_any_case_of_the_scheme() {
+        for (value, token) in [
+            (&b"Bearer abc"[..], Some(&b"abc"[..])),
+            (b"bearer abc", Some(b"abc")),
+            (b"BEARER  abc", Some(b"abc")),
+            (b"BeArEr abc def", Some(b"abc def")),
+            (b"Bearerabc", None),
+            (b"Bearer", None),
+            (b"Bearer   ", None),
+            (b"Basic abc", None),
+            (b"", None),
+        ] {
+            assert_eq!(
+                bearer_credentials(value),
+                token,
+                "{}",
+                String::from_utf8_lossy(value)
+            );
         }
     }
 

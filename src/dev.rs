@@ -60,7 +60,7 @@ impl DevMode {
     }
 
     /// Ready-to-paste instructions for a sidecar listening on `listen` (as `Listener::describe`
-    /// puts it: `127.0.0.1:8080` or `unix:/path`).
+    /// puts it: `127.0.0.1:14480` or `unix:/path`).
     pub fn instructions(&self, listen: &str) -> String {
         let (curl, base) = match listen.strip_prefix("unix:") {
             Some(path) => (

@@ -62,6 +62,9 @@ pub enum ApiError {
     AdminUnauthorized,
     /// An admin request the sidecar cannot act on; `reason` says how to form it.
     BadAdminRequest { reason: &'static str },
+    /// `POST /reload` re-read a configuration that is not valid; the running one stays. `reason`
+    /// is the configuration error, which names the key and never holds a secret.
+    ReloadRejected { reason: String },
     /// A bug in the sidecar. The cause is logged where it happens, never sent to the caller.
     Internal,
 }
@@ -91,6 +94,7 @@ impl ApiError {
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ReloadRejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -116,6 +120,7 @@ impl ApiError {
             ApiError::Overloaded => 10508,
             ApiError::AdminUnauthorized => 10000,
             ApiError::BadAdminRequest { .. } => 1001,
+            ApiError::ReloadRejected { .. } => 10422,
             ApiError::Internal => 10500,
         }
     }
@@ -165,6 +170,9 @@ impl ApiError {
             ApiError::Overloaded => "zt-risk-sidecar is overloaded; retry later".to_owned(),
             ApiError::AdminUnauthorized => "Authentication error".to_owned(),
             ApiError::BadAdminRequest { reason } => format!("Invalid request: {reason}"),
+            ApiError::ReloadRejected { reason } => {
+                format!("Configuration rejected; the running one stays: {reason}")
+            }
             ApiError::Internal => "zt-risk-sidecar internal error".to_owned(),
         }
     }
@@ -320,6 +328,7 @@ mod tests {
         check(ApiError::Overloaded, 503, 10508);
         check(ApiError::AdminUnauthorized, 401, 10000);
         check(ApiError::BadAdminRequest { reason: "x" }, 400, 1001);
+        check(ApiError::ReloadRejected { reason: "x".into() }, 422, 10422);
         check(ApiError::Internal, 500, 10500);
     }
 

@@ -22,12 +22,14 @@ pub mod error;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod resilience;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
 pub mod throttle;
 pub mod upstream;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;

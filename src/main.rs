@@ -1,6 +1,7 @@
 //! The binary: reads the configuration, sets up logging, binds the listeners and runs the library
-//! until SIGTERM or SIGINT, re-reading the configuration on SIGHUP. Everything else lives in the
-//! library.
+//! until SIGTERM or SIGINT, re-reading the configuration on SIGHUP (and when the library's reload
+//! task sees a secret file change or `POST /reload`); or, as `check`, validates the configuration
+//! the same way and prints it. Everything else lives in the library.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,21 +9,68 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use zt_risk_sidecar::config::{self, Cli, Config, TOKEN_ENV};
+use zt_risk_sidecar::config::{self, Cli, CliCommand, Config, TOKEN_ENV};
 #[cfg(feature = "dev")]
 use zt_risk_sidecar::dev::DevMode;
+use zt_risk_sidecar::reload::{Loader, ReloadHandle, Reloader, Trigger};
 use zt_risk_sidecar::server::{self, DrainOutcome, ListenAddr, Listener};
-use zt_risk_sidecar::telemetry::{self, LogControl};
-use zt_risk_sidecar::{App, Reloaded};
+use zt_risk_sidecar::telemetry;
+use zt_risk_sidecar::App;
+
+/// The exit code of a configuration that is not valid, at start-up and from `check`.
+const INVALID_CONFIGURATION: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.command {
+        Some(CliCommand::Check) => check(&cli),
+        None => run(cli),
+    }
+}
+
+/// `check`: every step of start-up that can refuse a configuration, in the same order and with
+/// the same messages (flags, environment and file; the token, admin token and CA files; the log
+/// filter; the upstream client and the token's use in a header), without binding anything or
+/// starting dev mode's simulator. Prints the effective configuration and exits 0, or prints the
+/// error and exits 2.
+fn check(cli: &Cli) -> ExitCode {
+    let invalid = |error: &dyn std::fmt::Display| {
+        eprintln!("zt-risk-sidecar: {error}");
+        ExitCode::from(INVALID_CONFIGURATION)
+    };
+    let (config, file) = match config::load_with_file(cli, std::env::var(TOKEN_ENV).ok()) {
+        Ok(loaded) => loaded,
+        Err(error) => return invalid(&error),
+    };
+    let rust_log = std::env::var(config::RUST_LOG).ok();
+    if let Err(error) =
+        config::effective_log_filter(config.log_level.as_deref(), rust_log.as_deref())
+    {
+        return invalid(&error);
+    }
+    // The service is built inside a runtime, as at start-up, and dropped unused.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return invalid(&format!("cannot start the async runtime: {error}")),
+    };
+    if let Err(error) = runtime.block_on(async { App::new(&config).map(drop) }) {
+        return invalid(&error);
+    }
+    print!("{}", config::describe(cli, &file, &config));
+    ExitCode::SUCCESS
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+fn run(cli: Cli) -> ExitCode {
     let token_env = std::env::var(TOKEN_ENV).ok();
     let config = match config::load(&cli, token_env.clone()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("zt-risk-sidecar: {error}");
-            return ExitCode::from(2);
+            return ExitCode::from(INVALID_CONFIGURATION);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -41,7 +89,7 @@ fn main() -> ExitCode {
             Ok(filter) => filter,
             Err(error) => {
                 eprintln!("zt-risk-sidecar: {error}");
-                return ExitCode::from(2);
+                return ExitCode::from(INVALID_CONFIGURATION);
             }
         };
     let (logs, log_writer, warning) = telemetry::init(config.log_format, log_filter.as_deref());
@@ -49,8 +97,6 @@ fn main() -> ExitCode {
         tracing::warn!("{warning}");
     }
     let dropped_lines = log_writer.dropped_lines();
-    #[cfg(feature = "dev")]
-    let stdout = log_writer.plain_output();
     let code = runtime.block_on(async move {
         // Without the `dev` feature there is no simulator to start and `config.dev` is never set;
         // with it, dev mode rewrites the upstream and the token to point at the simulator.
@@ -80,6 +126,10 @@ fn main() -> ExitCode {
         app.proxy
             .metrics()
             .count_dropped_log_lines(move || dropped_lines.count());
+        // Reloads re-read with the same flags and environment as this start. The file watch
+        // starts here, before "listening" is logged: a change after that line is always seen.
+        let load: Loader = Box::new(move || config::load(&cli, token_env.clone()));
+        let (reload, reloads) = Reloader::new(app.clone(), load, config.clone(), Some(logs)).start();
         let local = listener.describe();
         let admin_local = admin_listener.local_addr().unwrap_or(config.admin_listen);
         tracing::info!(listen = %local, admin_listen = %admin_local, upstream = %config.upstream, "zt-risk-sidecar listening");
@@ -88,15 +138,18 @@ fn main() -> ExitCode {
                 tracing::warn!(listen = %local, "the lookup listener is reachable beyond this host: whoever reaches it is served from the cache with their own credentials, and with the sidecar's token when they send none");
             }
         }
+        // The banner is for the person at the terminal, so it goes to standard error: standard
+        // output carries only log lines, which with `--log-format json` must all be JSON.
         #[cfg(feature = "dev")]
         if let Some(dev) = &dev {
-            stdout.println(&dev.instructions(&local));
+            eprintln!("{}", dev.instructions(&local));
         }
         let Signals { terminate, interrupt, hangup } = signals;
-        let reloads = tokio::spawn(reload_on_hangup(hangup, app.clone(), cli, token_env, config.clone(), logs));
+        let hangups = tokio::spawn(reload_on_hangup(hangup, reload));
         let outcome = app
             .serve(listener, admin_listener, config.shutdown_grace, shutdown_on(terminate, interrupt))
             .await;
+        hangups.abort();
         reloads.abort();
         #[cfg(feature = "dev")]
         if let Some(dev) = dev {
@@ -185,46 +238,11 @@ async fn shutdown_on(mut terminate: Signal, mut interrupt: Signal) {
     }
 }
 
-/// On each SIGHUP: re-read the configuration file and the token files with the same flags and
-/// environment, apply what can change live, log what needs a restart, and keep the running
-/// configuration when the new one is invalid.
-async fn reload_on_hangup(
-    mut hangup: Signal,
-    app: App,
-    cli: Cli,
-    token_env: Option<String>,
-    mut running: Config,
-    logs: LogControl,
-) {
+/// On each SIGHUP, asks the reload task to re-read the configuration file and the token files
+/// with the same flags and environment; it applies what can change live, logs what needs a
+/// restart, and keeps the running configuration when the new one is invalid.
+async fn reload_on_hangup(mut hangup: Signal, reload: ReloadHandle) {
     while hangup.recv().await.is_some() {
-        let metrics = app.proxy.metrics();
-        let mut new = match config::load(&cli, token_env.clone()) {
-            Ok(new) => new,
-            Err(error) => {
-                metrics.record_reload("rejected");
-                tracing::warn!(%error, "SIGHUP: configuration rejected; the running one stays");
-                continue;
-            }
-        };
-        if running.dev {
-            // --dev points the sidecar at its own simulator; a reload keeps that.
-            new.replace_upstream(running.upstream.clone(), running.token.clone());
-        }
-        match app.reload(&running, new, Some(&logs)) {
-            Ok(Reloaded { plan, config }) => {
-                metrics.record_reload("applied");
-                if !plan.needs_restart.is_empty() {
-                    tracing::warn!(keys = ?plan.needs_restart, "SIGHUP: these changes need a restart and were not applied");
-                }
-                // At warn, like every operational event: a changed configuration is something an
-                // operator reading only warnings must still see.
-                tracing::warn!(applied = ?plan.applied, "SIGHUP: configuration reloaded");
-                running = config;
-            }
-            Err(error) => {
-                metrics.record_reload("rejected");
-                tracing::warn!(%error, "SIGHUP: configuration rejected; the running one stays");
-            }
-        }
+        reload.request(Trigger::Hangup);
     }
 }

@@ -444,7 +444,7 @@ impl Metrics {
         let reloads = Family::<ResultLabel, Counter>::default();
         registry.register(
             "config_reloads",
-            "Configuration reloads on SIGHUP, by result",
+            "Configuration reloads (SIGHUP, a watched secret file changing, POST /reload), by result",
             reloads.clone(),
         );
         create_all(

@@ -109,12 +109,12 @@ pub enum ListenAddr {
 pub enum ListenAddrError {
     #[error("{0:?}: the socket path must be absolute")]
     RelativeSocketPath(String),
-    #[error("{0:?} is not an IP address and port (e.g. 127.0.0.1:8080) or unix:/path")]
+    #[error("{0:?} is not an IP address and port (e.g. 127.0.0.1:14480) or unix:/path")]
     NotAnAddress(String),
 }
 
 impl ListenAddr {
-    /// Pure: `127.0.0.1:8080`, `[::1]:8080` or `unix:/run/zt/sidecar.sock`.
+    /// Pure: `127.0.0.1:14480`, `[::1]:14480` or `unix:/run/zt/sidecar.sock`.
     pub fn parse(text: &str) -> Result<ListenAddr, ListenAddrError> {
         if let Some(path) = text.strip_prefix("unix:") {
             let path = PathBuf::from(path);

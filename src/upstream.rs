@@ -107,6 +107,11 @@ impl UpstreamBase {
         })
     }
 
+    /// The host without its port: what `NO_PROXY` is matched against.
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
+
     fn uri_for(&self, path_below_base: &str) -> Result<Uri, http::Error> {
         Uri::builder()
             .scheme(self.scheme.clone())
@@ -271,8 +276,16 @@ pub enum ProxyUrlError {
 }
 
 impl ProxyUrl {
-    /// Pure: `http://host:port` or `http://user:password@host:port`.
+    /// Pure: `http://host:port` or `http://user:password@host:port`; without a scheme
+    /// (`proxy.corp:3128`, as curl and most tools accept in `HTTPS_PROXY`) it is `http://`.
     pub fn parse(text: &str) -> Result<ProxyUrl, ProxyUrlError> {
+        let with_scheme;
+        let text = if text.contains("://") {
+            text
+        } else {
+            with_scheme = format!("http://{text}");
+            &with_scheme
+        };
         let uri: Uri = text.parse().map_err(|_| ProxyUrlError::NotAUrl)?;
         if uri.scheme() != Some(&Scheme::HTTP) {
             return Err(ProxyUrlError::NotHttp);
@@ -299,6 +312,18 @@ impl ProxyUrl {
             uri: clean,
             authorization,
         })
+    }
+}
+
+impl ProxyUrl {
+    /// The proxy's address without its credentials (`http://host:port`): what `check` prints.
+    pub fn address(&self) -> String {
+        self.uri.to_string().trim_end_matches('/').to_owned()
+    }
+
+    /// Whether the URL carried `user:password@`.
+    pub fn has_credentials(&self) -> bool {
+        self.authorization.is_some()
     }
 }
 
@@ -788,10 +813,10 @@ mod tests {
         assert_eq!(plain.uri.to_string(), "http://127.0.0.1:3128/");
         assert!(plain.authorization.is_none());
         let with_credentials =
-            ProxyUrl::parse("http://user:s3cret@proxy.internal:8080").expect("valid");
+            ProxyUrl::parse("http://user:s3cret@proxy.internal:3128").expect("valid");
         assert_eq!(
             with_credentials.uri.to_string(),
-            "http://proxy.internal:8080/"
+            "http://proxy.internal:3128/"
         );
         assert_eq!(
             with_credentials
@@ -803,7 +828,12 @@ mod tests {
         assert!(!format!("{with_credentials:?}").contains("s3cret"));
         assert!(ProxyUrl::parse("https://proxy:8443").is_err());
         assert!(ProxyUrl::parse("socks5://proxy:1080").is_err());
-        assert!(ProxyUrl::parse("proxy:3128").is_err());
+        // Without a scheme, as curl accepts it: an http:// proxy, credentials and all.
+        let bare = ProxyUrl::parse("user:pw@proxy.corp:3128").expect("valid");
+        assert_eq!(bare.uri.to_string(), "http://proxy.corp:3128/");
+        assert!(bare.authorization.is_some());
+        assert!(ProxyUrl::parse("proxy:3128").is_ok());
+        assert!(ProxyUrl::parse("not a host:3128").is_err());
     }
 
     #[test]

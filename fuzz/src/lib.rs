@@ -762,12 +762,14 @@ pub fn check_purge_scope_input(data: &[u8]) {
         } => {
             let account = account_id.to_string();
             assert_eq!(value_of("account_id"), Some(account.as_str()));
-            let raw = value_of("reference_id").expect("a lookup purge names a reference id");
+            let form = value_of("reference_id").expect("a lookup purge names a reference id");
             check_reference_id(reference_id);
-            assert_eq!(ReferenceId::decode(raw).as_ref(), Ok(reference_id));
-            // The operator's encoding means what the caller's did.
+            // A purge's query is a form: `+` is a space, which a path writes `%20`. Past that,
+            // the operator's encoding means what the caller's did.
+            let raw = form.replace('+', "%20");
+            assert_eq!(ReferenceId::decode(&raw).as_ref(), Ok(reference_id));
             if !raw.contains('/') {
-                let routed = routes::route(&Method::GET, &lookup_path(&account, raw));
+                let routed = routes::route(&Method::GET, &lookup_path(&account, &raw));
                 if let Ok(Route::Lookup(lookup)) = &routed {
                     check_lookup(lookup);
                 }

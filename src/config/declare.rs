@@ -173,6 +173,16 @@ macro_rules! settings {
             $($key: Option<toml::Spanned<toml::Value>>,)*
         }
 
+        impl FileConfig {
+            /// The line of the file that set `key`, when the file set it.
+            pub(crate) fn line_of_key(&self, key: &str) -> Option<usize> {
+                match key {
+                    $(stringify!($key) => self.$key.as_ref().map(|value| value.line),)*
+                    _ => None,
+                }
+            }
+        }
+
         impl FileKeys {
             /// Keeps each value with its line; `line_of` maps a byte offset to a line number.
             pub(crate) fn into_file(self, line_of: impl Fn(usize) -> usize) -> FileConfig {
@@ -231,6 +241,12 @@ macro_rules! settings {
                     changed.push((stringify!($key), $crate::config::declare::Reload::$reload));
                 })*
                 changed
+            }
+
+            /// Every setting's value as `check` prints it (`None`: unset), in table order.
+            pub(crate) fn shown(&self) -> Vec<(&'static str, Option<toml::Value>)> {
+                use $crate::config::values::SettingValue as _;
+                vec![$((stringify!($key), self.$key.show()),)*]
             }
 
             /// Takes `running`'s value for every setting that only a restart changes.

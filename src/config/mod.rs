@@ -4,6 +4,7 @@
 //! and owns the [`Config`] the program runs with. Errors name the key and the problem; secrets are
 //! never printed.
 
+mod check;
 mod declare;
 mod docs;
 mod reload;
@@ -20,10 +21,11 @@ use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use check::describe;
 pub use declare::{Reload, Setting};
 pub use docs::settings_markdown;
 pub use reload::{plan_reload, ReloadPlan};
-pub use sources::{parse_file, read_file, Cli, SettingArgs};
+pub use sources::{parse_file, read_file, Cli, CliCommand, SettingArgs};
 pub use table::{all as settings_table, FileConfig, Settings};
 pub use validate::read_secret_file;
 pub use values::{FileMode, LogFilter, LogFormat, SettingValue, MAX_DURATION};
@@ -54,6 +56,9 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub admin_token: Option<Secret>,
     pub admin_token_file: Option<PathBuf>,
+    /// The hash of the extra CA file's certificates as read: a reload compares it, because the
+    /// file can change under an unchanged `tls_extra_ca_file`.
+    pub extra_ca: Option<blake3::Hash>,
     /// The log filter from the configuration; `None` leaves it to `RUST_LOG` (else `info`).
     pub log_level: Option<String>,
     pub upstream: UpstreamBase,
@@ -125,11 +130,19 @@ impl std::error::Error for ConfigError {}
 /// `token_env` is the value of `CLOUDFLARE_API_TOKEN`, passed in so tests need not touch the
 /// process environment.
 pub fn load(cli: &Cli, token_env: Option<String>) -> Result<Config, ConfigError> {
+    load_with_file(cli, token_env).map(|(config, _)| config)
+}
+
+/// [`load`], also returning the file as read, which says where each value came from.
+pub fn load_with_file(
+    cli: &Cli,
+    token_env: Option<String>,
+) -> Result<(Config, FileConfig), ConfigError> {
     let file = match &cli.config {
         Some(path) => read_file(path)?,
         None => FileConfig::default(),
     };
-    resolve(cli, file, token_env)
+    resolve(cli, file.clone(), token_env).map(|config| (config, file))
 }
 
 /// Merges flags (which clap already merged with the environment) over the file over defaults,
@@ -212,8 +225,8 @@ mod tests {
     #[test]
     fn defaults() {
         let config = resolve(&Cli::default(), FileConfig::default(), None).expect("valid");
-        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9901");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:14480");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:14481");
         assert_eq!(config.unix_socket.mode, 0o660);
         assert_eq!(config.server_limits, ServerLimits::default());
         assert_eq!(config.request_limits, RequestLimits::default());
@@ -256,7 +269,7 @@ mod tests {
         let same = resolve(&Cli::default(), FileConfig::default(), None).expect("valid");
         assert_eq!(plan_reload(&running, &same), ReloadPlan::default());
         let file = parse_file(
-            "cache_ttl = \"5m\"\nlisten = \"127.0.0.1:18080\"\nupstream_budget_burst = 7\nlog_level = \"debug\"\n",
+            "cache_ttl = \"5m\"\nlisten = \"127.0.0.1:14490\"\nupstream_budget_burst = 7\nlog_level = \"debug\"\n",
         )
         .expect("valid");
         let changed = resolve(&Cli::default(), file, Some("new-token".into())).expect("valid");
@@ -339,14 +352,14 @@ mod tests {
     #[test]
     fn listen_addresses() {
         assert_eq!(
-            ListenAddr::parse("127.0.0.1:8080"),
-            Ok(ListenAddr::Tcp("127.0.0.1:8080".parse().expect("addr")))
+            ListenAddr::parse("127.0.0.1:14480"),
+            Ok(ListenAddr::Tcp("127.0.0.1:14480".parse().expect("addr")))
         );
         assert_eq!(
             ListenAddr::parse("unix:/run/zt/sidecar.sock"),
             Ok(ListenAddr::Unix(PathBuf::from("/run/zt/sidecar.sock")))
         );
-        assert!(ListenAddr::parse("localhost:8080").is_err());
+        assert!(ListenAddr::parse("localhost:14480").is_err());
         let config = resolve(
             &cli(&[
                 "--listen",

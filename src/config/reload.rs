@@ -18,6 +18,8 @@ pub struct ReloadPlan {
 /// Pure: which keys changed, split into those a reload applies and those that need a restart.
 /// Besides the settings, the two tokens count as keys (`token`, `admin_token`): their files can
 /// change under an unchanged setting, and the sidecar's token can come from the environment.
+/// So can the extra CA file, whose new content needs a restart like its path (`upstream.rs`
+/// builds the TLS client, and its pooled connections, once).
 pub fn plan_reload(running: &Config, new: &Config) -> ReloadPlan {
     let mut plan = ReloadPlan::default();
     for (key, reload) in new.settings.changed_since(&running.settings) {
@@ -32,6 +34,9 @@ pub fn plan_reload(running: &Config, new: &Config) -> ReloadPlan {
     if running.admin_token != new.admin_token {
         plan.applied.push("admin_token");
     }
+    if running.extra_ca != new.extra_ca && !plan.needs_restart.contains(&"tls_extra_ca_file") {
+        plan.needs_restart.push("tls_extra_ca_file");
+    }
     plan
 }
 
@@ -43,9 +48,11 @@ impl Config {
     pub fn keeping_restart_values(self, running: &Config) -> Result<Config, ConfigError> {
         let mut settings = self.settings;
         settings.keep_restart_values(&running.settings);
+        // The CA in force is the running one until a restart, like every restart-only value.
         let secrets = Secrets {
             token: self.token,
             admin_token: self.admin_token,
+            extra_ca: running.extra_ca,
         };
         validate::build(settings, secrets, self.dev)
     }

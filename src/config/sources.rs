@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
-use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, Parser};
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, Parser, Subcommand};
 
 use super::declare::{Given, Origin};
 use super::table::{self, FileConfig, FileKeys};
@@ -14,7 +14,7 @@ use super::ConfigError;
 
 /// Command-line flags. The settings come from the table (each also from its environment
 /// variable); `--config` and `--dev` are not settings: they say where the file is and which mode
-/// to run in.
+/// to run in. Every flag is global, so that `check` takes the same flags as the service.
 #[derive(Parser, Debug, Default)]
 #[command(
     name = "zt-risk-sidecar",
@@ -25,14 +25,26 @@ use super::ConfigError;
 )]
 pub struct Cli {
     /// TOML configuration file (see config/sidecar.toml).
-    #[arg(long, env = "ZT_SIDECAR_CONFIG", value_name = "PATH")]
+    #[arg(long, env = "ZT_SIDECAR_CONFIG", value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
     /// Run against a built-in simulated Cloudflare API: no token, no network needed.
     #[cfg(feature = "dev")]
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub dev: bool,
     #[command(flatten)]
     pub settings: SettingArgs,
+    /// Without a command, the service runs.
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+}
+
+/// What to do instead of running the service.
+#[derive(Subcommand, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CliCommand {
+    /// Validate flags, environment and file as start-up does (token files and CA file read, the
+    /// upstream client built), print the effective configuration with secrets redacted, and exit
+    /// 0, or print the errors and exit 2. Binds nothing.
+    Check,
 }
 
 impl Cli {
@@ -78,7 +90,8 @@ impl Args for SettingArgs {
                     setting.help().replace('`', ""),
                     setting.default.describe().replace('`', "")
                 ))
-                .hide_env_values(setting.sensitive);
+                .hide_env_values(setting.sensitive)
+                .global(true);
             arg = if setting.list {
                 arg.action(ArgAction::Append).value_delimiter(',')
             } else {
@@ -103,7 +116,12 @@ impl FromArgMatches for SettingArgs {
             let origin = match matches.value_source(setting.key) {
                 Some(ValueSource::CommandLine) => Origin::Flag(setting.flag()),
                 Some(ValueSource::EnvVariable) => Origin::Env(setting.env()),
-                _ => continue,
+                _ => {
+                    if let Some(alias) = lowercase_alias(&setting.env()) {
+                        given.insert(setting.key, alias);
+                    }
+                    continue;
+                }
             };
             let texts = matches
                 .get_many::<String>(setting.key)
@@ -118,6 +136,23 @@ impl FromArgMatches for SettingArgs {
         *self = SettingArgs::from_arg_matches(matches)?;
         Ok(())
     }
+}
+
+/// The proxy variables that tools also read in lower case (curl, Go, Python); clap reads one
+/// name per flag, so the lower-case one is looked up here when the upper-case one is unset.
+const LOWERCASE_ALIASES: [&str; 2] = ["HTTPS_PROXY", "NO_PROXY"];
+
+/// `https_proxy` or `no_proxy` from the environment, when `variable` is one of those two.
+fn lowercase_alias(variable: &str) -> Option<Given> {
+    if !LOWERCASE_ALIASES.contains(&variable) {
+        return None;
+    }
+    let lower = variable.to_ascii_lowercase();
+    let value = std::env::var(&lower).ok()?;
+    Some(Given {
+        texts: vec![value],
+        origin: Origin::Env(lower),
+    })
 }
 
 /// Parses a configuration file.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::declare::settings;
-use super::values::{unset, FileMode, LogFilter, LogFormat};
+use super::values::{unset, FileMode, LogFilter, LogFormat, NoProxy};
 use crate::ratelimit::Share;
 use crate::routes::AccountId;
 use crate::server::ListenAddr;
@@ -20,7 +20,7 @@ use crate::upstream::{ProxyUrl, TlsRoots};
 // derived from the key. README's table follows the order of these rows.
 settings! {
     /// Lookup listener: `IP:port` or `unix:/path`.
-    listen: ListenAddr = "127.0.0.1:8080", Restart, "ADDR";
+    listen: ListenAddr = "127.0.0.1:14480", Restart, "ADDR";
     /// File mode of the Unix socket, in octal.
     unix_socket_mode: FileMode = "0660", Restart, "OCTAL";
     /// Group of the Unix socket (name or number).
@@ -55,13 +55,15 @@ settings! {
     max_request_headers: NonZeroUsize = "64", Live, "N";
     /// Roots for Cloudflare's TLS: `webpki` (Mozilla's, built in) or `system`.
     tls_roots: TlsRoots = "webpki", Restart, "ROOTS";
-    /// Extra PEM roots, e.g. a TLS-inspecting egress.
+    /// Extra PEM roots, e.g. a TLS-inspecting egress; watched, and a changed file is checked and logged as needing a restart.
     tls_extra_ca_file: Option<PathBuf> = unset("none"), Restart, "PATH";
-    /// `http://[user:pass@]host:port` to tunnel (CONNECT) to Cloudflare through.
+    /// `http://[user:pass@]host:port` (or `host:port`) to tunnel (CONNECT) to Cloudflare through; `https_proxy` is read when `HTTPS_PROXY` is unset.
     https_proxy: Option<ProxyUrl> = unset("none"), Restart, "URL", env = "HTTPS_PROXY";
-    /// Admin listener (metrics, probes, purge).
-    admin_listen: SocketAddr = "127.0.0.1:9901", Restart, "ADDR";
-    /// File with the bearer token the admin listener requires; re-read on SIGHUP.
+    /// Hosts reached without `https_proxy`: comma-separated names (each also matching its subdomains, with or without a leading dot) or `*`; `no_proxy` is read when `NO_PROXY` is unset.
+    no_proxy: Option<NoProxy> = unset("none"), Restart, "HOSTS", env = "NO_PROXY";
+    /// Admin listener (metrics, probes, purge, reload).
+    admin_listen: SocketAddr = "127.0.0.1:14481", Restart, "ADDR";
+    /// File with the bearer token the admin listener requires; re-read when it changes, on SIGHUP and on `POST /reload`.
     admin_token_file: Option<PathBuf> = unset("none"), Live, "PATH";
     /// Cloudflare API base; `http://` only for loopback.
     upstream: String = "https://api.cloudflare.com/client/v4", Restart, "URL";
@@ -71,7 +73,7 @@ settings! {
     cache_ttl: Duration = "60s", Live, "DURATION";
     /// Freshness of "not found" (`0s`: don't cache).
     negative_ttl: Duration = "10s", Live, "DURATION";
-    /// Cache bound (bodies plus a per-entry allowance), e.g. `67108864` or `64MiB`.
+    /// Cache bound (bodies plus a per-entry allowance), e.g. `67108864`, `64Mi` or `64MiB`.
     cache_max_bytes: NonZeroU64 = "64MiB", Restart, "BYTES";
     /// Serve stale at once, refresh in the background (`0s`: off).
     stale_while_revalidate: Duration = "30s", Live, "DURATION";
@@ -101,7 +103,7 @@ settings! {
     request_timeout: Duration = "15s", Restart, "DURATION";
     /// Upstream requests in flight at most, and so HTTP/1.1 connections open to Cloudflare at most; the rest queue within their deadlines.
     max_upstream_connections: NonZeroUsize = "32", Restart, "N";
-    /// File with the sidecar's own token (a mounted secret); re-read on SIGHUP.
+    /// File with the sidecar's own token (a mounted secret); re-read when it changes, on SIGHUP and on `POST /reload`.
     token_file: Option<PathBuf> = unset("none"), Live, "PATH";
     /// Let writes (POST, PUT, DELETE) without caller credentials go upstream with the sidecar's own token. Off: that token only reads, and any local process that reaches the listener cannot change or delete the user's integrations with it.
     writes_with_sidecar_token: bool = "false", Live, "BOOL";

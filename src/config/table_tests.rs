@@ -168,13 +168,13 @@ fn errors_name_the_key_and_where_the_value_came_from() {
     );
     check(
         SettingArgs::default(),
-        "listen = \"127.0.0.1:8080\"\n\nupstream_retries = 3\n",
+        "listen = \"127.0.0.1:14480\"\n\nupstream_retries = 3\n",
         "upstream_retries",
         "more than 2",
     );
     check(
         SettingArgs::default(),
-        "listen = \"127.0.0.1:8080\"\n\nidle_timeout = \"never\"\n",
+        "listen = \"127.0.0.1:14480\"\n\nidle_timeout = \"never\"\n",
         "idle_timeout",
         "at line 3",
     );
@@ -219,7 +219,7 @@ impl Drop for Files {
 /// new setting without a line here fails the test.
 fn changed_value(key: &str, files: &Files) -> Option<String> {
     let value = match key {
-        "listen" => "\"127.0.0.1:18080\"".to_owned(),
+        "listen" => "\"127.0.0.1:14490\"".to_owned(),
         "unix_socket_mode" => "\"0600\"".to_owned(),
         "unix_socket_group" => "\"staff\"".to_owned(),
         "allowed_accounts" => "[\"023e105f4ecef8ad9ca31a8372d0c353\"]".to_owned(),
@@ -240,7 +240,8 @@ fn changed_value(key: &str, files: &Files) -> Option<String> {
         "tls_roots" => "\"system\"".to_owned(),
         "tls_extra_ca_file" => files.path("ca.pem"),
         "https_proxy" => "\"http://127.0.0.1:3128\"".to_owned(),
-        "admin_listen" => "\"127.0.0.1:19901\"".to_owned(),
+        "no_proxy" => "\"internal.example\"".to_owned(),
+        "admin_listen" => "\"127.0.0.1:14491\"".to_owned(),
         "admin_token_file" => files.path("admin-token"),
         "upstream" => "\"https://api.example.test/client/v4\"".to_owned(),
         "allow_insecure_upstream" => "true".to_owned(),
@@ -312,7 +313,7 @@ fn the_reload_plan_and_the_kept_values_follow_the_table() {
 #[test]
 fn a_reload_keeps_restart_values_in_the_typed_configuration() {
     let running = Config::defaults();
-    let file = "listen = \"127.0.0.1:18080\"\ncache_ttl = \"7s\"\nmax_uri_bytes = 9000\n";
+    let file = "listen = \"127.0.0.1:14490\"\ncache_ttl = \"7s\"\nmax_uri_bytes = 9000\n";
     let new = resolve(&Cli::default(), parse_file(file).expect("parses"), None).expect("valid");
     let kept = new.keeping_restart_values(&running).expect("valid");
     assert_eq!(kept.listen, running.listen);
@@ -332,7 +333,7 @@ fn a_reload_is_rejected_when_the_kept_values_break_a_rule() {
     let running = resolve(
         &Cli::default(),
         parse_file(&format!(
-            "admin_listen = \"0.0.0.0:9901\"\nadmin_token_file = {}\n",
+            "admin_listen = \"0.0.0.0:14481\"\nadmin_token_file = {}\n",
             files.path("admin-token")
         ))
         .expect("parses"),
@@ -346,4 +347,30 @@ fn a_reload_is_rejected_when_the_kept_values_break_a_rule() {
         .keeping_restart_values(&running)
         .expect_err("public admin listener without a token");
     assert_eq!(error.key, "admin_listen");
+}
+
+/// `NO_PROXY` exempting Cloudflare's host drops the proxy; one that names other hosts keeps it.
+/// Both variables come from the environment, as a container's would.
+#[test]
+fn no_proxy_exempts_the_upstream_host_from_the_proxy() {
+    let with = |no_proxy: &str| {
+        resolve_with(
+            given(&[
+                (
+                    "https_proxy",
+                    "proxy.corp:3128",
+                    Origin::Env("HTTPS_PROXY".into()),
+                ),
+                ("no_proxy", no_proxy, Origin::Env("NO_PROXY".into())),
+            ]),
+            "",
+        )
+        .expect("valid")
+        .https_proxy
+    };
+    assert!(with("localhost,.cloudflare.com").is_none());
+    assert!(with("api.cloudflare.com").is_none());
+    assert!(with("*").is_none());
+    assert!(with("internal.example,localhost").is_some());
+    assert!(with("").is_some());
 }

@@ -20,11 +20,13 @@ use crate::upstream::{TlsSettings, UpstreamBase};
 const MAX_UPSTREAM_RETRIES: u32 = 2;
 
 /// What the settings point at rather than hold: the two tokens, read from their files (or, for
-/// the sidecar's token, from `CLOUDFLARE_API_TOKEN`).
+/// the sidecar's token, from `CLOUDFLARE_API_TOKEN`), and the extra CA file's certificates as a
+/// hash, so that a reload can tell that the file changed under an unchanged setting.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Secrets {
     pub token: Option<Secret>,
     pub admin_token: Option<Secret>,
+    pub extra_ca: Option<blake3::Hash>,
 }
 
 /// Reads what the settings name on disk: the token files, and the extra CA file (checked here
@@ -33,10 +35,18 @@ pub(crate) fn read_secrets(
     settings: &Settings,
     token_env: Option<String>,
 ) -> Result<Secrets, ConfigError> {
-    if let Some(path) = &settings.tls_extra_ca_file {
-        crate::upstream::read_ca_file(path)
-            .map_err(|problem| ConfigError::new("tls_extra_ca_file", problem.to_string()))?;
-    }
+    let extra_ca = match &settings.tls_extra_ca_file {
+        Some(path) => {
+            let certificates = crate::upstream::read_ca_file(path)
+                .map_err(|problem| ConfigError::new("tls_extra_ca_file", problem.to_string()))?;
+            let mut hasher = blake3::Hasher::new();
+            for certificate in &certificates {
+                hasher.update(certificate.as_ref());
+            }
+            Some(hasher.finalize())
+        }
+        None => None,
+    };
     let admin_token = match &settings.admin_token_file {
         Some(path) => Some(read_secret_file("admin_token_file", path)?),
         None => None,
@@ -52,7 +62,11 @@ pub(crate) fn read_secrets(
             ConfigError::new(token_source(&settings.token_file), problem.to_string())
         })?;
     }
-    Ok(Secrets { token, admin_token })
+    Ok(Secrets {
+        token,
+        admin_token,
+        extra_ca,
+    })
 }
 
 fn token_source(token_file: &Option<PathBuf>) -> &'static str {
@@ -221,9 +235,16 @@ pub(crate) fn build(
             roots: settings.tls_roots,
             extra_ca_file: settings.tls_extra_ca_file.clone(),
         },
-        https_proxy: settings.https_proxy.clone(),
+        // A proxy the upstream's host is exempt from is no proxy at all for this program.
+        https_proxy: settings.https_proxy.clone().filter(|_| {
+            !settings
+                .no_proxy
+                .as_ref()
+                .is_some_and(|exempt| exempt.matches(upstream.host()))
+        }),
         admin_listen,
         admin_token: secrets.admin_token,
+        extra_ca: secrets.extra_ca,
         admin_token_file: settings.admin_token_file.clone(),
         log_level: settings.log_level.clone().map(|filter| filter.0),
         upstream,

@@ -46,8 +46,9 @@ pub const fn unset(meaning: &'static str) -> DefaultValue {
 }
 
 /// A type a setting can have. Errors are the problem only ("… is not a duration"); the caller
-/// adds the key and where the value came from.
-pub trait SettingValue: Sized {
+/// adds the key and where the value came from. `Debug` is required because `show` falls back on
+/// it: a type that may hold a secret already prints it redacted there.
+pub trait SettingValue: Sized + std::fmt::Debug {
     /// Whether a value may carry a secret, so that `--help` never shows what the environment holds.
     const SENSITIVE: bool = false;
     /// Whether the flag may be repeated and the environment variable comma-separated.
@@ -70,6 +71,12 @@ pub trait SettingValue: Sized {
             Some(text) => Self::parse_text(text),
             None => Self::parse_text(""),
         }
+    }
+
+    /// The value as `check` prints it, written as in the configuration file; `None` for unset.
+    /// The fallback is the `Debug` text, which never holds a secret.
+    fn show(&self) -> Option<toml::Value> {
+        Some(toml::Value::String(format!("{self:?}")))
     }
 
     /// The built-in default. A setting without a value must be an `Option`.
@@ -122,12 +129,30 @@ impl<T: SettingValue> SettingValue for Option<T> {
             DefaultValue::Unset(_) => Ok(None),
         }
     }
+
+    fn show(&self) -> Option<toml::Value> {
+        self.as_ref().and_then(T::show)
+    }
+}
+
+/// A value `check` prints as a TOML string.
+fn shown_text(text: impl ToString) -> Option<toml::Value> {
+    Some(toml::Value::String(text.to_string()))
+}
+
+/// A value `check` prints as a TOML integer (saturating, which no setting comes near).
+fn shown_number(number: impl TryInto<i64>) -> Option<toml::Value> {
+    Some(toml::Value::Integer(number.try_into().unwrap_or(i64::MAX)))
 }
 
 /// Shares are written like `10%`, `12.5%` or `0.1`.
 impl SettingValue for crate::ratelimit::Share {
     fn parse_text(text: &str) -> Result<Self, String> {
         crate::ratelimit::Share::parse(text)
+    }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(self)
     }
 }
 
@@ -146,12 +171,17 @@ impl SettingValue for Duration {
         }
         Ok(duration)
     }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(humantime::format_duration(*self))
+    }
 }
 
-/// Byte counts are a plain integer or a number with a unit: B, KB, MB, GB (powers of 1000) or
-/// KiB, MiB, GiB (powers of 1024). In the file they may also be a TOML integer.
+/// Byte counts are a plain integer or a number with a unit: B, kB/KB, MB, GB (powers of 1000) or
+/// Ki, Mi, Gi and KiB, MiB, GiB (powers of 1024, as Kubernetes and systemd write them). In the
+/// file they may also be a TOML integer.
 pub fn parse_byte_count(text: &str) -> Result<u64, String> {
-    let invalid = || format!("{text:?} is not a byte count like 67108864 or 64MiB");
+    let invalid = || format!("{text:?} is not a byte count like 67108864, 64Mi or 64MiB");
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !c.is_ascii_digit())
@@ -163,9 +193,9 @@ pub fn parse_byte_count(text: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
         _ => return Err(invalid()),
     };
     number.checked_mul(multiplier).ok_or_else(invalid)
@@ -184,6 +214,10 @@ impl SettingValue for NonZeroU64 {
             ),
             other => Self::parse_text(&wire::<String>(other)?),
         }
+    }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_number(self.get())
     }
 }
 
@@ -206,6 +240,10 @@ impl SettingValue for u32 {
     fn parse_toml(value: toml::Value) -> Result<Self, String> {
         wire(value)
     }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_number(*self)
+    }
 }
 
 impl SettingValue for NonZeroU32 {
@@ -215,6 +253,10 @@ impl SettingValue for NonZeroU32 {
 
     fn parse_toml(value: toml::Value) -> Result<Self, String> {
         at_least_one(u32::parse_toml(value)?)
+    }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_number(self.get())
     }
 }
 
@@ -226,6 +268,10 @@ impl SettingValue for NonZeroUsize {
     fn parse_toml(value: toml::Value) -> Result<Self, String> {
         at_least_one(wire::<usize>(value)?)
     }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_number(self.get())
+    }
 }
 
 fn at_least_one<T: TryInto<N> + Copy, N>(value: T) -> Result<N, String> {
@@ -234,21 +280,37 @@ fn at_least_one<T: TryInto<N> + Copy, N>(value: T) -> Result<N, String> {
         .map_err(|_| "must be at least 1".to_owned())
 }
 
-/// Booleans are TOML booleans in the file; after a flag or in the environment `true` or `false`
-/// (a bare `--allow-insecure-upstream` means `true`).
+/// Booleans are TOML booleans in the file, or text there as after a flag or in the environment:
+/// `true`/`false`, `yes`/`no`, `on`/`off` or `1`/`0`, in any case (`ZT_SIDECAR_X=1` is how
+/// container environments usually say yes). A bare `--allow-insecure-upstream` means `true`.
 impl SettingValue for bool {
     const BARE_FLAG: Option<&'static str> = Some("true");
 
     fn parse_text(text: &str) -> Result<Self, String> {
-        match text.trim() {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(format!("{text:?} is not true or false")),
+        const TRUE: [&str; 4] = ["true", "yes", "on", "1"];
+        const FALSE: [&str; 4] = ["false", "no", "off", "0"];
+        let word = text.trim();
+        if TRUE.iter().any(|yes| word.eq_ignore_ascii_case(yes)) {
+            return Ok(true);
         }
+        if FALSE.iter().any(|no| word.eq_ignore_ascii_case(no)) {
+            return Ok(false);
+        }
+        Err(format!(
+            "{text:?} is not a boolean (true/false, yes/no, on/off or 1/0)"
+        ))
     }
 
     fn parse_toml(value: toml::Value) -> Result<Self, String> {
-        wire(value)
+        match value {
+            toml::Value::Boolean(flag) => Ok(flag),
+            toml::Value::Integer(number) => Self::parse_text(&number.to_string()),
+            other => Self::parse_text(&wire::<String>(other)?),
+        }
+    }
+
+    fn show(&self) -> Option<toml::Value> {
+        Some(toml::Value::Boolean(*self))
     }
 }
 
@@ -256,11 +318,19 @@ impl SettingValue for String {
     fn parse_text(text: &str) -> Result<Self, String> {
         Ok(text.to_owned())
     }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(self)
+    }
 }
 
 impl SettingValue for PathBuf {
     fn parse_text(text: &str) -> Result<Self, String> {
         Ok(PathBuf::from(text))
+    }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(self.display())
     }
 }
 
@@ -268,12 +338,20 @@ impl SettingValue for ListenAddr {
     fn parse_text(text: &str) -> Result<Self, String> {
         ListenAddr::parse(text).map_err(|error| error.to_string())
     }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(self)
+    }
 }
 
 impl SettingValue for SocketAddr {
     fn parse_text(text: &str) -> Result<Self, String> {
         text.parse()
-            .map_err(|_| format!("{text:?} is not an IP address and port (e.g. 127.0.0.1:9901)"))
+            .map_err(|_| format!("{text:?} is not an IP address and port (e.g. 127.0.0.1:14481)"))
+    }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(self)
     }
 }
 
@@ -289,6 +367,10 @@ impl SettingValue for FileMode {
             .map(FileMode)
             .ok_or_else(|| format!("{text:?} is not an octal file mode like 0660"))
     }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(format!("{:04o}", self.0))
+    }
 }
 
 impl SettingValue for TlsRoots {
@@ -299,6 +381,13 @@ impl SettingValue for TlsRoots {
             other => Err(format!("{other:?} is not webpki or system")),
         }
     }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(match self {
+            TlsRoots::Webpki => "webpki",
+            TlsRoots::System => "system",
+        })
+    }
 }
 
 /// A proxy URL may carry `user:password@`: it is a secret.
@@ -307,6 +396,70 @@ impl SettingValue for ProxyUrl {
 
     fn parse_text(text: &str) -> Result<Self, String> {
         ProxyUrl::parse(text.trim()).map_err(|error| error.to_string())
+    }
+
+    /// The address only: credentials are never printed (`check` says whether there are some).
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(self.address())
+    }
+}
+
+/// The hosts reached without the HTTPS proxy (`NO_PROXY`): comma-separated names, each matching
+/// the host itself and every host below it (`example.com` and `.example.com` both match
+/// `api.example.com`), or `*` for every host. A port after a name is ignored, as curl does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoProxy(Vec<String>);
+
+impl NoProxy {
+    /// Pure: whether `host` (a name or an IP address, brackets allowed) is reached directly.
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        self.0.iter().any(|entry| {
+            entry == "*"
+                || host == *entry
+                || host
+                    .strip_suffix(entry.as_str())
+                    .is_some_and(|above| above.ends_with('.'))
+        })
+    }
+}
+
+impl SettingValue for NoProxy {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        let entries = text
+            .split(',')
+            .map(|entry| {
+                let entry = entry.trim();
+                // `host:port` and `[v6]:port`: the port is ignored; a bare IPv6 address keeps
+                // its colons.
+                let host = match entry.strip_prefix('[') {
+                    Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+                    None if entry.matches(':').count() == 1 => {
+                        entry.split(':').next().unwrap_or("")
+                    }
+                    None => entry,
+                };
+                host.trim_start_matches('.')
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase()
+            })
+            .filter(|host| !host.is_empty())
+            .collect::<Vec<_>>();
+        if let Some(bad) = entries
+            .iter()
+            .find(|host| host.contains(|c: char| c.is_whitespace() || c == '/'))
+        {
+            return Err(format!("{bad:?} is not a host name, address or *"));
+        }
+        Ok(NoProxy(entries))
+    }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(self.0.join(","))
     }
 }
 
@@ -333,6 +486,14 @@ impl SettingValue for Vec<AccountId> {
             })
             .collect()
     }
+
+    fn show(&self) -> Option<toml::Value> {
+        Some(toml::Value::Array(
+            self.iter()
+                .map(|account| toml::Value::String(account.to_string()))
+                .collect(),
+        ))
+    }
 }
 
 /// The log output format.
@@ -352,6 +513,13 @@ impl SettingValue for LogFormat {
             )),
         }
     }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(match self {
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        })
+    }
 }
 
 /// A log filter in tracing's `EnvFilter` syntax, checked when read.
@@ -364,6 +532,10 @@ impl SettingValue for LogFilter {
         tracing_subscriber::EnvFilter::try_new(text)
             .map(|_| LogFilter(text.to_owned()))
             .map_err(|error| format!("{text:?} is not a log filter ({error})"))
+    }
+
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(&self.0)
     }
 }
 
@@ -421,6 +593,98 @@ mod tests {
             Ok(None)
         );
         assert!(String::parse_default(unset("nothing")).is_err());
+    }
+
+    /// Booleans read the words operators write, in any case, from text and from the file.
+    #[test]
+    fn booleans_accept_the_usual_words_in_any_case() {
+        for yes in ["true", "TRUE", "yes", "Yes", "on", "ON", "1", " true "] {
+            assert_eq!(bool::parse_text(yes), Ok(true), "{yes}");
+        }
+        for no in ["false", "False", "no", "NO", "off", "Off", "0"] {
+            assert_eq!(bool::parse_text(no), Ok(false), "{no}");
+        }
+        for bad in ["", "2", "maybe", "yess", "t"] {
+            let problem = bool::parse_text(bad).expect_err(bad);
+            assert!(problem.contains("yes/no"), "{bad}: {problem}");
+        }
+        assert_eq!(bool::parse_toml(toml::Value::Boolean(true)), Ok(true));
+        assert_eq!(
+            bool::parse_toml(toml::Value::String("off".into())),
+            Ok(false)
+        );
+        assert_eq!(bool::parse_toml(toml::Value::Integer(1)), Ok(true));
+        assert!(bool::parse_toml(toml::Value::Integer(7)).is_err());
+        assert!(bool::parse_toml(toml::Value::Float(1.0)).is_err());
+    }
+
+    /// Sizes take Kubernetes' `Mi` as well as `MiB`, and decimal `kB`/`MB`/`GB`.
+    #[test]
+    fn byte_counts_take_binary_and_decimal_units() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("512", 512),
+            ("512B", 512),
+            ("4Ki", 4096),
+            ("4KiB", 4096),
+            ("64Mi", 64 << 20),
+            ("64 MiB", 64 << 20),
+            ("2Gi", 2 << 30),
+            ("2GiB", 2 << 30),
+            ("3kB", 3_000),
+            ("3KB", 3_000),
+            ("5MB", 5_000_000),
+            ("1GB", 1_000_000_000),
+        ] {
+            assert_eq!(parse_byte_count(text), Ok(bytes), "{text}");
+        }
+        for bad in [
+            "",
+            "Mi",
+            "64mi",
+            "64M",
+            "64 XB",
+            "1.5Mi",
+            "-1",
+            "99999999999999999999Gi",
+        ] {
+            assert!(parse_byte_count(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// `NO_PROXY` as curl reads it: exact hosts, domains with or without a leading dot, `*`.
+    #[test]
+    fn no_proxy_matches_hosts_and_domains() {
+        let list = NoProxy::parse_text(" .corp.example , Localhost:3000,10.0.0.1,[::1]:443, ")
+            .expect("valid");
+        for direct in [
+            "corp.example",
+            "api.corp.example",
+            "API.Corp.Example.",
+            "localhost",
+            "10.0.0.1",
+            "[::1]",
+        ] {
+            assert!(list.matches(direct), "{direct}");
+        }
+        for proxied in [
+            "api.cloudflare.com",
+            "xcorp.example",
+            "10.0.0.10",
+            "corp.example.org",
+        ] {
+            assert!(!list.matches(proxied), "{proxied}");
+        }
+        let cloudflare = NoProxy::parse_text("cloudflare.com").expect("valid");
+        assert!(cloudflare.matches("api.cloudflare.com"));
+        assert!(!cloudflare.matches("notcloudflare.com"));
+        assert!(NoProxy::parse_text("*")
+            .expect("valid")
+            .matches("api.cloudflare.com"));
+        assert!(!NoProxy::parse_text("")
+            .expect("valid")
+            .matches("api.cloudflare.com"));
+        assert!(NoProxy::parse_text("a b").is_err());
     }
 
     /// A bare word is a level or nothing: `EnvFilter` alone would take `warning` for a target

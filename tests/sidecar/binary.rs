@@ -156,12 +156,12 @@ async fn dev_mode_serves_a_miss_then_a_hit_with_no_token() {
         &[],
     );
     let addr = running.listening_addr();
-    let base_line = running.wait_for_line("export CLOUDFLARE_BASE_URL=");
+    let base_line = running.find_line("export CLOUDFLARE_BASE_URL=");
     assert!(
         base_line.contains(&format!("http://{addr}/client/v4")),
         "{base_line}"
     );
-    let curl = running.wait_for_line("curl -i http");
+    let curl = running.find_line("curl -i http");
     let url = curl.trim().trim_start_matches("curl -i ").to_owned();
     let client = client();
     let first = send_with(&client, http::Method::GET, &url, &[]).await;

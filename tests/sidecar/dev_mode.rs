@@ -16,7 +16,7 @@ async fn dev_mode_prints_the_control_url_and_the_sidecar_sees_its_faults() {
         &[],
     );
     let addr = running.listening_addr();
-    let line = running.wait_for_line("Simulator control: ");
+    let line = running.find_line("Simulator control: ");
     let control_url = line
         .trim()
         .trim_start_matches("Simulator control: ")

@@ -9,6 +9,7 @@ mod hostile;
 mod integrations;
 mod lookup;
 mod operations;
+mod operator;
 mod pacing;
 mod promises;
 mod properties;

@@ -80,7 +80,7 @@ fn refused_key(text: &str) -> Option<String> {
 /// rule (or replaces either side with a constant).
 #[test]
 fn a_non_loopback_admin_listener_without_a_token_is_refused() {
-    for address in ["0.0.0.0:9901", "192.0.2.10:9901", "[::]:9901"] {
+    for address in ["0.0.0.0:14481", "192.0.2.10:14481", "[::]:14481"] {
         assert_eq!(
             refused_key(&format!("admin_listen = \"{address}\"")),
             Some("admin_listen".to_owned()),
@@ -90,11 +90,11 @@ fn a_non_loopback_admin_listener_without_a_token_is_refused() {
     let token_file = tempdir().join("admin-token");
     std::fs::write(&token_file, "admin-token-for-the-test\n").expect("write the token file");
     let with_token = format!(
-        "admin_listen = \"0.0.0.0:9901\"\nadmin_token_file = \"{}\"",
+        "admin_listen = \"0.0.0.0:14481\"\nadmin_token_file = \"{}\"",
         token_file.display()
     );
     assert_eq!(refused_key(&with_token), None, "with a token");
-    for address in ["127.0.0.1:9901", "127.0.0.2:9901", "[::1]:9901"] {
+    for address in ["127.0.0.1:14481", "127.0.0.2:14481", "[::1]:14481"] {
         assert_eq!(
             refused_key(&format!("admin_listen = \"{address}\"")),
             None,
@@ -109,11 +109,11 @@ fn a_non_loopback_admin_listener_without_a_token_is_refused() {
 #[test]
 fn an_admin_port_equal_to_the_lookup_port_is_refused() {
     assert_eq!(
-        refused_key("listen = \"127.0.0.1:9901\"\nadmin_listen = \"127.0.0.1:9901\""),
+        refused_key("listen = \"127.0.0.1:14481\"\nadmin_listen = \"127.0.0.1:14481\""),
         Some("admin_listen".to_owned())
     );
     assert_eq!(
-        refused_key("listen = \"127.0.0.1:9900\"\nadmin_listen = \"127.0.0.1:9901\""),
+        refused_key("listen = \"127.0.0.1:14480\"\nadmin_listen = \"127.0.0.1:14481\""),
         None
     );
 }

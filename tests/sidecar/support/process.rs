@@ -15,11 +15,20 @@ use nix::unistd::Pid;
 /// How long the process may take to print an expected line or to exit.
 pub const PROCESS_LIMIT: Duration = Duration::from_secs(30);
 
+/// Which stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
 /// A running sidecar process whose standard output and error are collected line by line.
 pub struct SidecarProcess {
     child: Child,
-    lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<(Stream, String)>,
     seen: Vec<String>,
+    /// The lines of `seen` that came from standard output.
+    stdout: Vec<String>,
 }
 
 impl SidecarProcess {
@@ -41,11 +50,14 @@ impl SidecarProcess {
         let (sender, lines) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
-        for stream in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
+        for (kind, stream) in [
+            (Stream::Stdout, Box::new(stdout) as Box<dyn Read + Send>),
+            (Stream::Stderr, Box::new(stderr)),
+        ] {
             let sender = sender.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if sender.send(line).is_err() {
+                    if sender.send((kind, line)).is_err() {
                         break;
                     }
                 }
@@ -55,7 +67,16 @@ impl SidecarProcess {
             child,
             lines,
             seen: Vec::new(),
+            stdout: Vec::new(),
         }
+    }
+
+    fn record(&mut self, (kind, line): (Stream, String)) -> String {
+        if kind == Stream::Stdout {
+            self.stdout.push(line.clone());
+        }
+        self.seen.push(line.clone());
+        line
     }
 
     /// Starts the binary on an ephemeral lookup port in front of `upstream` (the simulated API's
@@ -76,8 +97,8 @@ impl SidecarProcess {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
+                Ok(received) => {
+                    let line = self.record(received);
                     if line.contains(needle) {
                         return line;
                     }
@@ -87,6 +108,15 @@ impl SidecarProcess {
                     self.seen.join("\n")
                 ),
             }
+        }
+    }
+
+    /// The first line, already read or still to come, that contains `needle`: for lines whose
+    /// order against others is not promised (standard error against the log on standard output).
+    pub fn find_line(&mut self, needle: &str) -> String {
+        match self.seen.iter().find(|line| line.contains(needle)) {
+            Some(line) => line.clone(),
+            None => self.wait_for_line(needle),
         }
     }
 
@@ -137,7 +167,13 @@ impl SidecarProcess {
     }
 
     /// Waits for exit (at most [`PROCESS_LIMIT`]) and returns the exit code and every output line.
-    pub fn finish(mut self) -> (Option<i32>, Vec<String>) {
+    pub fn finish(self) -> (Option<i32>, Vec<String>) {
+        let (code, lines, _) = self.finish_with_stdout();
+        (code, lines)
+    }
+
+    /// [`finish`](Self::finish), also returning the lines of standard output alone.
+    pub fn finish_with_stdout(mut self) -> (Option<i32>, Vec<String>, Vec<String>) {
         let deadline = Instant::now() + PROCESS_LIMIT;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -151,10 +187,14 @@ impl SidecarProcess {
             std::thread::sleep(Duration::from_millis(20));
         };
         // The reader threads end when the pipes close.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
+        while let Ok(received) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.record(received);
         }
-        (status.code(), std::mem::take(&mut self.seen))
+        (
+            status.code(),
+            std::mem::take(&mut self.seen),
+            std::mem::take(&mut self.stdout),
+        )
     }
 }
 
