@@ -195,13 +195,13 @@ impl Sidecar {
     }
 }
 
-/// A configuration under test: the arguments every sidecar of it gets.
+/// A configuration under test: the arguments every sidecar of it gets (each phase adds its TTL).
 struct Setup {
     name: &'static str,
     args: Vec<String>,
 }
 
-fn setups(options: &Options, upstream: &str, redis: &RedisServer) -> Result<[Setup; 2], String> {
+fn setups(upstream: &str, redis: &RedisServer) -> Result<[Setup; 2], String> {
     let key_file = redis.directory().join("fleet.key");
     let mut secret = [0u8; 32];
     rand::thread_rng().fill(&mut secret);
@@ -211,8 +211,6 @@ fn setups(options: &Options, upstream: &str, redis: &RedisServer) -> Result<[Set
     let common = vec![
         "--upstream".to_owned(),
         upstream.to_owned(),
-        "--cache-ttl".to_owned(),
-        format!("{}s", options.ttl_seconds),
         // The budget is not what is measured: far above anything the run spends.
         "--upstream-budget-requests".to_owned(),
         "1000000".to_owned(),
@@ -429,9 +427,14 @@ async fn expiring_keys(
     sim: &SimHandle,
     setup: &Setup,
 ) -> Result<ExpiringReport, String> {
+    let mut args = setup.args.clone();
+    args.extend([
+        "--cache-ttl".to_owned(),
+        format!("{}s", options.ttl_seconds),
+    ]);
     let mut sidecars = Vec::new();
     for _ in 0..SIDECARS {
-        sidecars.push(Some(Sidecar::start(&options.sidecar, &setup.args)?));
+        sidecars.push(Some(Sidecar::start(&options.sidecar, &args)?));
     }
     let members = Arc::new(RwLock::new(
         sidecars
@@ -453,7 +456,7 @@ async fn expiring_keys(
             stop.clone(),
             restarts.clone(),
         );
-        let (binary, args) = (options.sidecar.clone(), setup.args.clone());
+        let binary = options.sidecar.clone();
         let every = Duration::from_secs(options.restart_every_seconds);
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             let mut next = 0;
@@ -572,7 +575,7 @@ async fn bench(options: Options) -> Result<(), String> {
         );
     }
     let redis = RedisServer::start();
-    let setups = setups(&options, &sim.base_url(), &redis)?;
+    let setups = setups(&sim.base_url(), &redis)?;
     println!(
         "fleet-bench: {SIDECARS} sidecars per setup, {} keys, TTL {} s, {} s per setup, {} callers, \
          a rolling restart every {} s, upstream latency {:?}",
