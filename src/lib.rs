@@ -41,15 +41,16 @@ use crate::budget::LocalBudget;
 use crate::cache::LocalStore;
 use crate::config::{plan_reload, Config, ConfigError, ReloadPlan};
 use crate::credentials::{FallbackToken, InvalidToken, PartitionKey};
-use crate::fleet::{Fleet, RedisSetupError};
+use crate::fleet::{Fleet, FleetStore, RedisSetupError};
 use crate::metrics::Metrics;
 use crate::proxy::{LiveSettings, Proxy};
 use crate::server::{DrainOutcome, Listener, ServerLimits};
 use crate::telemetry::{LogControl, LogFilterError};
 use crate::upstream::{ClientBuildError, Upstream, UpstreamSettings};
 
-/// The proxy as the binary runs it: in-process store and budget.
-pub type LocalProxy = Proxy<LocalStore, LocalBudget>;
+/// The proxy as the binary runs it: the in-process store, behind which the fleet's Redis tier
+/// when `redis_url` is set, and the in-process budget.
+pub type LocalProxy = Proxy<FleetStore, LocalBudget>;
 
 /// How long the admin listener keeps answering after the lookup listener drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
@@ -129,6 +130,10 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
     let partition_key = fleet
         .as_ref()
         .map_or_else(PartitionKey::random, |fleet| fleet.keys.partition_key());
+    let store = match &fleet {
+        Some(fleet) => FleetStore::with_fleet(store, fleet.clone()),
+        None => FleetStore::local_only(store),
+    };
     Ok(Proxy::new(
         store,
         budget,
@@ -144,7 +149,7 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
 #[derive(Clone)]
 pub struct App {
     pub proxy: LocalProxy,
-    pub admin: Admin<LocalStore, LocalBudget>,
+    pub admin: Admin<FleetStore, LocalBudget>,
     pub readiness: Readiness,
     limits: ServerLimits,
 }
@@ -185,7 +190,7 @@ impl App {
             },
             ADMIN_GRACE,
         ));
-        let sweeper = tokio::spawn(sweep_now_and_then(self.proxy.store().clone()));
+        let sweeper = tokio::spawn(sweep_now_and_then(self.proxy.store().local().clone()));
         self.readiness.set_ready();
         let readiness = self.readiness.clone();
         let proxy = self.proxy.clone();
