@@ -246,6 +246,18 @@ impl FleetMetrics {
         }
     }
 
+    /// How many calls of `op` ended with `outcome` so far (reads an existing series only).
+    pub fn calls(&self, op: &'static str, outcome: CallOutcome) -> u64 {
+        let labels = CallLabels {
+            op,
+            outcome: outcome.as_str(),
+        };
+        if !REDIS_OPS.contains(&op) {
+            return 0;
+        }
+        self.redis_calls.get_or_create(&labels).get()
+    }
+
     pub fn record_l2_read(&self, read: L2Read) {
         let outcome = read.as_str();
         self.l2_reads.get_or_create(&OutcomeLabel { outcome }).inc();

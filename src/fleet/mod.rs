@@ -15,6 +15,8 @@ pub mod metrics;
 pub mod redis;
 pub mod settings;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
