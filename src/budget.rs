@@ -51,16 +51,36 @@ impl BudgetPolicy {
     /// that a caller with a cold key always finds tokens that refreshes could not take. `None`
     /// when that share rounds to nothing: refreshes then never call.
     fn refresh_quota(&self) -> Option<Quota> {
+        let (requests, burst) = self.refresh_share()?;
+        Some(quota_of(requests, self.period, burst))
+    }
+
+    /// Pure: the requests and burst of the refreshes' share of the bucket (see
+    /// [`Self::refresh_quota`]); `None` when either rounds to nothing.
+    pub fn refresh_share(&self) -> Option<(NonZeroU32, NonZeroU32)> {
         let without_reserve = |value: NonZeroU32| {
             let kept = self.reserves.refresh.of(u64::from(value.get()));
             let left = u64::from(value.get()).saturating_sub(kept);
             NonZeroU32::new(u32::try_from(left).unwrap_or(u32::MAX))
         };
-        Some(quota_of(
+        Some((
             without_reserve(self.requests)?,
-            self.period,
             without_reserve(self.burst)?,
         ))
+    }
+
+    /// Pure: one sidecar's share of a budget that `fleet_size` sidecars spend together, for the
+    /// time it cannot reach the others: requests and burst divided, rounded down, at least one,
+    /// so that the fleet together never spends more than the budget. Period and reserves stay.
+    pub fn fleet_share(&self, fleet_size: NonZeroU32) -> BudgetPolicy {
+        let divide = |value: NonZeroU32| {
+            NonZeroU32::new(value.get() / fleet_size).unwrap_or(NonZeroU32::MIN)
+        };
+        BudgetPolicy {
+            requests: divide(self.requests),
+            burst: divide(self.burst),
+            ..*self
+        }
     }
 }
 
@@ -236,6 +256,18 @@ impl LocalBudget {
         }
     }
 
+    /// The cool-down `partition` is serving now, if any: what is left of it.
+    pub fn cooling(&self, partition: Partition) -> Option<Duration> {
+        let now = Instant::now();
+        let until = self
+            .cool_downs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .copied()?;
+        (until > now).then(|| until - now)
+    }
+
     /// Counts an admitted call against Cloudflare's count before its answer arrives, so that calls
     /// admitted together cannot overshoot the reserve together.
     fn count_call(&self, partition: Partition) {
@@ -253,18 +285,8 @@ impl LocalBudget {
         {
             self.housekeeping(now);
         }
-        let cooling_until = self
-            .cool_downs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&partition)
-            .copied();
-        if let Some(until) = cooling_until {
-            if until > now {
-                return Admission::CoolingDown {
-                    retry_after: until - now,
-                };
-            }
+        if let Some(retry_after) = self.cooling(partition) {
+            return Admission::CoolingDown { retry_after };
         }
         // Cloudflare's count first: a held credential spends no token of either bucket.
         if let Some(held) = self.pace_now(partition, work, now) {

@@ -61,6 +61,15 @@ impl fmt::Display for Secret {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Partition(u128);
 
+impl Partition {
+    /// The whole partition in hex, for names in a store shared by a fleet (Redis keys): with a
+    /// fleet key the partition key is shared, so the name matches across hosts, and it is a keyed
+    /// hash, so it reveals nothing of the token.
+    pub fn to_hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
+}
+
 impl fmt::Debug for Partition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Short and non-reversible; enough to tell partitions apart in a debug log.
