@@ -19,6 +19,7 @@ pub mod credentials;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
@@ -39,7 +40,8 @@ use crate::admin::{Admin, Readiness};
 use crate::budget::LocalBudget;
 use crate::cache::LocalStore;
 use crate::config::{plan_reload, Config, ConfigError, ReloadPlan};
-use crate::credentials::{FallbackToken, InvalidToken};
+use crate::credentials::{FallbackToken, InvalidToken, PartitionKey};
+use crate::fleet::{Fleet, RedisSetupError};
 use crate::metrics::Metrics;
 use crate::proxy::{LiveSettings, Proxy};
 use crate::server::{DrainOutcome, Listener, ServerLimits};
@@ -62,6 +64,8 @@ pub enum BuildError {
     Upstream(#[from] ClientBuildError),
     #[error("the sidecar's token cannot be used: {0}")]
     Token(#[from] InvalidToken),
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
 }
 
 /// Why a reload was rejected; the running configuration stays whole.
@@ -116,6 +120,15 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
             evictions.record_eviction(cause, count)
         });
     let budget = LocalBudget::new(config.budget);
+    // With a fleet tier, partitions derive from the fleet key so that they match on every host;
+    // alone, a random per-process key keeps them meaningless outside this process.
+    let fleet = match &config.fleet {
+        Some(settings) => Some(Fleet::new(settings, metrics.fleet().clone())?),
+        None => None,
+    };
+    let partition_key = fleet
+        .as_ref()
+        .map_or_else(PartitionKey::random, |fleet| fleet.keys.partition_key());
     Ok(Proxy::new(
         store,
         budget,
@@ -123,6 +136,7 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
         live_settings(config)?,
         config.breaker,
         metrics,
+        partition_key,
     ))
 }
 
