@@ -37,10 +37,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::admin::{Admin, Readiness};
-use crate::budget::LocalBudget;
 use crate::cache::LocalStore;
 use crate::config::{plan_reload, Config, ConfigError, ReloadPlan};
 use crate::credentials::{FallbackToken, InvalidToken, PartitionKey};
+use crate::fleet::budget::{FleetBudget, FleetBudgetRedis};
 use crate::fleet::{Fleet, RedisSetupError};
 use crate::metrics::Metrics;
 use crate::proxy::{LiveSettings, Proxy};
@@ -48,8 +48,9 @@ use crate::server::{DrainOutcome, Listener, ServerLimits};
 use crate::telemetry::{LogControl, LogFilterError};
 use crate::upstream::{ClientBuildError, Upstream, UpstreamSettings};
 
-/// The proxy as the binary runs it: in-process store and budget.
-pub type LocalProxy = Proxy<LocalStore, LocalBudget>;
+/// The proxy as the binary runs it: in-process store, and the budget shared by the fleet when
+/// Redis is configured (in-process otherwise).
+pub type LocalProxy = Proxy<LocalStore, FleetBudget>;
 
 /// How long the admin listener keeps answering after the lookup listener drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
@@ -119,7 +120,6 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
         LocalStore::with_removal_listener(config.cache_max_bytes.get(), move |cause, count| {
             evictions.record_eviction(cause, count)
         });
-    let budget = LocalBudget::new(config.budget);
     // With a fleet tier, partitions derive from the fleet key so that they match on every host;
     // alone, a random per-process key keeps them meaningless outside this process.
     let fleet = match &config.fleet {
@@ -129,6 +129,7 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
     let partition_key = fleet
         .as_ref()
         .map_or_else(PartitionKey::random, |fleet| fleet.keys.partition_key());
+    let budget = FleetBudget::new(config.budget, fleet.as_ref().map(FleetBudgetRedis::of));
     Ok(Proxy::new(
         store,
         budget,
@@ -144,7 +145,7 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
 #[derive(Clone)]
 pub struct App {
     pub proxy: LocalProxy,
-    pub admin: Admin<LocalStore, LocalBudget>,
+    pub admin: Admin<LocalStore, FleetBudget>,
     pub readiness: Readiness,
     limits: ServerLimits,
 }

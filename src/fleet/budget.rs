@@ -16,7 +16,7 @@ use crate::budget::{
     Admission, BudgetPolicy, LocalBudget, QuotaSummary, UpstreamBudget, MAX_COOL_DOWN,
 };
 use crate::credentials::Partition;
-use crate::fleet::redis::FleetRedis;
+use crate::fleet::{Fleet, FleetKeys, FleetRedis};
 use crate::ratelimit::{QuotaReading, Work, DEFAULT_QUOTA};
 
 /// The admission: cool-down, Cloudflare's count, then the GCRA, in one round trip.
@@ -31,10 +31,21 @@ static OBSERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("ob
 /// What the budget needs to share its decisions with the fleet.
 pub struct FleetBudgetRedis {
     pub redis: FleetRedis,
-    /// The fleet id in every key, so that fleets with different fleet keys never meet.
-    pub fleet_id: String,
+    /// The key names (the fleet id in every one, so that fleets with different fleet keys never
+    /// meet).
+    pub keys: Arc<FleetKeys>,
     /// How many sidecars share each credential's budget.
     pub fleet_size: NonZeroU32,
+}
+
+impl FleetBudgetRedis {
+    pub fn of(fleet: &Fleet) -> FleetBudgetRedis {
+        FleetBudgetRedis {
+            redis: fleet.redis.clone(),
+            keys: Arc::clone(&fleet.keys),
+            fleet_size: fleet.settings.fleet_size,
+        }
+    }
 }
 
 /// The budget of the request path: [`LocalBudget`] alone, or shared through Redis.
@@ -43,13 +54,12 @@ pub struct FleetBudget {
     /// Redis cannot; its cool-downs are also the memory that spares a cooling credential the
     /// round trip, and its readings feed the quota metrics.
     local: LocalBudget,
-    fleet: Option<Fleet>,
+    fleet: Option<Shared>,
 }
 
-struct Fleet {
+struct Shared {
     redis: FleetRedis,
-    /// `ztrs:v1:{fleet id}:`.
-    namespace: String,
+    keys: Arc<FleetKeys>,
     fleet_size: NonZeroU32,
     /// The whole fleet's policy, in the script's units.
     limits: ArcSwap<ScriptLimits>,
@@ -69,8 +79,8 @@ impl FleetBudget {
         };
         FleetBudget {
             local: LocalBudget::new(policy.fleet_share(redis.fleet_size)),
-            fleet: Some(Fleet {
-                namespace: format!("ztrs:v1:{}:", redis.fleet_id),
+            fleet: Some(Shared {
+                keys: redis.keys,
                 redis: redis.redis,
                 fleet_size: redis.fleet_size,
                 limits: ArcSwap::from_pointee(ScriptLimits::of(&policy)),
@@ -79,9 +89,10 @@ impl FleetBudget {
     }
 }
 
-impl Fleet {
+impl Shared {
     fn key(&self, kind: KeyKind, partition: Partition) -> String {
-        key_of(&self.namespace, kind, partition)
+        self.keys
+            .key(kind.name(), &self.keys.partition_hex(partition))
     }
 
     async fn admit(&self, partition: Partition, work: Work) -> Result<Admission, Undecided> {
@@ -100,7 +111,7 @@ impl Fleet {
             .arg(limits.period_micros);
         let reply: Vec<i64> = self
             .redis
-            .invoke("budget_admit", &invocation)
+            .invoke("budget", &invocation)
             .await
             .map_err(|_| Undecided)?;
         admission_of(&reply).ok_or(Undecided)
@@ -114,7 +125,7 @@ impl Fleet {
             .arg(whole_millis(wait));
         let in_force: i64 = self
             .redis
-            .invoke("budget_cool_down", &invocation)
+            .invoke("cool_down", &invocation)
             .await
             .map_err(|_| Undecided)?;
         let millis = u64::try_from(in_force).map_err(|_| Undecided)?;
@@ -134,7 +145,7 @@ impl Fleet {
             .arg(whole_millis(reading.reset_after));
         let _shared: i64 = self
             .redis
-            .invoke("budget_observe", &invocation)
+            .invoke("quota", &invocation)
             .await
             .map_err(|_| Undecided)?;
         Ok(())
@@ -217,18 +228,13 @@ enum KeyKind {
 }
 
 impl KeyKind {
-    fn prefix(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
-            KeyKind::CoolDown => "c:",
-            KeyKind::Quota => "q:",
-            KeyKind::Bucket => "b:",
+            KeyKind::CoolDown => "c",
+            KeyKind::Quota => "q",
+            KeyKind::Bucket => "b",
         }
     }
-}
-
-/// Pure: a budget key in `namespace`.
-fn key_of(namespace: &str, kind: KeyKind, partition: Partition) -> String {
-    format!("{namespace}{}{}", kind.prefix(), partition.to_hex())
 }
 
 fn work_name(work: Work) -> &'static str {
@@ -432,58 +438,70 @@ mod tests {
     // these tests run on real time: waits are short real windows (a 1 s `Retry-After`) and every
     // wait is bounded; what they assert are contract bounds, never durations measured here.
 
-    use crate::credentials::{extract, PartitionKey};
+    use crate::credentials::extract;
+    use crate::fleet::{FleetKey, FleetSettings, RedisUrl};
+    use crate::metrics::{Exposition, Metrics};
     use http::{HeaderMap, HeaderValue};
     use redis::Commands;
     use redis_fixture::RedisServer;
 
-    const FLEET_ID: &str = "00112233aabbccdd";
+    const FLEET_KEY: &[u8] = b"one fleet's secret, 32 bytes or more";
 
+    fn keys() -> FleetKeys {
+        FleetKeys::derive(&FleetKey::from_bytes(FLEET_KEY).expect("long enough"))
+    }
+
+    /// The partition of a credential, as every sidecar of the fleet derives it.
     fn partition(token: &str) -> Partition {
         let mut headers = HeaderMap::new();
         headers.insert(
             "authorization",
             HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
         );
-        thread_local!(static KEY: PartitionKey = PartitionKey::random());
-        KEY.with(|key| {
-            extract(&headers, None, key)
-                .expect("credentials")
-                .partition()
-        })
+        extract(&headers, None, &keys().partition_key())
+            .expect("credentials")
+            .partition()
     }
 
-    /// One "sidecar"'s budget on `server`, in fleet `fleet_id` of `fleet_size`.
+    /// One "sidecar"'s budget on `server`, in the fleet of `fleet_key` of `fleet_size`, built as
+    /// the sidecar builds it.
     async fn sidecar_in(
         server: &RedisServer,
-        fleet_id: &str,
+        fleet_key: &[u8],
         policy: BudgetPolicy,
         fleet_size: u32,
     ) -> FleetBudget {
-        let redis = fleet_redis(server).await;
-        FleetBudget::new(
-            policy,
-            Some(FleetBudgetRedis {
-                redis,
-                fleet_id: fleet_id.to_owned(),
-                fleet_size: NonZeroU32::new(fleet_size).expect("non-zero"),
-            }),
-        )
+        sidecar_counted(server, fleet_key, policy, fleet_size, &Metrics::new()).await
+    }
+
+    /// [`sidecar_in`], counted in `metrics`.
+    async fn sidecar_counted(
+        server: &RedisServer,
+        fleet_key: &[u8],
+        policy: BudgetPolicy,
+        fleet_size: u32,
+        metrics: &Metrics,
+    ) -> FleetBudget {
+        let settings = FleetSettings {
+            redis_url: RedisUrl::parse(&server.url()).expect("url"),
+            redis_password: None,
+            fleet_key: FleetKey::from_bytes(fleet_key).expect("long enough"),
+            fleet_size: NonZeroU32::new(fleet_size).expect("non-zero"),
+            // Generous: a shared, busy test machine must not turn these tests into degraded ones.
+            redis_timeout: Duration::from_secs(2),
+            lease: Duration::from_secs(5),
+        };
+        let fleet = Fleet::new(&settings, metrics.fleet().clone()).expect("fleet");
+        FleetBudget::new(policy, Some(FleetBudgetRedis::of(&fleet)))
     }
 
     async fn sidecar(server: &RedisServer, policy: BudgetPolicy, fleet_size: u32) -> FleetBudget {
-        sidecar_in(server, FLEET_ID, policy, fleet_size).await
-    }
-
-    async fn fleet_redis(server: &RedisServer) -> FleetRedis {
-        let manager = redis::aio::ConnectionManager::new(server.client())
-            .await
-            .expect("connect");
-        FleetRedis::new(manager, Duration::from_millis(200))
+        sidecar_in(server, FLEET_KEY, policy, fleet_size).await
     }
 
     fn key(kind: KeyKind, partition: Partition) -> String {
-        key_of(&format!("ztrs:v1:{FLEET_ID}:"), kind, partition)
+        let keys = keys();
+        keys.key(kind.name(), &keys.partition_hex(partition))
     }
 
     /// Asks until `budget` admits `partition`, for at most `limit`; returns what it admitted.
@@ -534,7 +552,8 @@ mod tests {
             a.admit(partition("other"), Work::Caller).await,
             Admission::Granted { tokens_left: 4 }
         );
-        let stranger = sidecar_in(&server, "ffeeddccbbaa9988", policy, 2).await;
+        let stranger =
+            sidecar_in(&server, b"another fleet's secret, also 32 bytes", policy, 2).await;
         assert_eq!(
             stranger.admit(credential, Work::Caller).await,
             Admission::Granted { tokens_left: 4 }
@@ -681,7 +700,14 @@ mod tests {
     async fn redis_down_means_this_sidecars_share_until_redis_is_back() {
         let mut server = RedisServer::start();
         // A fleet of 2 sharing a burst of 4: each may spend 2 alone.
-        let budget = sidecar(&server, policy(4, 300, 4), 2).await;
+        let metrics = Metrics::new();
+        let budget = sidecar_counted(&server, FLEET_KEY, policy(4, 300, 4), 2, &metrics).await;
+        let sample = |name: &str| -> Option<String> {
+            let text = metrics.encode(Exposition::Classic);
+            text.lines()
+                .find(|line| line.starts_with(name))
+                .map(|line| line[name.len()..].trim().to_owned())
+        };
         let credential = partition("degraded");
         assert_eq!(
             budget.admit(credential, Work::Caller).await,
@@ -698,6 +724,12 @@ mod tests {
             budget.admit(credential, Work::Caller).await,
             Admission::Exhausted { .. }
         ));
+        // Each of those was a failed Redis call; three in a row open the breaker: degraded.
+        assert_eq!(
+            sample(r#"zt_sidecar_redis_calls_total{op="budget",outcome="error"}"#).as_deref(),
+            Some("3")
+        );
+        assert_eq!(sample("zt_sidecar_fleet_degraded").as_deref(), Some("1"));
         // A cool-down is still honoured, locally.
         budget
             .cool_down(partition("cooling"), Duration::from_secs(60))
@@ -712,6 +744,7 @@ mod tests {
             admitted_within(&budget, credential, Duration::from_secs(10)).await,
             Admission::Granted { tokens_left: 3 }
         );
+        assert_eq!(sample("zt_sidecar_fleet_degraded").as_deref(), Some("0"));
     }
 
     #[tokio::test]
@@ -788,5 +821,53 @@ mod tests {
         }
         let stored: i64 = connection.pttl(&cool).expect("pttl");
         assert_eq!(stored, -2, "the endless cool-down was dropped");
+    }
+
+    #[tokio::test]
+    async fn every_key_the_budget_writes_expires_and_names_no_token() {
+        let server = RedisServer::start();
+        let budget = sidecar(&server, policy(1000, 300, 50), 2).await;
+        let credential = partition("secret-token-value");
+        budget.admit(credential, Work::Caller).await;
+        budget.admit(credential, Work::Refresh).await;
+        budget.observe(credential, reading(900, 60)).await;
+        budget.cool_down(credential, Duration::from_secs(30)).await;
+        let mut connection = server.connection();
+        let mut names: Vec<String> = connection
+            .scan::<String>()
+            .expect("scan")
+            .collect::<Result<_, _>>()
+            .expect("scan keys");
+        names.sort();
+        let mut expected = vec![
+            key(KeyKind::Bucket, credential),
+            key(KeyKind::CoolDown, credential),
+            key(KeyKind::Quota, credential),
+        ];
+        expected.sort();
+        assert_eq!(names, expected);
+        // Each lives no longer than what it describes: the bucket until it is full again
+        // (50 tokens at 0.3 s), the count until its reset, the cool-down until Retry-After.
+        for (kind, longest) in [
+            (KeyKind::Bucket, 15_000),
+            (KeyKind::Quota, 60_000),
+            (KeyKind::CoolDown, 30_000),
+        ] {
+            let left: i64 = connection.pttl(key(kind, credential)).expect("pttl");
+            assert!(left > 0 && left <= longest, "{kind:?}: {left} ms");
+        }
+        for name in &names {
+            assert!(!name.contains("secret-token-value"), "{name}");
+            let value: Vec<u8> = redis::cmd("DUMP")
+                .arg(name)
+                .query(&mut connection)
+                .expect("dump");
+            assert!(
+                !value
+                    .windows(b"secret-token-value".len())
+                    .any(|window| window == b"secret-token-value"),
+                "{name}"
+            );
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! sidecar behaves exactly as a single process. It must never let Redis fail a lookup, nor put a
 //! credential, an id in clear or an unencrypted answer into Redis.
 
+pub mod budget;
 pub mod keys;
 pub mod metrics;
 pub mod redis;
