@@ -399,7 +399,7 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::credentials::{extract, PartitionKey};
     use http::{HeaderMap, HeaderValue};
@@ -418,7 +418,8 @@ mod tests {
         })
     }
 
-    fn policy(requests: u32, period_secs: u64, burst: u32) -> BudgetPolicy {
+    /// A policy of `requests` per `period_secs` with bursts of `burst` and the default reserves.
+    pub(crate) fn policy(requests: u32, period_secs: u64, burst: u32) -> BudgetPolicy {
         BudgetPolicy {
             requests: NonZeroU32::new(requests).expect("non-zero"),
             period: Duration::from_secs(period_secs),
@@ -516,7 +517,8 @@ mod tests {
         assert!(budget.cool_downs.lock().expect("lock").is_empty());
     }
 
-    fn reading(remaining: u64, reset_secs: u64) -> QuotaReading {
+    /// Cloudflare's count: `remaining` of 1200 until a reset `reset_secs` from now.
+    pub(crate) fn reading(remaining: u64, reset_secs: u64) -> QuotaReading {
         QuotaReading {
             remaining,
             reset_after: Duration::from_secs(reset_secs),

@@ -313,17 +313,9 @@ fn admission_of(reply: &[i64]) -> Option<Admission> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::tests::{policy, reading};
     use crate::budget::DEFAULT_RESERVES;
     use crate::ratelimit::Share;
-
-    fn policy(requests: u32, period_secs: u64, burst: u32) -> BudgetPolicy {
-        BudgetPolicy {
-            requests: NonZeroU32::new(requests).expect("non-zero"),
-            period: Duration::from_secs(period_secs),
-            burst: NonZeroU32::new(burst).expect("non-zero"),
-            reserves: DEFAULT_RESERVES,
-        }
-    }
 
     #[test]
     fn a_sidecars_share_is_the_budget_divided_rounded_down_and_never_nothing() {
@@ -482,13 +474,34 @@ mod tests {
         fleet_size: u32,
         metrics: &Metrics,
     ) -> FleetBudget {
+        // Generous: a shared, busy test machine must not turn these tests into degraded ones.
+        let redis_timeout = Duration::from_secs(2);
+        sidecar_timed(
+            server,
+            fleet_key,
+            policy,
+            fleet_size,
+            metrics,
+            redis_timeout,
+        )
+        .await
+    }
+
+    /// [`sidecar_counted`] with its own `redis_timeout`.
+    async fn sidecar_timed(
+        server: &RedisServer,
+        fleet_key: &[u8],
+        policy: BudgetPolicy,
+        fleet_size: u32,
+        metrics: &Metrics,
+        redis_timeout: Duration,
+    ) -> FleetBudget {
         let settings = FleetSettings {
             redis_url: RedisUrl::parse(&server.url()).expect("url"),
             redis_password: None,
             fleet_key: FleetKey::from_bytes(fleet_key).expect("long enough"),
             fleet_size: NonZeroU32::new(fleet_size).expect("non-zero"),
-            // Generous: a shared, busy test machine must not turn these tests into degraded ones.
-            redis_timeout: Duration::from_secs(2),
+            redis_timeout,
             lease: Duration::from_secs(5),
         };
         let fleet = Fleet::new(&settings, metrics.fleet().clone()).expect("fleet");
@@ -502,6 +515,27 @@ mod tests {
     fn key(kind: KeyKind, partition: Partition) -> String {
         let keys = keys();
         keys.key(kind.name(), &keys.partition_hex(partition))
+    }
+
+    /// Asks until `budget` answers `expected` for `partition`, for at most `limit`.
+    async fn decided_within(
+        budget: &FleetBudget,
+        partition: Partition,
+        limit: Duration,
+        expected: Admission,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let admission = budget.admit(partition, Work::Caller).await;
+            if admission == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not {expected:?} within {limit:?}: {admission:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Asks until `budget` admits `partition`, for at most `limit`; returns what it admitted.
@@ -621,14 +655,6 @@ mod tests {
             panic!("cooling down");
         };
         assert!(retry_after > Duration::from_secs(20) && retry_after <= Duration::from_secs(60));
-    }
-
-    fn reading(remaining: u64, reset_secs: u64) -> QuotaReading {
-        QuotaReading {
-            remaining,
-            reset_after: Duration::from_secs(reset_secs),
-            quota: Some(1200),
-        }
     }
 
     #[tokio::test]
@@ -869,5 +895,53 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_frozen_redis_hangs_no_admission_and_a_reload_reaches_both_budgets() {
+        let server = RedisServer::start();
+        let metrics = Metrics::new();
+        let redis_timeout = Duration::from_millis(100);
+        let budget = sidecar_timed(
+            &server,
+            FLEET_KEY,
+            policy(10, 300, 10),
+            2,
+            &metrics,
+            redis_timeout,
+        )
+        .await;
+        let credential = partition("frozen");
+        assert_eq!(
+            budget.admit(credential, Work::Caller).await,
+            Admission::Granted { tokens_left: 9 }
+        );
+        server.freeze();
+        // Every admission ends (bounded here far above the contract, `redis_timeout` per call,
+        // so that a busy machine cannot fail it) with the local share's answer: half of 10.
+        for tokens_left in (0..5).rev() {
+            let admission = tokio::time::timeout(
+                Duration::from_secs(10),
+                budget.admit(credential, Work::Caller),
+            )
+            .await
+            .expect("an admission never hangs on a frozen Redis");
+            assert_eq!(admission, Admission::Granted { tokens_left });
+        }
+        // A reload applies to the local share at once (a new policy starts full).
+        budget.set_policy(policy(10, 300, 20));
+        assert_eq!(
+            budget.admit(credential, Work::Caller).await,
+            Admission::Granted { tokens_left: 9 }
+        );
+        server.thaw();
+        // And to the fleet's bucket once Redis answers (the breaker probes it again after a
+        // while; until then the local share decides, 10 tokens). This credential's fleet bucket
+        // is no witness: the calls that timed out waited in Redis's socket and were spent when
+        // it thawed (conservative: never fewer calls counted than made). A fresh credential
+        // is: the fleet's bucket of 20 answers 19.
+        let fleet_decides = Admission::Granted { tokens_left: 19 };
+        let fresh = partition("after the thaw");
+        decided_within(&budget, fresh, Duration::from_secs(10), fleet_decides).await;
     }
 }
