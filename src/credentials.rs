@@ -66,6 +66,11 @@ impl Partition {
     pub fn to_bytes(self) -> [u8; 16] {
         self.0.to_le_bytes()
     }
+
+    /// The partition of [`Partition::to_bytes`] (an invalidation received from the fleet).
+    pub fn from_bytes(bytes: [u8; 16]) -> Partition {
+        Partition(u128::from_le_bytes(bytes))
+    }
 }
 
 impl fmt::Debug for Partition {

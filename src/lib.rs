@@ -41,16 +41,17 @@ use crate::cache::LocalStore;
 use crate::config::{plan_reload, Config, ConfigError, ReloadPlan};
 use crate::credentials::{FallbackToken, InvalidToken, PartitionKey};
 use crate::fleet::budget::{FleetBudget, FleetBudgetRedis};
-use crate::fleet::{Fleet, RedisSetupError};
+use crate::fleet::{Fleet, FleetStore, RedisSetupError};
 use crate::metrics::Metrics;
 use crate::proxy::{LiveSettings, Proxy};
 use crate::server::{DrainOutcome, Listener, ServerLimits};
 use crate::telemetry::{LogControl, LogFilterError};
 use crate::upstream::{ClientBuildError, Upstream, UpstreamSettings};
 
-/// The proxy as the binary runs it: in-process store, and the budget shared by the fleet when
-/// Redis is configured (in-process otherwise).
-pub type LocalProxy = Proxy<LocalStore, FleetBudget>;
+/// The proxy as the binary runs it: the in-process store, behind which the fleet's Redis tier
+/// when `redis_url` is set, and the budget shared by the fleet through the same Redis (in-process
+/// otherwise).
+pub type LocalProxy = Proxy<FleetStore, FleetBudget>;
 
 /// How long the admin listener keeps answering after the lookup listener drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
@@ -130,6 +131,10 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
         .as_ref()
         .map_or_else(PartitionKey::random, |fleet| fleet.keys.partition_key());
     let budget = FleetBudget::new(config.budget, fleet.as_ref().map(FleetBudgetRedis::of));
+    let store = match &fleet {
+        Some(fleet) => FleetStore::with_fleet(store, fleet.clone()),
+        None => FleetStore::local_only(store),
+    };
     Ok(Proxy::new(
         store,
         budget,
@@ -145,7 +150,7 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
 #[derive(Clone)]
 pub struct App {
     pub proxy: LocalProxy,
-    pub admin: Admin<LocalStore, FleetBudget>,
+    pub admin: Admin<FleetStore, FleetBudget>,
     pub readiness: Readiness,
     limits: ServerLimits,
 }
@@ -186,7 +191,7 @@ impl App {
             },
             ADMIN_GRACE,
         ));
-        let sweeper = tokio::spawn(sweep_now_and_then(self.proxy.store().clone()));
+        let sweeper = tokio::spawn(sweep_now_and_then(self.proxy.store().local().clone()));
         self.readiness.set_ready();
         let readiness = self.readiness.clone();
         let proxy = self.proxy.clone();

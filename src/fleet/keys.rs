@@ -125,6 +125,13 @@ impl FleetKeys {
         self.name(b"subject", &[account.as_bytes(), kind, subject.as_bytes()])
     }
 
+    /// The hash naming one partition's entries of one account (what a 401/403 purges).
+    pub fn partition_account_hash(&self, partition: Partition, account_id: &AccountId) -> String {
+        let partition = partition.to_bytes();
+        let account = account_id.to_string();
+        self.name(b"partition", &[&partition, account.as_bytes()])
+    }
+
     /// The hex of a partition, for budget keys (`b:{p}`, `c:{p}`, `q:{p}`): a partition is
     /// already a keyed hash of the credential.
     pub fn partition_hex(&self, partition: Partition) -> String {

@@ -12,8 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-/// Every Redis operation the sidecar performs, as the `op` label. The budget side (f1b) uses
-/// `budget`, `cool_down` and `quota`.
+/// Every Redis operation the sidecar performs, as the `op` label. The budget side uses the
+/// `budget_*` ones.
 pub const REDIS_OPS: &[&str] = &[
     "get",
     "set",
@@ -23,10 +23,9 @@ pub const REDIS_OPS: &[&str] = &[
     "publish",
     "subscribe",
     "invalidate",
-    "generation",
-    "budget",
-    "cool_down",
-    "quota",
+    "budget_admit",
+    "budget_cool_down",
+    "budget_observe",
 ];
 
 /// How one Redis call ended.

@@ -80,6 +80,24 @@ impl Served {
         }
     }
 
+    /// A fresh entry another sidecar of the fleet stored: `cache` says how it came
+    /// ([`CacheStatus::FleetHit`] or [`CacheStatus::FleetCollapsed`]).
+    pub(super) fn from_fleet(
+        entry: &CacheEntry,
+        remaining: Duration,
+        now: Instant,
+        cache: CacheStatus,
+    ) -> Served {
+        let mut response = hit_response(entry, remaining, now);
+        set_cache_status(&mut response, &cache);
+        Served {
+            response,
+            cache,
+            account_id: None,
+            route: None,
+        }
+    }
+
     /// A stale entry standing in. `Cache-Status` gives a negative `ttl` (seconds past expiry) and
     /// the reason; `fwd=stale` when this request did try upstream.
     pub(super) fn stale(

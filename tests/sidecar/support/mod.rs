@@ -1,18 +1,20 @@
 //! The integration tests' support: the constants every test shares, the one HTTP client and reply
 //! type, the envelope and Cache-Status assertions, the harnesses that start the real sidecar in
 //! front of the simulated Cloudflare API on ephemeral loopback ports, the real binary as a child
-//! process, and bounded waits. It holds no test of its own and asserts only what its helpers are
-//! named for.
+//! process, the metrics reader, and bounded waits. It holds no test of its own and asserts only
+//! what its helpers are named for.
 
 mod assertions;
 mod client;
 mod harness;
+mod metrics;
 mod process;
 mod wait;
 
 pub use assertions::*;
 pub use client::*;
 pub use harness::*;
+pub use metrics::*;
 pub use process::*;
 pub use wait::*;
 
