@@ -256,9 +256,22 @@ impl LocalBudget {
         }
     }
 
+    /// What this process already knows refuses `partition` for `work` at `now`, without spending
+    /// a token: a cool-down after a 429, or Cloudflare's count at the reserve for that work.
+    pub fn known_refusal(
+        &self,
+        partition: Partition,
+        work: Work,
+        now: Instant,
+    ) -> Option<Admission> {
+        if let Some(retry_after) = self.cooling(partition, now) {
+            return Some(Admission::CoolingDown { retry_after });
+        }
+        self.pace_now(partition, work, now)
+    }
+
     /// The cool-down `partition` is serving now, if any: what is left of it.
-    pub fn cooling(&self, partition: Partition) -> Option<Duration> {
-        let now = Instant::now();
+    fn cooling(&self, partition: Partition, now: Instant) -> Option<Duration> {
         let until = self
             .cool_downs
             .lock()
@@ -285,12 +298,9 @@ impl LocalBudget {
         {
             self.housekeeping(now);
         }
-        if let Some(retry_after) = self.cooling(partition) {
-            return Admission::CoolingDown { retry_after };
-        }
-        // Cloudflare's count first: a held credential spends no token of either bucket.
-        if let Some(held) = self.pace_now(partition, work, now) {
-            return held;
+        // A cool-down, then Cloudflare's count: a held credential spends no token of either bucket.
+        if let Some(refusal) = self.known_refusal(partition, work, now) {
+            return refusal;
         }
         let limiters = self.limiters.load();
         if work == Work::Refresh {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use redis::Script;
+use tokio::time::Instant;
 
 use crate::budget::{
     Admission, BudgetPolicy, LocalBudget, QuotaSummary, UpstreamBudget, MAX_COOL_DOWN,
@@ -161,9 +162,11 @@ impl UpstreamBudget for FleetBudget {
         let Some(fleet) = &self.fleet else {
             return self.local.admit_now(partition, work);
         };
-        // A cool-down this sidecar already knows of costs no round trip.
-        if let Some(retry_after) = self.local.cooling(partition) {
-            return Admission::CoolingDown { retry_after };
+        // A cool-down this sidecar already knows of costs no round trip; nor does Cloudflare's
+        // count as this sidecar last read it, when that already holds the credential (the fleet's
+        // shared count is never higher, unless sharing it failed: the stricter one wins).
+        if let Some(refusal) = self.local.known_refusal(partition, work, Instant::now()) {
+            return refusal;
         }
         match fleet.admit(partition, work).await {
             Ok(admission) => {
@@ -695,6 +698,18 @@ mod tests {
         ));
         assert!(matches!(
             b.admit(other, Work::Caller).await,
+            Admission::Granted { .. }
+        ));
+        // Where sharing the count failed (here: the shared count is gone), the sidecar that read
+        // it still holds to it, with no round trip; the other, which never read it, does not.
+        let mut connection = server.connection();
+        let _: u32 = connection.del(key(KeyKind::Quota, other)).expect("del");
+        assert!(matches!(
+            a.admit(other, Work::Refresh).await,
+            Admission::AtReserve { .. }
+        ));
+        assert!(matches!(
+            b.admit(other, Work::Refresh).await,
             Admission::Granted { .. }
         ));
     }
