@@ -37,10 +37,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::admin::{Admin, Readiness};
-use crate::budget::LocalBudget;
 use crate::cache::LocalStore;
 use crate::config::{plan_reload, Config, ConfigError, ReloadPlan};
 use crate::credentials::{FallbackToken, InvalidToken, PartitionKey};
+use crate::fleet::budget::{FleetBudget, FleetBudgetRedis};
 use crate::fleet::{Fleet, FleetStore, RedisSetupError};
 use crate::metrics::Metrics;
 use crate::proxy::{LiveSettings, Proxy};
@@ -49,8 +49,9 @@ use crate::telemetry::{LogControl, LogFilterError};
 use crate::upstream::{ClientBuildError, Upstream, UpstreamSettings};
 
 /// The proxy as the binary runs it: the in-process store, behind which the fleet's Redis tier
-/// when `redis_url` is set, and the in-process budget.
-pub type LocalProxy = Proxy<FleetStore, LocalBudget>;
+/// when `redis_url` is set, and the budget shared by the fleet through the same Redis (in-process
+/// otherwise).
+pub type LocalProxy = Proxy<FleetStore, FleetBudget>;
 
 /// How long the admin listener keeps answering after the lookup listener drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
@@ -120,7 +121,6 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
         LocalStore::with_removal_listener(config.cache_max_bytes.get(), move |cause, count| {
             evictions.record_eviction(cause, count)
         });
-    let budget = LocalBudget::new(config.budget);
     // With a fleet tier, partitions derive from the fleet key so that they match on every host;
     // alone, a random per-process key keeps them meaningless outside this process.
     let fleet = match &config.fleet {
@@ -130,6 +130,7 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
     let partition_key = fleet
         .as_ref()
         .map_or_else(PartitionKey::random, |fleet| fleet.keys.partition_key());
+    let budget = FleetBudget::new(config.budget, fleet.as_ref().map(FleetBudgetRedis::of));
     let store = match &fleet {
         Some(fleet) => FleetStore::with_fleet(store, fleet.clone()),
         None => FleetStore::local_only(store),
@@ -149,7 +150,7 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
 #[derive(Clone)]
 pub struct App {
     pub proxy: LocalProxy,
-    pub admin: Admin<FleetStore, LocalBudget>,
+    pub admin: Admin<FleetStore, FleetBudget>,
     pub readiness: Readiness,
     limits: ServerLimits,
 }

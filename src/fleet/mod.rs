@@ -7,6 +7,7 @@
 //! sidecar behaves exactly as a single process. It must never let Redis fail a lookup, nor put a
 //! credential, an id in clear or an unencrypted answer into Redis.
 
+pub mod budget;
 pub mod entry;
 pub mod invalidation;
 pub mod keys;
