@@ -337,6 +337,35 @@ async fn lookup_round(fleet: &Fleet, references: &[String], latencies: &mut Vec<
     }
 }
 
+/// Three sidecars on one Redis with an ample budget and `redis_timeout`, whose `count` warm
+/// references each member has looked up once, and `count` cold ones none has.
+struct LoadedFleet {
+    sim: SimulatedCloudflare,
+    redis: RedisServer,
+    fleet: Fleet,
+    references: Vec<String>,
+    cold: Vec<String>,
+}
+
+async fn loaded_fleet(count: usize, redis_timeout: &str) -> LoadedFleet {
+    let references: Vec<String> = (0..count).map(|index| format!("warm-{index}")).collect();
+    let cold: Vec<String> = (0..count).map(|index| format!("cold-{index}")).collect();
+    let all: Vec<&str> = references.iter().chain(&cold).map(String::as_str).collect();
+    let sim = simulated_api(&all).await;
+    let redis = RedisServer::start();
+    let mut args = vec!["--redis-timeout", redis_timeout];
+    args.extend(AMPLE_BUDGET);
+    let fleet = Fleet::start(&sim.base_url(), &redis, 3, &args);
+    lookup_round(&fleet, &references, &mut Vec::new()).await;
+    LoadedFleet {
+        sim,
+        redis,
+        fleet,
+        references,
+        cold,
+    }
+}
+
 /// Killing Redis (`SIGKILL`) under load fails no lookup, and keeps the lookups' p99 under the
 /// Redis timeout (a dead Redis refuses connections, and the breaker stops asking it); after Redis
 /// restarts (empty), the fleet reconverges by itself: a key fetched by one sidecar is an L2 hit on
@@ -348,17 +377,14 @@ async fn lookup_round(fleet: &Fleet, references: &[String], latencies: &mut Vec<
 /// machine meets it with room; the figure is printed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_redis_under_load_fails_no_lookup_and_the_fleet_reconverges_after_restart() {
-    let references: Vec<String> = (0..10).map(|index| format!("load-{index}")).collect();
-    let cold: Vec<String> = (0..10).map(|index| format!("cold-{index}")).collect();
-    let all: Vec<&str> = references.iter().chain(&cold).map(String::as_str).collect();
-    let sim = simulated_api(&all).await;
-    let mut redis = RedisServer::start();
     let redis_timeout = Duration::from_secs(1);
-    let mut args = vec!["--redis-timeout", "1s"];
-    args.extend(AMPLE_BUDGET);
-    let fleet = Fleet::start(&sim.base_url(), &redis, 3, &args);
-    let mut before = Vec::new();
-    lookup_round(&fleet, &references, &mut before).await;
+    let LoadedFleet {
+        sim,
+        mut redis,
+        fleet,
+        references,
+        cold,
+    } = loaded_fleet(10, "1s").await;
 
     redis.kill();
     let mut while_dead = Vec::new();
@@ -387,16 +413,13 @@ async fn killing_redis_under_load_fails_no_lookup_and_the_fleet_reconverges_afte
 /// readiness stays up. After the thaw the fleet leaves degraded mode by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_hangs_nothing() {
-    let references: Vec<String> = (0..5).map(|index| format!("frozen-{index}")).collect();
-    let cold: Vec<String> = (0..5).map(|index| format!("cold-{index}")).collect();
-    let all: Vec<&str> = references.iter().chain(&cold).map(String::as_str).collect();
-    let sim = simulated_api(&all).await;
-    let redis = RedisServer::start();
-    let mut args = vec!["--redis-timeout", "200ms"];
-    args.extend(AMPLE_BUDGET);
-    let fleet = Fleet::start(&sim.base_url(), &redis, 3, &args);
-    let mut latencies = Vec::new();
-    lookup_round(&fleet, &references, &mut latencies).await;
+    let LoadedFleet {
+        sim,
+        redis,
+        fleet,
+        references,
+        cold,
+    } = loaded_fleet(5, "200ms").await;
 
     redis.freeze();
     let mut frozen = Vec::new();

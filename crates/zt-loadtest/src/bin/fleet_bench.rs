@@ -409,6 +409,29 @@ async fn caller(
     tally
 }
 
+/// Runs `clients` callers over `members` for `length`, then stops them and sums what they saw.
+async fn run_callers(
+    options: &Options,
+    members: &Arc<RwLock<Vec<Option<SocketAddr>>>>,
+    length: Duration,
+) -> Result<Tally, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..options.clients)
+        .map(|_| tokio::spawn(caller(members.clone(), options.keys, stop.clone())))
+        .collect();
+    tokio::time::sleep(length).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut tally = Tally::default();
+    for caller in callers {
+        tally.absorb(
+            caller
+                .await
+                .map_err(|error| format!("a caller failed: {error}"))?,
+        );
+    }
+    Ok(tally)
+}
+
 // ---- the phases ----
 
 struct ExpiringReport {
@@ -445,9 +468,6 @@ async fn expiring_keys(
     let sidecars = Arc::new(Mutex::new(sidecars));
     sim.reset_counters();
     let stop = Arc::new(AtomicBool::new(false));
-    let callers: Vec<_> = (0..options.clients)
-        .map(|_| tokio::spawn(caller(members.clone(), options.keys, stop.clone())))
-        .collect();
     let restarts = Arc::new(AtomicU64::new(0));
     let restarter = {
         let (members, sidecars, stop, restarts) = (
@@ -482,16 +502,9 @@ async fn expiring_keys(
             Ok(())
         })
     };
-    tokio::time::sleep(Duration::from_secs(options.seconds)).await;
+    let tally = run_callers(options, &members, Duration::from_secs(options.seconds)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut tally = Tally::default();
-    for caller in callers {
-        tally.absorb(
-            caller
-                .await
-                .map_err(|error| format!("a caller failed: {error}"))?,
-        );
-    }
+    let tally = tally?;
     restarter
         .await
         .map_err(|error| format!("the restarter failed: {error}"))??;
@@ -535,21 +548,8 @@ async fn hit_throughput(
         lookup(&client, lookup_uri(sidecar.addr, key)?).await?;
     }
     let members = Arc::new(RwLock::new(vec![Some(sidecar.addr)]));
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let callers: Vec<_> = (0..options.clients)
-        .map(|_| tokio::spawn(caller(members.clone(), options.keys, stop.clone())))
-        .collect();
-    tokio::time::sleep(Duration::from_secs(options.hit_seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut tally = Tally::default();
-    for caller in callers {
-        tally.absorb(
-            caller
-                .await
-                .map_err(|error| format!("a caller failed: {error}"))?,
-        );
-    }
+    let tally = run_callers(options, &members, Duration::from_secs(options.hit_seconds)).await?;
     let elapsed = started.elapsed().as_secs_f64();
     tokio::task::spawn_blocking(move || sidecar.stop())
         .await
