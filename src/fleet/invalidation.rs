@@ -248,6 +248,7 @@ async fn subscribe_once(l2: &Arc<L2>, local: &LocalStore, was_subscribed: &mut b
     }
     *was_subscribed = true;
     redis.set_subscription_lost(false);
+    redis.note_answered();
     let (mut sink, mut stream) = pubsub.split();
     let mut pings = tokio::time::interval(PING_EVERY);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,7 +276,8 @@ async fn subscribe_once(l2: &Arc<L2>, local: &LocalStore, was_subscribed: &mut b
                 }
             }
             _ = pings.tick() => {
-                let ping = tokio::time::timeout(timeout.max(Duration::from_millis(250)), sink.ping::<String>());
+                // In subscribed mode RESP2 answers a PING with `["pong", ""]`: any reply will do.
+                let ping = tokio::time::timeout(timeout.max(Duration::from_millis(250)), sink.ping::<redis::Value>());
                 if !matches!(ping.await, Ok(Ok(_))) {
                     return true;
                 }
