@@ -240,14 +240,8 @@ impl L2 {
             }
             waited = true;
             // Someone else fetches. Its entry may already be there.
-            if let (Some(entry), _) = self.read(key).await {
-                if is_fresh(&entry) {
-                    self.fleet
-                        .redis
-                        .metrics()
-                        .record_lease_wait(LeaseWait::Filled);
-                    return ClaimOutcome::Filled(entry);
-                }
+            if let Some(entry) = self.filled_entry(key).await {
+                return ClaimOutcome::Filled(entry);
             }
             let now = Instant::now();
             let step = lease::wait_step(now, deadline, lease_left_ms, self.fleet.redis.timeout());
@@ -275,18 +269,21 @@ impl L2 {
             })
             .await;
             if woken.is_ok() {
-                if let (Some(entry), _) = self.read(key).await {
-                    if is_fresh(&entry) {
-                        self.fleet
-                            .redis
-                            .metrics()
-                            .record_lease_wait(LeaseWait::Filled);
-                        return ClaimOutcome::Filled(entry);
-                    }
+                if let Some(entry) = self.filled_entry(key).await {
+                    return ClaimOutcome::Filled(entry);
                 }
             }
             // The lease expired or was let go without an entry: try to take it over.
         }
+    }
+
+    /// The fresh entry another sidecar's fetch stored, counted as a filled wait.
+    async fn filled_entry(&self, key: &CacheKey) -> Option<CacheEntry> {
+        let (entry, _) = self.read(key).await;
+        let entry = entry.filter(is_fresh)?;
+        let metrics = self.fleet.redis.metrics();
+        metrics.record_lease_wait(LeaseWait::Filled);
+        Some(entry)
     }
 
     /// Renews the lease every third of its time to live until the ticket is dropped.
@@ -296,7 +293,8 @@ impl L2 {
         let token = token.to_owned();
         let lease = self.fleet.settings.lease;
         let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(lease / 3);
+            // A third of the lease leaves two renewals' worth of slack; never a zero period.
+            let mut ticks = tokio::time::interval((lease / 3).max(Duration::from_millis(1)));
             ticks.tick().await;
             loop {
                 ticks.tick().await;
