@@ -12,8 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-/// Every Redis operation the sidecar performs, as the `op` label. The budget side uses the
-/// `budget_*` ones.
+/// Every Redis operation the sidecar performs, as the `op` label. The budget side uses `budget`
+/// (admission), `cool_down` and `quota`.
 pub const REDIS_OPS: &[&str] = &[
     "get",
     "set",
@@ -23,9 +23,9 @@ pub const REDIS_OPS: &[&str] = &[
     "publish",
     "subscribe",
     "invalidate",
-    "budget_admit",
-    "budget_cool_down",
-    "budget_observe",
+    "budget",
+    "cool_down",
+    "quota",
 ];
 
 /// How one Redis call ended.
