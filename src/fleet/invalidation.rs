@@ -6,6 +6,7 @@
 //! announcements to the lease waiters, and drops L1 when the subscription was lost. It must not
 //! serve lookups or decide caching.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -239,6 +240,7 @@ async fn subscribe_once(l2: &Arc<L2>, local: &LocalStore, was_subscribed: &mut b
     if *was_subscribed {
         // Invalidations sent while this sidecar was not listening are lost: what L1 holds may
         // be one of them.
+        l2.purges.fetch_add(1, Ordering::SeqCst);
         let dropped = local.purge(&PurgeScope::All).await;
         redis.metrics().record_l1_flush();
         tracing::warn!(
@@ -248,6 +250,7 @@ async fn subscribe_once(l2: &Arc<L2>, local: &LocalStore, was_subscribed: &mut b
     }
     *was_subscribed = true;
     redis.set_subscription_lost(false);
+    redis.note_answered();
     let (mut sink, mut stream) = pubsub.split();
     let mut pings = tokio::time::interval(PING_EVERY);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -270,12 +273,14 @@ async fn subscribe_once(l2: &Arc<L2>, local: &LocalStore, was_subscribed: &mut b
                         .and_then(|plain| decode_scope(&plain));
                     if let Some(scope) = scope {
                         redis.metrics().record_invalidation_received();
+                        l2.purges.fetch_add(1, Ordering::SeqCst);
                         local.purge(&scope).await;
                     }
                 }
             }
             _ = pings.tick() => {
-                let ping = tokio::time::timeout(timeout.max(Duration::from_millis(250)), sink.ping::<String>());
+                // In subscribed mode RESP2 answers a PING with `["pong", ""]`: any reply will do.
+                let ping = tokio::time::timeout(timeout.max(Duration::from_millis(250)), sink.ping::<redis::Value>());
                 if !matches!(ping.await, Ok(Ok(_))) {
                     return true;
                 }

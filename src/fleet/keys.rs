@@ -210,7 +210,7 @@ fn associated_data(redis_key: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::routes::ReferenceId;
 
@@ -218,7 +218,8 @@ mod tests {
         FleetKeys::derive(&FleetKey::from_bytes(material).expect("long enough"))
     }
 
-    fn cache_key(partition_key: &PartitionKey, reference: &str) -> CacheKey {
+    /// A lookup's key under one test credential (the fleet's store tests use it too).
+    pub(crate) fn cache_key(partition_key: &PartitionKey, reference: &str) -> CacheKey {
         let headers = [(
             http::header::AUTHORIZATION,
             http::HeaderValue::from_static("Bearer token"),

@@ -12,8 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-/// Every Redis operation the sidecar performs, as the `op` label. The budget side uses the
-/// `budget_*` ones.
+/// Every Redis operation the sidecar performs, as the `op` label. The budget side uses `budget`
+/// (admission), `cool_down` and `quota`.
 pub const REDIS_OPS: &[&str] = &[
     "get",
     "set",
@@ -23,9 +23,9 @@ pub const REDIS_OPS: &[&str] = &[
     "publish",
     "subscribe",
     "invalidate",
-    "budget_admit",
-    "budget_cool_down",
-    "budget_observe",
+    "budget",
+    "cool_down",
+    "quota",
 ];
 
 /// How one Redis call ended.
@@ -134,6 +134,16 @@ struct DirectionLabel {
     direction: &'static str,
 }
 
+/// Creates the series of every outcome, so that each exists, at zero, from the start.
+fn create_outcomes(
+    family: &Family<OutcomeLabel, Counter>,
+    outcomes: impl IntoIterator<Item = &'static str>,
+) {
+    for outcome in outcomes {
+        drop(family.get_or_create(&OutcomeLabel { outcome }));
+    }
+}
+
 fn redis_histogram() -> Histogram {
     // 50 µs to about 0.8 s: a healthy call sits at the bottom, a timeout at `redis_timeout`.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 15))
@@ -184,22 +194,14 @@ impl FleetMetrics {
             "Reads of the fleet's shared cache (Redis) after a local miss, by outcome",
             l2_reads.clone(),
         );
-        for read in L2Read::ALL {
-            drop(l2_reads.get_or_create(&OutcomeLabel {
-                outcome: read.as_str(),
-            }));
-        }
+        create_outcomes(&l2_reads, L2Read::ALL.map(L2Read::as_str));
         let lease_waits = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "fleet_lease_waits",
             "Waits for another sidecar's fetch of the same key, by outcome",
             lease_waits.clone(),
         );
-        for wait in LeaseWait::ALL {
-            drop(lease_waits.get_or_create(&OutcomeLabel {
-                outcome: wait.as_str(),
-            }));
-        }
+        create_outcomes(&lease_waits, LeaseWait::ALL.map(LeaseWait::as_str));
         let degraded = Gauge::default();
         registry.register(
             "fleet_degraded",

@@ -139,9 +139,12 @@ impl FleetRedis {
         // The error's own text may quote the URL, password included: only its kind is kept.
         let client = redis::Client::open(url.as_str())
             .map_err(|error| setup_error(format!("{:?}", error.kind())))?;
+        // The client's own timeouts are a backstop behind each call's deadline (`run`), which
+        // fires first, so that a slow Redis is counted as a timeout.
+        let backstop = settings.redis_timeout.saturating_mul(2);
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.redis_timeout))
-            .set_response_timeout(Some(settings.redis_timeout))
+            .set_connection_timeout(Some(backstop))
+            .set_response_timeout(Some(backstop))
             .set_number_of_retries(1)
             .set_max_delay(MAX_RECONNECT_DELAY);
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
@@ -242,6 +245,7 @@ impl FleetRedis {
         let elapsed = started.elapsed();
         let (result, label) = match outcome {
             Ok(Ok(value)) => (Ok(value), CallOutcome::Ok),
+            Ok(Err(error)) if error.is_timeout() => (Err(RedisDown::Timeout), CallOutcome::Timeout),
             Ok(Err(error)) => {
                 tracing::debug!(op, kind = ?error.kind(), "a Redis call failed");
                 (Err(RedisDown::Error), CallOutcome::Error)
@@ -249,21 +253,35 @@ impl FleetRedis {
             Err(_elapsed) => (Err(RedisDown::Timeout), CallOutcome::Timeout),
         };
         inner.metrics.record_call(op, label, Some(elapsed));
+        self.record_health(admission, result.is_ok());
+        result
+    }
+
+    /// The subscriber subscribed again: Redis is back, so an open breaker closes without
+    /// waiting for a lookup to probe it, and `fleet_degraded` follows even while no lookups come.
+    pub fn note_answered(&self) {
+        if self.inner.breaker_open.load(Ordering::Relaxed) {
+            self.record_health(Admission::Probe, true);
+        }
+    }
+
+    /// Feeds one call's health to the breaker; logs and publishes a change of state.
+    fn record_health(&self, admission: Admission, healthy: bool) {
+        let inner = &self.inner;
         let was_open = inner.breaker_open.load(Ordering::Relaxed);
         let open = match inner.breaker.lock() {
-            Ok(mut breaker) => breaker.record(admission, result.is_ok(), Instant::now()),
+            Ok(mut breaker) => breaker.record(admission, healthy, Instant::now()),
             Err(_poisoned) => was_open,
         };
         if open != was_open {
             inner.breaker_open.store(open, Ordering::Relaxed);
             self.publish_degraded();
             if open {
-                tracing::warn!(op, "Redis is failing: the fleet tier is degraded (local cache and local budget share) until it answers again");
+                tracing::warn!("Redis is failing: the fleet tier is degraded (local cache and local budget share) until it answers again");
             } else {
                 tracing::warn!("Redis answers again: the fleet tier is back");
             }
         }
-        result
     }
 }
 

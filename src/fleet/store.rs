@@ -5,6 +5,7 @@
 //! failure is a miss or a local decision, never an error to the caller. It must not decide what is
 //! cacheable or call Cloudflare.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -74,6 +75,9 @@ pub(crate) struct L2 {
     pub(crate) fleet: Fleet,
     /// Entry hashes announced on the `filled` channel (the subscriber task sends them).
     pub(crate) filled: broadcast::Sender<Arc<str>>,
+    /// Bumped before every purge this sidecar applies to L1 (its own, or one received): a copy
+    /// read from Redis before a purge and put into L1 after it is taken back out.
+    pub(crate) purges: AtomicU64,
     claim: redis::Script,
     store: redis::Script,
     renew: redis::Script,
@@ -119,6 +123,7 @@ impl FleetStore {
         let l2 = Arc::new(L2 {
             fleet,
             filled,
+            purges: AtomicU64::new(0),
             claim: redis::Script::new(CLAIM_SCRIPT),
             store: redis::Script::new(STORE_SCRIPT),
             renew: redis::Script::new(RENEW_SCRIPT),
@@ -137,6 +142,17 @@ impl FleetStore {
     /// The first level (the sweeper walks it).
     pub fn local(&self) -> &LocalStore {
         &self.local
+    }
+
+    /// Puts a copy of an entry read from Redis into L1. The copy keeps the Redis entry's own
+    /// times, so it never outlives it; and if a purge was applied since the read began, the copy
+    /// may be what it purged, so it is taken back out (the purge bumps the count before it runs,
+    /// so either it sees the copy or this sees the count).
+    async fn keep_copy(&self, l2: &L2, key: &CacheKey, entry: &CacheEntry, purges_before: u64) {
+        self.local.insert(key.clone(), entry.clone()).await;
+        if l2.purges.load(Ordering::SeqCst) != purges_before {
+            self.local.remove(key).await;
+        }
     }
 
     /// The fleet tier, when configured.
@@ -240,14 +256,11 @@ impl L2 {
             }
             waited = true;
             // Someone else fetches. Its entry may already be there.
-            if let (Some(entry), _) = self.read(key).await {
-                if is_fresh(&entry) {
-                    self.fleet
-                        .redis
-                        .metrics()
-                        .record_lease_wait(LeaseWait::Filled);
-                    return ClaimOutcome::Filled(entry);
-                }
+            if let Some((entry, purges_before)) = self.filled_entry(key).await {
+                return ClaimOutcome::Filled {
+                    entry,
+                    purges_before,
+                };
             }
             let now = Instant::now();
             let step = lease::wait_step(now, deadline, lease_left_ms, self.fleet.redis.timeout());
@@ -275,18 +288,26 @@ impl L2 {
             })
             .await;
             if woken.is_ok() {
-                if let (Some(entry), _) = self.read(key).await {
-                    if is_fresh(&entry) {
-                        self.fleet
-                            .redis
-                            .metrics()
-                            .record_lease_wait(LeaseWait::Filled);
-                        return ClaimOutcome::Filled(entry);
-                    }
+                if let Some((entry, purges_before)) = self.filled_entry(key).await {
+                    return ClaimOutcome::Filled {
+                        entry,
+                        purges_before,
+                    };
                 }
             }
             // The lease expired or was let go without an entry: try to take it over.
         }
+    }
+
+    /// The fresh entry another sidecar's fetch stored, counted as a filled wait, with the purge
+    /// count from before it was read.
+    async fn filled_entry(&self, key: &CacheKey) -> Option<(CacheEntry, u64)> {
+        let purges_before = self.purges.load(Ordering::SeqCst);
+        let (entry, _) = self.read(key).await;
+        let entry = entry.filter(is_fresh)?;
+        let metrics = self.fleet.redis.metrics();
+        metrics.record_lease_wait(LeaseWait::Filled);
+        Some((entry, purges_before))
     }
 
     /// Renews the lease every third of its time to live until the ticket is dropped.
@@ -296,7 +317,8 @@ impl L2 {
         let token = token.to_owned();
         let lease = self.fleet.settings.lease;
         let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(lease / 3);
+            // A third of the lease leaves two renewals' worth of slack; never a zero period.
+            let mut ticks = tokio::time::interval((lease / 3).max(Duration::from_millis(1)));
             ticks.tick().await;
             loop {
                 ticks.tick().await;
@@ -369,7 +391,10 @@ enum ClaimOutcome {
         token: String,
         generation: String,
     },
-    Filled(CacheEntry),
+    Filled {
+        entry: CacheEntry,
+        purges_before: u64,
+    },
     TimedOut,
     /// Redis did not answer: fetch without the fleet.
     Alone,
@@ -393,11 +418,11 @@ impl AnswerStore for FleetStore {
             return Some((entry, Tier::Local));
         }
         let l2 = self.l2.as_ref()?;
+        let purges_before = l2.purges.load(Ordering::SeqCst);
         let (entry, read) = l2.read(key).await;
         l2.fleet.redis.metrics().record_l2_read(read);
         let entry = entry?;
-        // The copy keeps the Redis entry's own times, so it never outlives it.
-        self.local.insert(key.clone(), entry.clone()).await;
+        self.keep_copy(l2, key, &entry, purges_before).await;
         Some((entry, Tier::Fleet))
     }
 
@@ -414,6 +439,9 @@ impl AnswerStore for FleetStore {
     }
 
     async fn purge(&self, scope: &PurgeScope) -> u64 {
+        if let Some(l2) = &self.l2 {
+            l2.purges.fetch_add(1, Ordering::SeqCst);
+        }
         let purged = self.local.purge(scope).await;
         let Some(l2) = &self.l2 else {
             return purged;
@@ -441,8 +469,11 @@ impl AnswerStore for FleetStore {
                     }),
                 })
             }
-            ClaimOutcome::Filled(entry) => {
-                self.local.insert(key.clone(), entry.clone()).await;
+            ClaimOutcome::Filled {
+                entry,
+                purges_before,
+            } => {
+                self.keep_copy(l2, key, &entry, purges_before).await;
                 FetchClaim::Filled(entry)
             }
             ClaimOutcome::TimedOut => FetchClaim::TimedOut,

@@ -10,12 +10,12 @@ use http::StatusCode;
 use redis_fixture::RedisServer;
 use tokio::time::Instant;
 
+use super::keys::tests::cache_key as key;
 use super::metrics::{CallOutcome, FleetMetrics};
 use super::settings::{FleetKey, FleetSettings, RedisUrl};
 use super::{Fleet, FleetStore};
 use crate::cache::{AnswerStore, CacheEntry, CacheKey, FetchClaim, LocalStore, PurgeScope, Tier};
-use crate::credentials::PartitionKey;
-use crate::routes::{AccountId, ReferenceId, Subject};
+use crate::routes::ReferenceId;
 use crate::upstream::UpstreamAnswer;
 
 /// The longest any test here waits for something another "sidecar" does.
@@ -38,18 +38,6 @@ fn sidecar(settings: &FleetSettings) -> (FleetStore, Fleet) {
     let fleet = Fleet::new(settings, FleetMetrics::register(&mut registry)).expect("client");
     let store = FleetStore::with_fleet(LocalStore::new(1 << 20), fleet.clone());
     (store, fleet)
-}
-
-fn key(partition_key: &PartitionKey, reference: &str) -> CacheKey {
-    let headers = [(
-        http::header::AUTHORIZATION,
-        http::HeaderValue::from_static("Bearer fleet-test-token"),
-    )];
-    CacheKey {
-        partition: partition_key.partition_of_headers(&headers),
-        account_id: AccountId::parse("023e105f4ecef8ad9ca31a8372d0c353").expect("valid"),
-        subject: Subject::Reference(ReferenceId::from_decoded(reference).expect("valid")),
-    }
 }
 
 fn entry(body: &'static str) -> CacheEntry {

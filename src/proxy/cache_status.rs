@@ -272,6 +272,16 @@ mod tests {
                 "hit",
             ),
             (
+                CacheStatus::FleetHit { ttl: 42 },
+                "zt-risk-sidecar; hit; ttl=42; detail=fleet",
+                "hit",
+            ),
+            (
+                CacheStatus::FleetCollapsed { fwd_status: ok },
+                "zt-risk-sidecar; fwd=miss; collapsed; fwd-status=200; detail=fleet",
+                "collapsed",
+            ),
+            (
                 CacheStatus::Stale {
                     reason: StaleReason::WhileRevalidate,
                     expired_ago: 3,

@@ -79,7 +79,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                     if shared.store.is_shared()
                         && refresh_early(remaining, EARLY_REFRESH_FETCH_TIME, rand::random())
                     {
-                        self.refresh_early(key, lookup, credentials);
+                        self.refresh_in_background(key, lookup, credentials, Recheck::Skip);
                     }
                     return match tier {
                         Tier::Local => Served::hit(&entry, remaining, now),
@@ -93,7 +93,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 }
                 Freshness::Stale { expired_ago } => match settings.ttl.stale_use(expired_ago) {
                     StaleUse::ServeAndRevalidate => {
-                        self.refresh_in_background(key, lookup, credentials);
+                        self.refresh_in_background(key, lookup, credentials, Recheck::Store);
                         let detail = StaleReason::WhileRevalidate;
                         return Served::stale(&entry, detail, None, now);
                     }
@@ -237,24 +237,19 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
     }
 
     /// Starts one refresh of `key` unless one is already in flight; nobody waits for it.
-    fn refresh_in_background(&self, key: CacheKey, lookup: Lookup, credentials: Credentials) {
+    /// `recheck`: an early refresh replaces an entry that is still fresh (`Recheck::Skip`).
+    fn refresh_in_background(
+        &self,
+        key: CacheKey,
+        lookup: Lookup,
+        credentials: Credentials,
+        recheck: Recheck,
+    ) {
         let shared = Arc::clone(&self.shared);
         let task_key = key.clone();
         self.shared.flights.start_if_idle(key, move || async move {
             shared
-                .fetch(task_key, lookup, credentials, Work::Refresh, Recheck::Store)
-                .await
-        });
-    }
-
-    /// As [`Proxy::refresh_in_background`], for an entry that is still fresh: the fetch does not
-    /// stop at finding it in the store.
-    fn refresh_early(&self, key: CacheKey, lookup: Lookup, credentials: Credentials) {
-        let shared = Arc::clone(&self.shared);
-        let task_key = key.clone();
-        self.shared.flights.start_if_idle(key, move || async move {
-            shared
-                .fetch(task_key, lookup, credentials, Work::Refresh, Recheck::Skip)
+                .fetch(task_key, lookup, credentials, Work::Refresh, recheck)
                 .await
         });
     }

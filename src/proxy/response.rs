@@ -88,14 +88,7 @@ impl Served {
         now: Instant,
         cache: CacheStatus,
     ) -> Served {
-        let mut response = hit_response(entry, remaining, now);
-        set_cache_status(&mut response, &cache);
-        Served {
-            response,
-            cache,
-            account_id: None,
-            route: None,
-        }
+        Served::answered(hit_response(entry, remaining, now), cache)
     }
 
     /// A stale entry standing in. `Cache-Status` gives a negative `ttl` (seconds past expiry) and
