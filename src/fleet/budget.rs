@@ -55,10 +55,11 @@ pub struct FleetBudget {
     /// Redis cannot; its cool-downs are also the memory that spares a cooling credential the
     /// round trip, and its readings feed the quota metrics.
     local: LocalBudget,
-    fleet: Option<Shared>,
+    fleet: Option<FleetSide>,
 }
 
-struct Shared {
+/// The Redis side of the budget.
+struct FleetSide {
     redis: FleetRedis,
     keys: Arc<FleetKeys>,
     fleet_size: NonZeroU32,
@@ -80,7 +81,7 @@ impl FleetBudget {
         };
         FleetBudget {
             local: LocalBudget::new(policy.fleet_share(redis.fleet_size)),
-            fleet: Some(Shared {
+            fleet: Some(FleetSide {
                 keys: redis.keys,
                 redis: redis.redis,
                 fleet_size: redis.fleet_size,
@@ -90,7 +91,7 @@ impl FleetBudget {
     }
 }
 
-impl Shared {
+impl FleetSide {
     fn key(&self, kind: KeyKind, partition: Partition) -> String {
         self.keys
             .key(kind.name(), &self.keys.partition_hex(partition))
