@@ -55,10 +55,11 @@ pub struct FleetBudget {
     /// Redis cannot; its cool-downs are also the memory that spares a cooling credential the
     /// round trip, and its readings feed the quota metrics.
     local: LocalBudget,
-    fleet: Option<Shared>,
+    fleet: Option<FleetSide>,
 }
 
-struct Shared {
+/// The Redis side of the budget.
+struct FleetSide {
     redis: FleetRedis,
     keys: Arc<FleetKeys>,
     fleet_size: NonZeroU32,
@@ -80,7 +81,7 @@ impl FleetBudget {
         };
         FleetBudget {
             local: LocalBudget::new(policy.fleet_share(redis.fleet_size)),
-            fleet: Some(Shared {
+            fleet: Some(FleetSide {
                 keys: redis.keys,
                 redis: redis.redis,
                 fleet_size: redis.fleet_size,
@@ -90,7 +91,7 @@ impl FleetBudget {
     }
 }
 
-impl Shared {
+impl FleetSide {
     fn key(&self, kind: KeyKind, partition: Partition) -> String {
         self.keys
             .key(kind.name(), &self.keys.partition_hex(partition))
@@ -958,5 +959,83 @@ mod tests {
         let fleet_decides = Admission::Granted { tokens_left: 19 };
         let fresh = partition("after the thaw");
         decided_within(&budget, fresh, Duration::from_secs(10), fleet_decides).await;
+    }
+
+    #[tokio::test]
+    async fn the_least_privilege_redis_user_may_run_every_budget_script() {
+        // The deployment's ACL line (deploy/redis/users.acl), with a password of the test's own:
+        // Redis checks a script's every command against it, so a missing one would silently
+        // make every sidecar decide alone.
+        let line = include_str!("../../deploy/redis/users.acl")
+            .lines()
+            .find(|line| line.starts_with("user "))
+            .expect("a user line");
+        let mut rules: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let user = rules.remove(0);
+        for rule in &mut rules {
+            if rule.starts_with('>') {
+                *rule = ">a-test-password";
+            }
+        }
+        let server = RedisServer::start();
+        let mut connection = server.connection();
+        // Rule by rule, because an older Redis knows fewer commands (7.0 has no
+        // `client|setinfo`): a rule it refuses names a command this server cannot run anyway.
+        let mut refused = Vec::new();
+        for rule in &rules {
+            let applied: redis::RedisResult<()> = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(user)
+                .arg(rule)
+                .query(&mut connection);
+            if applied.is_err() {
+                refused.push(*rule);
+            }
+        }
+        let settings = FleetSettings {
+            redis_url: RedisUrl::parse(&format!(
+                "redis://{user}:a-test-password@127.0.0.1:{}",
+                server.port()
+            ))
+            .expect("url"),
+            redis_password: None,
+            fleet_key: FleetKey::from_bytes(FLEET_KEY).expect("long enough"),
+            fleet_size: NonZeroU32::MIN,
+            redis_timeout: Duration::from_secs(2),
+            lease: Duration::from_secs(5),
+        };
+        let metrics = Metrics::new();
+        let fleet = Fleet::new(&settings, metrics.fleet().clone()).expect("fleet");
+        let budget = FleetBudget::new(policy(10, 300, 5), Some(FleetBudgetRedis::of(&fleet)));
+        let credential = partition("least privilege");
+        budget.observe(credential, reading(900, 60)).await;
+        assert_eq!(
+            budget.admit(credential, Work::Caller).await,
+            Admission::Granted { tokens_left: 4 }
+        );
+        budget.cool_down(credential, Duration::from_secs(1)).await;
+        let text = metrics.encode(Exposition::Classic);
+        for op in ["budget", "cool_down", "quota"] {
+            let ok = format!(r#"zt_sidecar_redis_calls_total{{op="{op}",outcome="ok"}} 1"#);
+            assert!(
+                text.lines().any(|line| line == ok),
+                "{op} was refused (rules this Redis refused: {refused:?}):\n{text}"
+            );
+        }
+        // And what it wrote is there. The script reads the count with `pcall` (an unreadable
+        // count is dropped, not an error), so a command the user may not run would show here: the
+        // count was read, and the admission spent one of it.
+        let left: i64 = connection
+            .pttl(key(KeyKind::CoolDown, credential))
+            .expect("pttl");
+        assert!(left > 0 && left <= 1000, "{left}");
+        let remaining: Option<String> = connection
+            .hget(key(KeyKind::Quota, credential), "remaining")
+            .expect("hget");
+        assert_eq!(
+            remaining.as_deref(),
+            Some("899"),
+            "rules this Redis refused: {refused:?}"
+        );
     }
 }
