@@ -330,6 +330,20 @@ def check_kubernetes() -> None:
         # to anyone who asks.
         check_secret_file("admin token (admin_token_file, required off loopback)", config.get("admin_token_file"))
 
+    if config.get("redis_url"):
+        # The fleet tier (issue 15): the fleet key and the Redis password are secrets like the
+        # tokens, and the fleet size is the number of replicas sharing one budget.
+        check_secret_file("fleet key (fleet_key_file)", config.get("fleet_key_file"))
+        if config.get("redis_password_file"):
+            check_secret_file("Redis password (redis_password_file)", config.get("redis_password_file"))
+        replicas = deployments[0]["spec"].get("replicas", 1)
+        rule(config.get("fleet_size") == replicas, f"fleet_size equals the Deployment's replicas ({replicas})",
+             str(config.get("fleet_size")))
+        acl_line = (ROOT / "deploy" / "redis" / "users.acl").read_text().strip()
+        acl_secrets = [str(secret.get("stringData", {}).get("users.acl", "")) for secret in secrets]
+        rule(any(acl_line in text.splitlines() for text in acl_secrets),
+             "the example Redis's ACL Secret holds deploy/redis/users.acl's line (the one the tests prove)")
+
     config_volumes = [v for v in volumes.values() if v.get("configMap", {}).get("name") == config_map["metadata"]["name"]]
     config_mount = mounts.get(config_volumes[0]["name"], {}) if config_volumes else {}
     config_path = f"{config_mount.get('mountPath', '?')}/sidecar.toml"
@@ -468,6 +482,22 @@ def smoke_run(binary: str, name: str, config_text: str, ports_in_file: bool, jso
             admin_token_path.write_text(admin_token + "\n")
             admin_token_path.chmod(0o400)
             config_text = admin_token_key.sub(lambda m: f'{m.group(1)}"{admin_token_path}"', config_text)
+        # The fleet's files (mounted Secrets in production) become scratch files too, and Redis an
+        # address where nothing listens: the sidecar must start, probe and drain without it.
+        fleet_key = re.compile(r'^(fleet_key_file\s*=\s*)"[^"]*"', re.MULTILINE)
+        if fleet_key.search(config_text):
+            fleet_key_path = Path(scratch) / "fleet-key"
+            fleet_key_path.write_text("validate-deploy-fleet-key-" + "0123456789abcdef" * 2 + "\n")
+            fleet_key_path.chmod(0o400)
+            config_text = fleet_key.sub(lambda m: f'{m.group(1)}"{fleet_key_path}"', config_text)
+        redis_password = re.compile(r'^(redis_password_file\s*=\s*)"[^"]*"', re.MULTILINE)
+        if redis_password.search(config_text):
+            redis_password_path = Path(scratch) / "redis-password"
+            redis_password_path.write_text("validate-deploy-redis-password\n")
+            redis_password_path.chmod(0o400)
+            config_text = redis_password.sub(lambda m: f'{m.group(1)}"{redis_password_path}"', config_text)
+        redis_url = re.compile(r'^(redis_url\s*=\s*"redis://[^@"]*@)[^"]*"', re.MULTILINE)
+        config_text = redis_url.sub(lambda m: f'{m.group(1)}127.0.0.1:{free_port()}"', config_text)
         config_path.write_text(config_text)
         environment = {key: value for key, value in os.environ.items() if not key.startswith("ZT_SIDECAR_")}
         environment.pop("CLOUDFLARE_API_TOKEN", None)
@@ -539,8 +569,9 @@ def smoke_run(binary: str, name: str, config_text: str, ports_in_file: bool, jso
                      not_json[0][:200] if not_json else "no output")
             logged = log_path.read_text()
             rule(
-                "validate-deploy-dummy-token" not in logged and "validate-deploy-admin-token" not in logged,
-                f"{name}: no token appears in any log line",
+                "validate-deploy-dummy-token" not in logged and "validate-deploy-admin-token" not in logged
+                and "validate-deploy-fleet-key" not in logged and "validate-deploy-redis-password" not in logged,
+                f"{name}: no token, fleet key or Redis password appears in any log line",
             )
         finally:
             if process.poll() is None:

@@ -51,16 +51,36 @@ impl BudgetPolicy {
     /// that a caller with a cold key always finds tokens that refreshes could not take. `None`
     /// when that share rounds to nothing: refreshes then never call.
     fn refresh_quota(&self) -> Option<Quota> {
+        let (requests, burst) = self.refresh_share()?;
+        Some(quota_of(requests, self.period, burst))
+    }
+
+    /// Pure: the requests and burst of the refreshes' share of the bucket (see
+    /// [`Self::refresh_quota`]); `None` when either rounds to nothing.
+    pub fn refresh_share(&self) -> Option<(NonZeroU32, NonZeroU32)> {
         let without_reserve = |value: NonZeroU32| {
             let kept = self.reserves.refresh.of(u64::from(value.get()));
             let left = u64::from(value.get()).saturating_sub(kept);
             NonZeroU32::new(u32::try_from(left).unwrap_or(u32::MAX))
         };
-        Some(quota_of(
+        Some((
             without_reserve(self.requests)?,
-            self.period,
             without_reserve(self.burst)?,
         ))
+    }
+
+    /// Pure: one sidecar's share of a budget that `fleet_size` sidecars spend together, for the
+    /// time it cannot reach the others: requests and burst divided, rounded down, at least one,
+    /// so that the fleet together never spends more than the budget. Period and reserves stay.
+    pub fn fleet_share(&self, fleet_size: NonZeroU32) -> BudgetPolicy {
+        let divide = |value: NonZeroU32| {
+            NonZeroU32::new(value.get() / fleet_size).unwrap_or(NonZeroU32::MIN)
+        };
+        BudgetPolicy {
+            requests: divide(self.requests),
+            burst: divide(self.burst),
+            ..*self
+        }
     }
 }
 
@@ -236,6 +256,31 @@ impl LocalBudget {
         }
     }
 
+    /// What this process already knows refuses `partition` for `work` at `now`, without spending
+    /// a token: a cool-down after a 429, or Cloudflare's count at the reserve for that work.
+    pub fn known_refusal(
+        &self,
+        partition: Partition,
+        work: Work,
+        now: Instant,
+    ) -> Option<Admission> {
+        if let Some(retry_after) = self.cooling(partition, now) {
+            return Some(Admission::CoolingDown { retry_after });
+        }
+        self.pace_now(partition, work, now)
+    }
+
+    /// The cool-down `partition` is serving now, if any: what is left of it.
+    fn cooling(&self, partition: Partition, now: Instant) -> Option<Duration> {
+        let until = self
+            .cool_downs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .copied()?;
+        (until > now).then(|| until - now)
+    }
+
     /// Counts an admitted call against Cloudflare's count before its answer arrives, so that calls
     /// admitted together cannot overshoot the reserve together.
     fn count_call(&self, partition: Partition) {
@@ -253,22 +298,9 @@ impl LocalBudget {
         {
             self.housekeeping(now);
         }
-        let cooling_until = self
-            .cool_downs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&partition)
-            .copied();
-        if let Some(until) = cooling_until {
-            if until > now {
-                return Admission::CoolingDown {
-                    retry_after: until - now,
-                };
-            }
-        }
-        // Cloudflare's count first: a held credential spends no token of either bucket.
-        if let Some(held) = self.pace_now(partition, work, now) {
-            return held;
+        // A cool-down, then Cloudflare's count: a held credential spends no token of either bucket.
+        if let Some(refusal) = self.known_refusal(partition, work, now) {
+            return refusal;
         }
         let limiters = self.limiters.load();
         if work == Work::Refresh {
@@ -377,7 +409,7 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::credentials::{extract, PartitionKey};
     use http::{HeaderMap, HeaderValue};
@@ -396,7 +428,8 @@ mod tests {
         })
     }
 
-    fn policy(requests: u32, period_secs: u64, burst: u32) -> BudgetPolicy {
+    /// A policy of `requests` per `period_secs` with bursts of `burst` and the default reserves.
+    pub(crate) fn policy(requests: u32, period_secs: u64, burst: u32) -> BudgetPolicy {
         BudgetPolicy {
             requests: NonZeroU32::new(requests).expect("non-zero"),
             period: Duration::from_secs(period_secs),
@@ -494,7 +527,8 @@ mod tests {
         assert!(budget.cool_downs.lock().expect("lock").is_empty());
     }
 
-    fn reading(remaining: u64, reset_secs: u64) -> QuotaReading {
+    /// Cloudflare's count: `remaining` of 1200 until a reset `reset_secs` from now.
+    pub(crate) fn reading(remaining: u64, reset_secs: u64) -> QuotaReading {
         QuotaReading {
             remaining,
             reset_after: Duration::from_secs(reset_secs),

@@ -298,13 +298,76 @@ pub struct StoreSize {
     pub max_bytes: u64,
 }
 
+/// Which tier an entry was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// This process's own store.
+    Local,
+    /// The fleet's shared store (Redis): another sidecar fetched it.
+    Fleet,
+}
+
+/// What a shared tier says about the fetch a local leader is about to make.
+#[derive(Debug)]
+pub enum FetchClaim {
+    /// Fetch, and hand the ticket back with the answer to [`AnswerStore::store_fetched`].
+    Fetch(FetchTicket),
+    /// Another sidecar fetched it while this one waited: its entry.
+    Filled(CacheEntry),
+    /// Another sidecar was still fetching when the caller's deadline came.
+    TimedOut,
+}
+
+/// What a shared tier needs to store a fetch's answer safely: the fleet lease this sidecar holds
+/// for the key, and the write generation the fetch began under. Empty for a local store.
+#[derive(Debug, Default)]
+pub struct FetchTicket {
+    pub(crate) fleet: Option<crate::fleet::FleetTicket>,
+}
+
 /// The cache interface of the request path and the admin listener. The in-process store
-/// implements it; a shared tier (Redis) would implement it too, usually wrapping the local store as
-/// its first level.
+/// implements it; the fleet's store (`fleet::FleetStore`) implements it too, wrapping the local
+/// store as its first level. The provided methods are what a store without a shared tier does.
 pub trait AnswerStore: Send + Sync + 'static {
     /// The entry under `key`, unless there is none or it is past its retention
     /// ([`CacheEntry::is_retained`]).
     fn get(&self, key: &CacheKey) -> impl Future<Output = Option<CacheEntry>> + Send;
+    /// As [`AnswerStore::get`], and which tier answered.
+    fn lookup(&self, key: &CacheKey) -> impl Future<Output = Option<(CacheEntry, Tier)>> + Send {
+        async move { self.get(key).await.map(|entry| (entry, Tier::Local)) }
+    }
+    /// Called by the leader of a local fetch before it spends budget: a shared tier makes sure
+    /// one sidecar of the fleet fetches (the others wait for its entry, at most until
+    /// `deadline`).
+    fn claim_fetch(
+        &self,
+        _key: &CacheKey,
+        _deadline: Instant,
+    ) -> impl Future<Output = FetchClaim> + Send {
+        async { FetchClaim::Fetch(FetchTicket::default()) }
+    }
+    /// Stores a fetched entry (`None`: nothing to store, the claim is let go) and says whether
+    /// it was stored: a shared tier refuses one whose fetch began before a write to its account.
+    fn store_fetched(
+        &self,
+        key: CacheKey,
+        entry: Option<CacheEntry>,
+        _ticket: FetchTicket,
+    ) -> impl Future<Output = bool> + Send {
+        async move {
+            match entry {
+                Some(entry) => {
+                    self.insert(key, entry).await;
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+    /// Whether entries are shared with other sidecars (early refresh is then worth deciding).
+    fn is_shared(&self) -> bool {
+        false
+    }
     fn insert(&self, key: CacheKey, entry: CacheEntry) -> impl Future<Output = ()> + Send;
     /// Drops one entry, if present.
     fn remove(&self, key: &CacheKey) -> impl Future<Output = ()> + Send;

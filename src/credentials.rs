@@ -55,11 +55,23 @@ impl fmt::Display for Secret {
 }
 
 /// The credential partition: the first 128 bits of a BLAKE3 keyed hash of the credential headers.
-/// The key is random per process, so a partition value means nothing outside this process and
-/// cannot be used to test guesses of a token offline. 128 bits make an accidental collision between
+/// The key is random per process, or with a fleet tier derived from the fleet's secret key, so a
+/// partition value cannot be used to test guesses of a token offline by anyone without that key. 128 bits make an accidental collision between
 /// two credentials (which would cross-serve answers) practically impossible.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Partition(u128);
+
+impl Partition {
+    /// The partition's 16 bytes, for names in a shared tier (already a keyed hash).
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_le_bytes()
+    }
+
+    /// The partition of [`Partition::to_bytes`] (an invalidation received from the fleet).
+    pub fn from_bytes(bytes: [u8; 16]) -> Partition {
+        Partition(u128::from_le_bytes(bytes))
+    }
+}
 
 impl fmt::Debug for Partition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -75,6 +87,18 @@ pub struct PartitionKey([u8; 32]);
 impl PartitionKey {
     pub fn random() -> PartitionKey {
         PartitionKey(rand::random())
+    }
+
+    /// A key every sidecar of a fleet derives alike from the fleet key, so that partitions match
+    /// across hosts.
+    pub fn from_bytes(key: [u8; 32]) -> PartitionKey {
+        PartitionKey(key)
+    }
+
+    /// The partition of these credential headers (tests of the fleet's names use it).
+    #[cfg(test)]
+    pub(crate) fn partition_of_headers(&self, headers: &[(HeaderName, HeaderValue)]) -> Partition {
+        self.partition_of(headers)
     }
 
     fn partition_of(&self, headers: &[(HeaderName, HeaderValue)]) -> Partition {

@@ -19,6 +19,7 @@ pub mod credentials;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
@@ -38,18 +39,21 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::admin::{Admin, Readiness};
-use crate::budget::LocalBudget;
 use crate::cache::LocalStore;
 use crate::config::{plan_reload, Config, ConfigError, ReloadPlan};
-use crate::credentials::{FallbackToken, InvalidToken};
+use crate::credentials::{FallbackToken, InvalidToken, PartitionKey};
+use crate::fleet::budget::{FleetBudget, FleetBudgetRedis};
+use crate::fleet::{Fleet, FleetStore, RedisSetupError};
 use crate::metrics::Metrics;
 use crate::proxy::{LiveSettings, Proxy};
 use crate::server::{DrainOutcome, Listener, ServerLimits};
 use crate::telemetry::{LogControl, LogFilterError};
 use crate::upstream::{ClientBuildError, Upstream, UpstreamSettings};
 
-/// The proxy as the binary runs it: in-process store and budget.
-pub type LocalProxy = Proxy<LocalStore, LocalBudget>;
+/// The proxy as the binary runs it: the in-process store, behind which the fleet's Redis tier
+/// when `redis_url` is set, and the budget shared by the fleet through the same Redis (in-process
+/// otherwise).
+pub type LocalProxy = Proxy<FleetStore, FleetBudget>;
 
 /// How long the admin listener keeps answering after the lookup listener drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
@@ -64,6 +68,8 @@ pub enum BuildError {
     Upstream(#[from] ClientBuildError),
     #[error("the sidecar's token cannot be used: {0}")]
     Token(#[from] InvalidToken),
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
 }
 
 /// Why a reload was rejected; the running configuration stays whole.
@@ -117,7 +123,20 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
         LocalStore::with_removal_listener(config.cache_max_bytes.get(), move |cause, count| {
             evictions.record_eviction(cause, count)
         });
-    let budget = LocalBudget::new(config.budget);
+    // With a fleet tier, partitions derive from the fleet key so that they match on every host;
+    // alone, a random per-process key keeps them meaningless outside this process.
+    let fleet = match &config.fleet {
+        Some(settings) => Some(Fleet::new(settings, metrics.fleet().clone())?),
+        None => None,
+    };
+    let partition_key = fleet
+        .as_ref()
+        .map_or_else(PartitionKey::random, |fleet| fleet.keys.partition_key());
+    let budget = FleetBudget::new(config.budget, fleet.as_ref().map(FleetBudgetRedis::of));
+    let store = match &fleet {
+        Some(fleet) => FleetStore::with_fleet(store, fleet.clone()),
+        None => FleetStore::local_only(store),
+    };
     Ok(Proxy::new(
         store,
         budget,
@@ -125,6 +144,7 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
         live_settings(config)?,
         config.breaker,
         metrics,
+        partition_key,
     ))
 }
 
@@ -132,7 +152,7 @@ pub fn build_proxy(config: &Config) -> Result<LocalProxy, BuildError> {
 #[derive(Clone)]
 pub struct App {
     pub proxy: LocalProxy,
-    pub admin: Admin<LocalStore, LocalBudget>,
+    pub admin: Admin<FleetStore, FleetBudget>,
     pub readiness: Readiness,
     limits: ServerLimits,
 }
@@ -173,7 +193,7 @@ impl App {
             },
             ADMIN_GRACE,
         ));
-        let sweeper = tokio::spawn(sweep_now_and_then(self.proxy.store().clone()));
+        let sweeper = tokio::spawn(sweep_now_and_then(self.proxy.store().local().clone()));
         self.readiness.set_ready();
         let readiness = self.readiness.clone();
         let proxy = self.proxy.clone();

@@ -214,6 +214,7 @@ pub struct Metrics {
     breaker_state: Family<StateLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
     log_lines_dropped: ReadAtScrape,
+    fleet: crate::fleet::FleetMetrics,
 }
 
 /// A counter kept elsewhere and read at scrape time: the log writer counts the lines it dropped
@@ -457,6 +458,7 @@ impl Metrics {
             "Log lines dropped because the log writer's queue was full (the writer never makes a request wait)",
             log_lines_dropped.clone(),
         );
+        let fleet = crate::fleet::FleetMetrics::register(registry);
         let metrics = Metrics {
             registry: root,
             connections,
@@ -479,9 +481,15 @@ impl Metrics {
             breaker_state,
             reloads,
             log_lines_dropped,
+            fleet,
         };
         metrics.set_breaker_state("closed");
         metrics
+    }
+
+    /// The fleet tier's families (Redis calls, L2 reads, lease waits, degraded mode).
+    pub fn fleet(&self) -> &crate::fleet::FleetMetrics {
+        &self.fleet
     }
 
     /// The counters the lookup listener's accept loop keeps, read at each scrape.

@@ -130,6 +130,11 @@ impl Share {
         Some(Share { per_mille })
     }
 
+    /// The share in thousandths (what the fleet budget's Lua script computes the reserve from).
+    pub const fn as_per_mille(self) -> u16 {
+        self.per_mille
+    }
+
     /// Pure: the number of calls this share of `quota` is, rounded up (a reserve of "10%" of 5
     /// calls keeps one back, not none).
     pub fn of(self, quota: u64) -> u64 {
@@ -184,7 +189,8 @@ pub struct Reserves {
 }
 
 impl Reserves {
-    fn share_for(self, work: Work) -> Share {
+    /// The reserve that `work` leaves untouched.
+    pub fn share_for(self, work: Work) -> Share {
         match work {
             Work::Caller => self.caller,
             Work::Refresh => self.refresh.max(self.caller),

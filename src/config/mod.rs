@@ -80,6 +80,8 @@ pub struct Config {
     pub budget: BudgetPolicy,
     pub upstream_retries: u32,
     pub breaker: BreakerPolicy,
+    /// The fleet tier (Redis, the fleet key, its timings); `None` when `redis_url` is unset.
+    pub fleet: Option<crate::fleet::FleetSettings>,
     /// The settings this configuration was built from, as merged. Reload compares these, so a
     /// field set directly on a `Config` (as tests do) is not seen by [`plan_reload`].
     pub settings: Settings,

@@ -48,11 +48,15 @@ impl Config {
     pub fn keeping_restart_values(self, running: &Config) -> Result<Config, ConfigError> {
         let mut settings = self.settings;
         settings.keep_restart_values(&running.settings);
-        // The CA in force is the running one until a restart, like every restart-only value.
+        // The CA in force is the running one until a restart, like every restart-only value, and
+        // the fleet's secrets are read at start only.
+        let running_fleet = running.fleet.as_ref();
         let secrets = Secrets {
             token: self.token,
             admin_token: self.admin_token,
             extra_ca: running.extra_ca,
+            redis_password: running_fleet.and_then(|fleet| fleet.redis_password.clone()),
+            fleet_key: running_fleet.map(|fleet| fleet.fleet_key.clone()),
         };
         validate::build(settings, secrets, self.dev)
     }

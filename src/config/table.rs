@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::declare::settings;
 use super::values::{unset, FileMode, LogFilter, LogFormat, NoProxy};
+use crate::fleet::RedisUrl;
 use crate::ratelimit::Share;
 use crate::routes::AccountId;
 use crate::server::ListenAddr;
@@ -107,6 +108,18 @@ settings! {
     token_file: Option<PathBuf> = unset("none"), Live, "PATH";
     /// Let writes (POST, PUT, DELETE) without caller credentials go upstream with the sidecar's own token. Off: that token only reads, and any local process that reaches the listener cannot change or delete the user's integrations with it.
     writes_with_sidecar_token: bool = "false", Live, "BOOL";
+    /// Redis (or Valkey) shared by a fleet of sidecars: `redis://`, `rediss://` (TLS) or `unix://`, user and password allowed in the URL. Unset: no fleet tier.
+    redis_url: Option<RedisUrl> = unset("none"), Restart, "URL";
+    /// File with the Redis password (wins over the URL's).
+    redis_password_file: Option<PathBuf> = unset("none"), Restart, "PATH";
+    /// File with the fleet's shared secret (at least 32 bytes in any encoding, e.g. 32 random bytes in base64); required with `redis_url`. Partitions and every Redis key and value are derived from it.
+    fleet_key_file: Option<PathBuf> = unset("none"), Restart, "PATH";
+    /// Sidecars sharing one credential's budget: while Redis is unreachable, each spends at most the budget divided by this.
+    fleet_size: NonZeroU32 = "1", Restart, "N";
+    /// Deadline of every single Redis call; a slower Redis is treated as absent.
+    redis_timeout: Duration = "50ms", Restart, "DURATION";
+    /// The fleet's fetch lease: one sidecar fetches a key while the others wait, at most this long if it dies.
+    fleet_lease: Duration = "2s", Restart, "DURATION";
     /// Drain time after SIGTERM/SIGINT.
     shutdown_grace: Duration = "10s", Restart, "DURATION";
     /// `pretty` or `json`.

@@ -198,6 +198,8 @@ impl Files {
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("token"), "table-token\n").expect("token");
         std::fs::write(dir.join("admin-token"), "table-admin-token\n").expect("admin token");
+        std::fs::write(dir.join("redis-password"), "table-redis-password\n").expect("password");
+        std::fs::write(dir.join("fleet-key"), format!("{}\n", "k".repeat(44))).expect("fleet key");
         let certificate =
             rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).expect("certificate");
         std::fs::write(dir.join("ca.pem"), certificate.cert.pem()).expect("ca");
@@ -261,6 +263,13 @@ fn changed_value(key: &str, files: &Files) -> Option<String> {
         "shutdown_grace" => "\"1s\"".to_owned(),
         "log_format" => "\"json\"".to_owned(),
         "log_level" => "\"debug\"".to_owned(),
+        // Redis needs the fleet key: its line carries one (see `companion`).
+        "redis_url" => "\"redis://127.0.0.1:6379\"".to_owned(),
+        "redis_password_file" => files.path("redis-password"),
+        "fleet_key_file" => files.path("fleet-key"),
+        "fleet_size" => "3".to_owned(),
+        "redis_timeout" => "\"20ms\"".to_owned(),
+        "fleet_lease" => "\"5s\"".to_owned(),
         _ => return None,
     };
     Some(value)
@@ -274,6 +283,15 @@ fn the_reload_plan_and_the_kept_values_follow_the_table() {
         let value = changed_value(setting.key, &files)
             .unwrap_or_else(|| panic!("add a changed value for `{}`", setting.key));
         let file = format!("{} = {value}\n", setting.key);
+        // A setting that is valid only with another one comes with it; the other one's change
+        // is then part of the plan too.
+        let (file, companion) = match setting.key {
+            "redis_url" => (
+                format!("{file}fleet_key_file = {}\n", files.path("fleet-key")),
+                vec!["fleet_key_file"],
+            ),
+            _ => (file, vec![]),
+        };
         let new = resolve(&Cli::default(), parse_file(&file).expect("parses"), None)
             .unwrap_or_else(|error| panic!("{file}: {error}"));
         let plan = plan_reload(&running, &new);
@@ -285,7 +303,7 @@ fn the_reload_plan_and_the_kept_values_follow_the_table() {
         };
         let (applied, needs_restart) = match setting.reload {
             Reload::Live => ([vec![setting.key], secret].concat(), vec![]),
-            Reload::Restart => (secret, vec![setting.key]),
+            Reload::Restart => (secret, [vec![setting.key], companion.clone()].concat()),
         };
         assert_eq!(
             plan,
@@ -373,4 +391,40 @@ fn no_proxy_exempts_the_upstream_host_from_the_proxy() {
     assert!(with("*").is_none());
     assert!(with("internal.example,localhost").is_some());
     assert!(with("").is_some());
+}
+
+#[test]
+fn redis_needs_a_fleet_key_and_a_lease_longer_than_its_timeout() {
+    let files = Files::new();
+    let error = resolve_with(
+        SettingArgs::default(),
+        "redis_url = \"redis://127.0.0.1:6379\"\n",
+    )
+    .expect_err("no fleet key");
+    assert_eq!(error.key, "fleet_key_file");
+    let with_key = format!(
+        "redis_url = \"redis://user:hunter2@127.0.0.1:6379\"\nfleet_key_file = {}\n",
+        files.path("fleet-key")
+    );
+    let config = resolve_with(SettingArgs::default(), &with_key).expect("valid");
+    let fleet = config.fleet.as_ref().expect("fleet tier on");
+    assert_eq!(fleet.redis_timeout.as_millis(), 50);
+    assert!(!format!("{config:?}").contains("hunter2"));
+    let short_lease = format!("{with_key}fleet_lease = \"50ms\"\n");
+    let error = resolve_with(SettingArgs::default(), &short_lease).expect_err("lease too short");
+    assert_eq!(error.key, "fleet_lease");
+    std::fs::write(files.dir.join("short-key"), "too short\n").expect("short key");
+    let short_key = format!(
+        "redis_url = \"redis://127.0.0.1:6379\"\nfleet_key_file = {}\n",
+        files.path("short-key")
+    );
+    let error = resolve_with(SettingArgs::default(), &short_key).expect_err("short key");
+    assert_eq!(error.key, "fleet_key_file");
+    assert!(!error.problem.contains("too short"), "{}", error.problem);
+    let error = resolve_with(
+        SettingArgs::default(),
+        "redis_url = \"http://cache:6379\"\n",
+    )
+    .expect_err("scheme");
+    assert_eq!(error.key, "redis_url");
 }

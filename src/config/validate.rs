@@ -10,6 +10,7 @@ use super::{Config, ConfigError, TOKEN_ENV};
 use crate::budget::BudgetPolicy;
 use crate::cache::TtlPolicy;
 use crate::credentials::{FallbackToken, Secret};
+use crate::fleet::{FleetKey, FleetSettings};
 use crate::proxy::RequestLimits;
 use crate::ratelimit::Reserves;
 use crate::resilience::BreakerPolicy;
@@ -20,13 +21,16 @@ use crate::upstream::{TlsSettings, UpstreamBase};
 const MAX_UPSTREAM_RETRIES: u32 = 2;
 
 /// What the settings point at rather than hold: the two tokens, read from their files (or, for
-/// the sidecar's token, from `CLOUDFLARE_API_TOKEN`), and the extra CA file's certificates as a
-/// hash, so that a reload can tell that the file changed under an unchanged setting.
+/// the sidecar's token, from `CLOUDFLARE_API_TOKEN`), the extra CA file's certificates as a
+/// hash, so that a reload can tell that the file changed under an unchanged setting, the Redis
+/// password and the fleet key.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Secrets {
     pub token: Option<Secret>,
     pub admin_token: Option<Secret>,
     pub extra_ca: Option<blake3::Hash>,
+    pub redis_password: Option<Secret>,
+    pub fleet_key: Option<FleetKey>,
 }
 
 /// Reads what the settings name on disk: the token files, and the extra CA file (checked here
@@ -62,11 +66,60 @@ pub(crate) fn read_secrets(
             ConfigError::new(token_source(&settings.token_file), problem.to_string())
         })?;
     }
+    let redis_password = match &settings.redis_password_file {
+        Some(path) => Some(read_secret_file("redis_password_file", path)?),
+        None => None,
+    };
+    let fleet_key = match &settings.fleet_key_file {
+        Some(path) => Some(
+            FleetKey::read(path).map_err(|problem| ConfigError::new("fleet_key_file", problem))?,
+        ),
+        None => None,
+    };
     Ok(Secrets {
         token,
         admin_token,
         extra_ca,
+        redis_password,
+        fleet_key,
     })
+}
+
+/// The fleet tier's settings, when `redis_url` is set: a fleet key is then required (partitions
+/// and every Redis key derive from it), and the timings must make sense together.
+fn fleet_settings(
+    settings: &Settings,
+    secrets: &Secrets,
+) -> Result<Option<FleetSettings>, ConfigError> {
+    let Some(redis_url) = &settings.redis_url else {
+        return Ok(None);
+    };
+    let Some(fleet_key) = secrets.fleet_key.clone() else {
+        return Err(ConfigError::new(
+            "fleet_key_file",
+            "is required while redis_url is set: the fleet's partitions, Redis keys and value encryption are derived from it",
+        ));
+    };
+    let redis_timeout = not_zero("redis_timeout", settings.redis_timeout)?;
+    let lease = not_zero("fleet_lease", settings.fleet_lease)?;
+    if lease <= redis_timeout {
+        return Err(ConfigError::new(
+            "fleet_lease",
+            format!(
+                "{} is not longer than redis_timeout ({}): a lease would expire before it could be renewed",
+                humantime::format_duration(lease),
+                humantime::format_duration(redis_timeout)
+            ),
+        ));
+    }
+    Ok(Some(FleetSettings {
+        redis_url: redis_url.clone(),
+        redis_password: secrets.redis_password.clone(),
+        fleet_key,
+        fleet_size: settings.fleet_size,
+        redis_timeout,
+        lease,
+    }))
 }
 
 fn token_source(token_file: &Option<PathBuf>) -> &'static str {
@@ -222,7 +275,10 @@ pub(crate) fn build(
         ));
     }
 
+    let fleet = fleet_settings(&settings, &secrets)?;
+
     Ok(Config {
+        fleet,
         listen: settings.listen.clone(),
         unix_socket: UnixSocketSettings {
             mode: settings.unix_socket_mode.0,

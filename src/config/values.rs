@@ -463,6 +463,15 @@ impl SettingValue for NoProxy {
     }
 }
 
+/// A Redis URL may carry `user:password@`: it is a secret.
+impl SettingValue for crate::fleet::RedisUrl {
+    const SENSITIVE: bool = true;
+
+    fn parse_text(text: &str) -> Result<Self, String> {
+        crate::fleet::RedisUrl::parse(text).map_err(|error| error.to_string())
+    }
+}
+
 /// The account allow-list: a TOML array of strings, a repeated flag, or a comma-separated list.
 impl SettingValue for Vec<AccountId> {
     const LIST: bool = true;

@@ -24,6 +24,11 @@ const CACHE_NAME: &str = "zt-risk-sidecar";
 pub enum CacheStatus {
     /// Served from a fresh entry with `ttl` seconds of freshness left.
     Hit { ttl: u64 },
+    /// Served from a fresh entry another sidecar of the fleet stored (read from Redis).
+    FleetHit { ttl: u64 },
+    /// Served from the entry another sidecar of the fleet fetched while this one waited for it
+    /// (the fleet-wide lease): a follower of a fetch in another process.
+    FleetCollapsed { fwd_status: StatusCode },
     /// Served from a stale entry that expired `expired_ago` seconds ago; `fwd_status` is
     /// Cloudflare's status when this request did ask upstream and got an answer.
     Stale {
@@ -59,8 +64,9 @@ impl CacheStatus {
     /// The outcome as the log field and the metric label name it.
     pub fn as_str(&self) -> &'static str {
         match self {
-            CacheStatus::Hit { .. } => "hit",
+            CacheStatus::Hit { .. } | CacheStatus::FleetHit { .. } => "hit",
             CacheStatus::Stale { .. } => "stale",
+            CacheStatus::FleetCollapsed { .. } => "collapsed",
             CacheStatus::Miss { role, .. }
             | CacheStatus::MissInvalidBody { role, .. }
             | CacheStatus::MissFailed { role, .. } => match role {
@@ -80,6 +86,7 @@ impl CacheStatus {
             CacheStatus::Miss { role, .. }
             | CacheStatus::MissInvalidBody { role, .. }
             | CacheStatus::MissFailed { role, .. } => Some(*role),
+            CacheStatus::FleetCollapsed { .. } => Some(Role::Follower),
             _ => None,
         }
     }
@@ -98,8 +105,10 @@ impl CacheStatus {
             CacheStatus::Stale { fwd_status, .. } => *fwd_status,
             CacheStatus::Miss { fwd_status, .. }
             | CacheStatus::MissInvalidBody { fwd_status, .. }
-            | CacheStatus::Bypass { fwd_status, .. } => Some(*fwd_status),
+            | CacheStatus::Bypass { fwd_status, .. }
+            | CacheStatus::FleetCollapsed { fwd_status } => Some(*fwd_status),
             CacheStatus::Hit { .. }
+            | CacheStatus::FleetHit { .. }
             | CacheStatus::MissFailed { .. }
             | CacheStatus::Unavailable(_)
             | CacheStatus::Local => None,
@@ -119,6 +128,12 @@ impl fmt::Display for CacheStatus {
         f.write_str(CACHE_NAME)?;
         match *self {
             CacheStatus::Hit { ttl } => write!(f, "; hit; ttl={ttl}"),
+            CacheStatus::FleetHit { ttl } => write!(f, "; hit; ttl={ttl}; detail=fleet"),
+            CacheStatus::FleetCollapsed { fwd_status } => write!(
+                f,
+                "; fwd=miss; collapsed; fwd-status={}; detail=fleet",
+                fwd_status.as_u16()
+            ),
             CacheStatus::Stale {
                 reason,
                 expired_ago,
@@ -255,6 +270,16 @@ mod tests {
                 CacheStatus::Hit { ttl: 0 },
                 "zt-risk-sidecar; hit; ttl=0",
                 "hit",
+            ),
+            (
+                CacheStatus::FleetHit { ttl: 42 },
+                "zt-risk-sidecar; hit; ttl=42; detail=fleet",
+                "hit",
+            ),
+            (
+                CacheStatus::FleetCollapsed { fwd_status: ok },
+                "zt-risk-sidecar; fwd=miss; collapsed; fwd-status=200; detail=fleet",
+                "collapsed",
             ),
             (
                 CacheStatus::Stale {

@@ -14,11 +14,12 @@ use tokio::time::Instant;
 use crate::budget::UpstreamBudget;
 use crate::cache::{
     answered_integration, is_refresh_failure, storability, AnswerStore, CacheEntry, CacheKey,
-    Freshness, StaleUse, Storability, NOT_AN_ENVELOPE,
+    FetchClaim, Freshness, StaleUse, Storability, Tier, NOT_AN_ENVELOPE,
 };
 use crate::credentials::Credentials;
 use crate::error::ApiError;
 use crate::error::X_SHOULD_RETRY;
+use crate::fleet::lease::refresh_early;
 use crate::proxy::cache_status::{CacheStatus, StaleReason};
 use crate::proxy::limits::Slot;
 use crate::proxy::response::{relay, AnswerFrom, Served, RATELIMIT};
@@ -41,6 +42,8 @@ pub(super) enum Fetched {
     },
     /// Another fetch stored a fresh entry just before this one started.
     AlreadyCached(CacheEntry),
+    /// Another sidecar of the fleet fetched it while this one waited on its lease.
+    FleetFilled(CacheEntry),
     /// No answer to relay.
     Failed(UpstreamError),
     /// No upstream call was allowed.
@@ -64,16 +67,33 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         // A fresh entry is a hit; a recently expired one is served at once while one background
         // refresh runs; an older one may stand in if the refresh fails.
         let mut fallback = None;
-        if let Some(entry) = shared.store.get(&key).await {
-            // The read took well under a microsecond: the arrival time stands for now.
+        if let Some((entry, tier)) = shared.store.lookup(&key).await {
+            // The read took well under a microsecond: the arrival time stands for now. (An L2
+            // read takes longer; its entry's age is measured from the same instant, which errs
+            // by that read's time at most, and only in the entry's favour by less than 1 s.)
             let now = received;
             match entry.freshness(now) {
                 Freshness::Fresh { remaining } => {
-                    return Served::hit(&entry, remaining, now);
+                    // In a fleet, a hot key is refreshed shortly before it expires by one
+                    // sidecar (XFetch; the lease picks the one), not by all of them at expiry.
+                    if shared.store.is_shared()
+                        && refresh_early(remaining, EARLY_REFRESH_FETCH_TIME, rand::random())
+                    {
+                        self.refresh_in_background(key, lookup, credentials, Recheck::Skip);
+                    }
+                    return match tier {
+                        Tier::Local => Served::hit(&entry, remaining, now),
+                        Tier::Fleet => {
+                            let cache = CacheStatus::FleetHit {
+                                ttl: remaining.as_secs(),
+                            };
+                            Served::from_fleet(&entry, remaining, now, cache)
+                        }
+                    };
                 }
                 Freshness::Stale { expired_ago } => match settings.ttl.stale_use(expired_ago) {
                     StaleUse::ServeAndRevalidate => {
-                        self.refresh_in_background(key, lookup, credentials);
+                        self.refresh_in_background(key, lookup, credentials, Recheck::Store);
                         let detail = StaleReason::WhileRevalidate;
                         return Served::stale(&entry, detail, None, now);
                     }
@@ -93,7 +113,11 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         let fetch = {
             let shared = Arc::clone(&self.shared);
             let key = key.clone();
-            move || async move { shared.fetch(key, lookup, credentials, Work::Caller).await }
+            move || async move {
+                shared
+                    .fetch(key, lookup, credentials, Work::Caller, Recheck::Store)
+                    .await
+            }
         };
         let flight = shared.flights.run(key, fetch);
         let soft_deadline = settings.stale_after_slow_upstream;
@@ -124,6 +148,15 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             (Fetched::Overloaded, _) => {
                 shared.metrics.record_refusal("pending-lookups");
                 Served::local(ApiError::Overloaded, None, None)
+            }
+            (Fetched::FleetFilled(entry), _) => {
+                let remaining = match entry.freshness(now) {
+                    Freshness::Fresh { remaining } => remaining,
+                    Freshness::Stale { .. } => Duration::ZERO,
+                };
+                let fwd_status = entry.answer.status;
+                let cache = CacheStatus::FleetCollapsed { fwd_status };
+                Served::from_fleet(&entry, remaining, now, cache)
             }
             (Fetched::AlreadyCached(entry), _) => {
                 let remaining = match entry.freshness(now) {
@@ -204,12 +237,19 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
     }
 
     /// Starts one refresh of `key` unless one is already in flight; nobody waits for it.
-    fn refresh_in_background(&self, key: CacheKey, lookup: Lookup, credentials: Credentials) {
+    /// `recheck`: an early refresh replaces an entry that is still fresh (`Recheck::Skip`).
+    fn refresh_in_background(
+        &self,
+        key: CacheKey,
+        lookup: Lookup,
+        credentials: Credentials,
+        recheck: Recheck,
+    ) {
         let shared = Arc::clone(&self.shared);
         let task_key = key.clone();
         self.shared.flights.start_if_idle(key, move || async move {
             shared
-                .fetch(task_key, lookup, credentials, Work::Refresh)
+                .fetch(task_key, lookup, credentials, Work::Refresh, recheck)
                 .await
         });
     }
@@ -225,12 +265,15 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
         lookup: Lookup,
         credentials: Credentials,
         work: Work,
+        recheck: Recheck,
     ) -> Fetched {
         // A fetch for this key may have completed between this caller's cache read and its
         // joining the in-flight table; its entry is then already here.
-        if let Some(entry) = self.store.get(&key).await {
-            if matches!(entry.freshness(Instant::now()), Freshness::Fresh { .. }) {
-                return Fetched::AlreadyCached(entry);
+        if recheck == Recheck::Store {
+            if let Some(entry) = self.store.get(&key).await {
+                if matches!(entry.freshness(Instant::now()), Freshness::Fresh { .. }) {
+                    return Fetched::AlreadyCached(entry);
+                }
             }
         }
         let settings = self.settings.load_full();
@@ -240,6 +283,70 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
         };
         let writes_before = self.writes.load(AtomicOrdering::SeqCst);
         let deadline = Instant::now() + self.upstream.request_timeout();
+        // In a fleet, one sidecar fetches each key; the others wait for its entry. Only the one
+        // that fetches spends budget.
+        let ticket = match self.store.claim_fetch(&key, deadline).await {
+            FetchClaim::Fetch(ticket) => ticket,
+            FetchClaim::Filled(entry) => return Fetched::FleetFilled(entry),
+            FetchClaim::TimedOut => return Fetched::Failed(UpstreamError::Timeout),
+        };
+        let answer = match self
+            .fetch_upstream(&key, &lookup, &credentials, work, deadline, &settings)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(fetched) => {
+                self.store.store_fetched(key, None, ticket).await;
+                return fetched;
+            }
+        };
+        let decision = storability(answer.status, &answer.body);
+        let failure = is_refresh_failure(answer.status, decision);
+        let ttl = &settings.ttl;
+        let Some(fresh_for) = decision.fresh_for(ttl) else {
+            self.store.store_fetched(key, None, ticket).await;
+            return Fetched::Answered {
+                answer,
+                stored: false,
+                failure,
+            };
+        };
+        let entry = CacheEntry {
+            answer: Arc::new(for_storage(&answer)),
+            stored_at: Instant::now(),
+            fresh_for,
+            retain_for: ttl.retain_for(fresh_for),
+            integration: answered_integration(&answer.body).map(|answered| answered.id),
+        };
+        let accepted = self
+            .store
+            .store_fetched(key.clone(), Some(entry), ticket)
+            .await;
+        // A write that completed while this fetch ran may have made its answer stale; its purge
+        // ran either after this insert (and took it) or before it (and then this takes it back).
+        let stored = accepted && self.writes.load(AtomicOrdering::SeqCst) == writes_before;
+        if accepted && !stored {
+            self.store.remove(&key).await;
+        }
+        Fetched::Answered {
+            answer,
+            stored,
+            failure,
+        }
+    }
+
+    /// The upstream calls of one fetch: within the budget, the breaker and the deadline,
+    /// retried on connection failures and 502/503/504. `Err`: what the waiters get instead of
+    /// an answer.
+    async fn fetch_upstream(
+        &self,
+        key: &CacheKey,
+        lookup: &Lookup,
+        credentials: &Credentials,
+        work: Work,
+        deadline: Instant,
+        settings: &LiveSettings,
+    ) -> Result<Arc<UpstreamAnswer>, Fetched> {
         let path = lookup.upstream_path();
         let partition = credentials.partition();
         let mut retries = 0;
@@ -250,18 +357,18 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             if let Pass::Rejected { retry_after } = pass {
                 match last {
                     Some(result) => break result,
-                    None => return Fetched::Refused(Refusal::UpstreamDown { retry_after }),
+                    None => return Err(Fetched::Refused(Refusal::UpstreamDown { retry_after })),
                 }
             }
             if let Some(refusal) = self.admit_for(partition, work).await {
                 self.breaker.record(pass, Health::NotCalled);
                 match last {
                     Some(result) => break result,
-                    None => return Fetched::Refused(refusal),
+                    None => return Err(Fetched::Refused(refusal)),
                 }
             }
             let attempt_started = Instant::now();
-            let result = self.upstream.get(&path, &credentials, deadline).await;
+            let result = self.upstream.get(&path, credentials, deadline).await;
             let health = lookup_health(&result);
             let summary = self
                 .settle_with_health(
@@ -290,41 +397,24 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             retries += 1;
             last = Some(result);
         };
-        let answer = match result {
-            Ok(answer) => Arc::new(answer),
-            Err(error) => return Fetched::Failed(error),
-        };
-        let decision = storability(answer.status, &answer.body);
-        let failure = is_refresh_failure(answer.status, decision);
-        let ttl = &settings.ttl;
-        let Some(fresh_for) = decision.fresh_for(ttl) else {
-            return Fetched::Answered {
-                answer,
-                stored: false,
-                failure,
-            };
-        };
-        let entry = CacheEntry {
-            answer: Arc::new(for_storage(&answer)),
-            stored_at: Instant::now(),
-            fresh_for,
-            retain_for: ttl.retain_for(fresh_for),
-            integration: answered_integration(&answer.body).map(|answered| answered.id),
-        };
-        self.store.insert(key.clone(), entry).await;
-        // A write that completed while this fetch ran may have made its answer stale; its purge
-        // ran either after this insert (and took it) or before it (and then this takes it back).
-        let stored = self.writes.load(AtomicOrdering::SeqCst) == writes_before;
-        if !stored {
-            self.store.remove(&key).await;
-        }
-        Fetched::Answered {
-            answer,
-            stored,
-            failure,
+        match result {
+            Ok(answer) => Ok(Arc::new(answer)),
+            Err(error) => Err(Fetched::Failed(error)),
         }
     }
 }
+
+/// Whether a fetch first looks for an entry another fetch stored meanwhile (an early refresh
+/// replaces an entry that is still fresh, so it must not stop at it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recheck {
+    Store,
+    Skip,
+}
+
+/// What XFetch takes a fetch to cost when it decides on an early refresh: about one upstream
+/// round trip with its retries' backoff. Refreshes start within a few seconds of expiry.
+const EARLY_REFRESH_FETCH_TIME: Duration = Duration::from_secs(1);
 
 /// Pure: how a lookup's upstream call went for the breaker. As for any call, plus: a 200 or 404
 /// whose body is not a Cloudflare envelope (an HTML error page, a captive portal, garbage) is no

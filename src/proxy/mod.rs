@@ -113,6 +113,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         settings: LiveSettings,
         breaker: BreakerPolicy,
         metrics: Arc<Metrics>,
+        partition_key: PartitionKey,
     ) -> Proxy<S, B> {
         Proxy {
             shared: Arc::new(Shared {
@@ -121,7 +122,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 breaker: Breaker::new(breaker),
                 flights: Coalescer::default(),
                 upstream,
-                partition_key: PartitionKey::random(),
+                partition_key,
                 settings: ArcSwap::from_pointee(settings),
                 metrics,
                 pending: AtomicUsize::new(0),

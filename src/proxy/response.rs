@@ -80,6 +80,17 @@ impl Served {
         }
     }
 
+    /// A fresh entry another sidecar of the fleet stored: `cache` says how it came
+    /// ([`CacheStatus::FleetHit`] or [`CacheStatus::FleetCollapsed`]).
+    pub(super) fn from_fleet(
+        entry: &CacheEntry,
+        remaining: Duration,
+        now: Instant,
+        cache: CacheStatus,
+    ) -> Served {
+        Served::answered(hit_response(entry, remaining, now), cache)
+    }
+
     /// A stale entry standing in. `Cache-Status` gives a negative `ttl` (seconds past expiry) and
     /// the reason; `fwd=stale` when this request did try upstream.
     pub(super) fn stale(

@@ -4,6 +4,7 @@
 
 mod binary;
 mod dev_mode;
+mod fleet;
 mod hardening;
 mod hostile;
 mod integrations;

@@ -12,39 +12,6 @@ use zt_risk_sidecar::server::DrainOutcome;
 
 use crate::support::*;
 
-fn parse_metrics(reply: &Reply) -> prometheus_parse::Scrape {
-    assert_eq!(reply.status, StatusCode::OK);
-    assert!(
-        reply
-            .header("content-type")
-            .unwrap_or("")
-            .starts_with("application/openmetrics-text"),
-        "{:?}",
-        reply.header("content-type")
-    );
-    let text = String::from_utf8(reply.body.to_vec()).expect("utf-8 exposition");
-    let lines = text.lines().map(|line| Ok(line.to_owned()));
-    prometheus_parse::Scrape::parse(lines).expect("a valid Prometheus text exposition")
-}
-
-/// The value of the sample `name` whose labels include every pair of `labels`.
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let matching: Vec<f64> = scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => panic!("{name} is not a plain number"),
-        })
-        .collect();
-    assert_eq!(matching.len(), 1, "exactly one sample {name}{labels:?}");
-    matching[0]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_known_traffic() {
     let running = AppHarness::start(|config| {

@@ -1,19 +1,24 @@
 //! The integration tests' support: the constants every test shares, the one HTTP client and reply
 //! type, the envelope and Cache-Status assertions, the harnesses that start the real sidecar in
 //! front of the simulated Cloudflare API on ephemeral loopback ports, the real binary as a child
-//! process, and bounded waits. It holds no test of its own and asserts only what its helpers are
-//! named for.
+//! process, fleets of them sharing a real Redis server, the metrics reader, and bounded waits. It
+//! holds no test of its own and asserts only what its helpers are named for.
 
 mod assertions;
 mod client;
 mod harness;
+mod metrics;
 mod process;
+mod redis;
 mod wait;
 
 pub use assertions::*;
 pub use client::*;
 pub use harness::*;
+pub use metrics::*;
 pub use process::*;
+// `self::` because the `redis` crate has the same name.
+pub use self::redis::*;
 pub use wait::*;
 
 /// The simulated Cloudflare API's names, imported here once for every test module: when the
