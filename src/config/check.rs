@@ -116,4 +116,34 @@ mod tests {
             Some("http://proxy.corp:3128".to_owned())
         );
     }
+
+    /// The Redis URL prints as a URL that reads back, its password as `***`; the password file's
+    /// and the fleet key's contents are never printed.
+    #[test]
+    fn the_redis_url_reads_back_without_its_password() {
+        let dir = std::env::temp_dir().join(format!("zt-sidecar-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let key = dir.join("fleet-key");
+        std::fs::write(&key, "fleet-key-material-".repeat(3)).expect("fleet key");
+        let cli = Cli::try_parse_from([
+            "zt-risk-sidecar",
+            "check",
+            "--redis-url",
+            "redis://sidecar:url-password@127.0.0.1:6379",
+            "--fleet-key-file",
+            key.to_str().expect("utf-8 temp path"),
+        ])
+        .expect("valid flags");
+        let file = parse_file("").expect("file");
+        let config = resolve(&cli, file.clone(), None).expect("valid");
+        let text = describe(&cli, &file, &config);
+        assert!(
+            text.contains("redis_url = \"redis://sidecar:***@127.0.0.1:6379\"  # from --redis-url"),
+            "{text}"
+        );
+        for secret in ["url-password", "fleet-key-material"] {
+            assert!(!text.contains(secret), "{secret} printed:\n{text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

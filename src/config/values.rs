@@ -470,6 +470,11 @@ impl SettingValue for crate::fleet::RedisUrl {
     fn parse_text(text: &str) -> Result<Self, String> {
         crate::fleet::RedisUrl::parse(text).map_err(|error| error.to_string())
     }
+
+    /// The URL with its password replaced by `***` (its `Display`), not the `Debug` wrapper.
+    fn show(&self) -> Option<toml::Value> {
+        shown_text(self)
+    }
 }
 
 /// The account allow-list: a TOML array of strings, a repeated flag, or a comma-separated list.
