@@ -390,6 +390,37 @@ mod tests {
         assert_eq!(breaker.call(), Pass::Allowed);
     }
 
+    /// A reloaded policy takes effect on the next call and result, and the state is kept: a
+    /// `set_policy` that did nothing fails here.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_breaker_policy_takes_effect_and_keeps_the_state() {
+        let breaker = Breaker::new(POLICY);
+        let pass = breaker.call();
+        breaker.record(pass, Health::Unhealthy);
+        assert_eq!(breaker.state(), closed(1));
+        // A threshold of 2 now opens it on the second consecutive failure (the old one needed 3),
+        // for the new cool-down.
+        breaker.set_policy(BreakerPolicy {
+            failure_threshold: 2,
+            cool_down: Duration::from_secs(40),
+        });
+        let pass = breaker.call();
+        breaker.record(pass, Health::Unhealthy);
+        assert_eq!(breaker.state().as_str(), "open");
+        assert_eq!(
+            breaker.call(),
+            Pass::Rejected {
+                retry_after: Duration::from_secs(40)
+            }
+        );
+        // Turning the breaker off lets every call through, even while it was open.
+        breaker.set_policy(BreakerPolicy {
+            failure_threshold: 0,
+            ..POLICY
+        });
+        assert_eq!(breaker.call(), Pass::Allowed);
+    }
+
     #[test]
     fn what_counts_and_what_is_retried() {
         let status = |code: u16| Ok(StatusCode::from_u16(code).expect("status"));
