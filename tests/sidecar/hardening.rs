@@ -716,3 +716,62 @@ async fn tls_to_the_upstream_verifies_against_the_configured_roots() {
     let _ = std::fs::remove_dir_all(&dir);
     sim.shutdown().await;
 }
+
+/// README: `tls_roots = "system"` verifies Cloudflare's certificate against the operating
+/// system's store (rustls-native-certs, which reads the store from `SSL_CERT_FILE` when that is
+/// set, as OpenSSL does). The real binary, with its own test CA made the system's store, connects
+/// and answers; with another CA as the store, and with the host's own store, the test CA is
+/// unknown and the handshake is refused (502, code 10502, nothing reaches the upstream). The
+/// host's store must load for the binary to start at all. Fails when `system` uses the compiled-in
+/// roots instead, or when an unknown CA is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_roots_system_trusts_the_operating_systems_store_only() {
+    let sim = start_simulator().await;
+    sim.handle()
+        .insert_integration(ACCOUNT, "tls-system", TENANT);
+    let pki = make_pki("system");
+    let front = tls_front(&pki, sim.addr()).await;
+    let dir = tempdir();
+    let right_store = dir.join("right-store.pem");
+    std::fs::write(&right_store, &pki.ca_pem).expect("write");
+    let wrong_store = dir.join("wrong-store.pem");
+    std::fs::write(&wrong_store, make_pki("other").ca_pem).expect("write");
+    let https_base = format!("https://127.0.0.1:{}/client/v4", front.port());
+    let right_store = right_store.to_str().expect("utf-8");
+    let wrong_store = wrong_store.to_str().expect("utf-8");
+    for (store, answered) in [
+        (Some(right_store), true),
+        (Some(wrong_store), false),
+        (None, false),
+    ] {
+        let env: Vec<(&str, &str)> = store
+            .map(|file| vec![("SSL_CERT_FILE", file)])
+            .unwrap_or_default();
+        let mut running = SidecarProcess::start_in_front_of(
+            &https_base,
+            &["--tls-roots", "system", "--upstream-retries", "0"],
+            &env,
+        );
+        let lookups = Endpoint::new(running.listening_addr());
+        let reply = lookups
+            .get_as(&lookup_path(ACCOUNT, "tls-system"), TOKEN_A)
+            .await;
+        if answered {
+            assert_eq!(reply.status, StatusCode::OK, "{store:?}: {reply:?}");
+        } else {
+            assert_error(&reply, StatusCode::BAD_GATEWAY, 10502);
+        }
+        running.signal(nix::sys::signal::Signal::SIGTERM);
+        let (code, lines) = tokio::task::spawn_blocking(move || running.finish())
+            .await
+            .expect("join");
+        assert_eq!(code, Some(0), "{lines:#?}");
+    }
+    assert_eq!(
+        sim.handle().requests(SimRoute::ReferenceGet),
+        1,
+        "no request crossed a refused handshake"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    sim.shutdown().await;
+}
