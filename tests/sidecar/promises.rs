@@ -383,3 +383,102 @@ async fn config_reloads_are_counted_by_result() {
     let _ = std::fs::remove_dir_all(&dir);
     sim.shutdown().await;
 }
+
+/// README: `max_waiting_lookups` bounds the callers waiting on fetches in flight, however few the
+/// fetches: beyond it, a fast 503 (code 10508) counted as a `pending-lookups` refusal, for the key
+/// in flight and any other, while a cached lookup is still served. Fails when `proxy/lookup.rs`
+/// stops taking a waiting slot (the fourth caller then joins the held fetch and waits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_on_fetches_are_bounded() {
+    let harness = Harness::start_with(|config| {
+        config.request_limits.max_waiting_lookups = 3;
+    })
+    .await;
+    let sim = harness.handle();
+    sim.insert_integration(ACCOUNT, "cached", TENANT);
+    sim.insert_integration(ACCOUNT, "hot", TENANT);
+    assert_cache_status_contains(&harness.lookup("cached", TOKEN_A).await, "stored");
+    let gate = sim.hold_requests();
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let (sidecar, path) = (harness.sidecar, lookup_path(ACCOUNT, "hot"));
+            tokio::spawn(async move { Endpoint::new(sidecar).get_as(&path, TOKEN_A).await })
+        })
+        .collect();
+    wait_until(
+        "three callers wait on the one held fetch",
+        WAIT_LIMIT,
+        || harness.proxy.in_flight() == (1, 2) && sim.held() == 1,
+    )
+    .await;
+    for reference in ["hot", "cold"] {
+        let refused = harness.lookup(reference, TOKEN_A).await;
+        assert_error(&refused, StatusCode::SERVICE_UNAVAILABLE, 10508);
+    }
+    assert_eq!(
+        harness.metric("zt_sidecar_refusals_total{reason=\"pending-lookups\"}"),
+        2.0
+    );
+    assert_cache_status_contains(&harness.lookup("cached", TOKEN_A).await, "hit");
+    gate.release();
+    for lookup in waiting {
+        assert_eq!(lookup.await.expect("lookup task").status, StatusCode::OK);
+    }
+    assert_eq!(sim.requests(SimRoute::ReferenceGet), 2);
+    harness.stop().await;
+}
+
+/// README: `max_pending_writes` bounds the writes being read or relayed: beyond it, a fast 503
+/// (code 10508) before a byte of the body is read, and nothing is sent upstream. Fails when
+/// `proxy/mod.rs` stops taking a write slot (the second write then reaches Cloudflare).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_in_progress_are_bounded() {
+    let harness = Harness::start_with(|config| {
+        config.request_limits.max_pending_writes = 1;
+    })
+    .await;
+    let sim = harness.handle();
+    let gate = sim.hold_requests();
+    let body = |reference: &str| {
+        format!(
+            r#"{{"integration_type":"Okta","tenant_url":"https://tenant.okta.com","reference_id":"{reference}"}}"#
+        )
+    };
+    let first = {
+        let (sidecar, body) = (harness.sidecar, body("first-write"));
+        tokio::spawn(async move {
+            Endpoint::new(sidecar)
+                .send_json(Method::POST, &collection_path(), TOKEN_A, &body)
+                .await
+        })
+    };
+    wait_until("the first write is held upstream", WAIT_LIMIT, || {
+        sim.held() == 1
+    })
+    .await;
+    let refused = harness
+        .send_json(
+            Method::POST,
+            &collection_path(),
+            TOKEN_A,
+            &body("second-write"),
+        )
+        .await;
+    assert_error(&refused, StatusCode::SERVICE_UNAVAILABLE, 10508);
+    assert_eq!(sim.requests(SimRoute::IntegrationCreate), 1);
+    gate.release();
+    let first = first.await.expect("write task");
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    // The slot is given back: the next write goes through.
+    let next = harness
+        .send_json(
+            Method::POST,
+            &collection_path(),
+            TOKEN_A,
+            &body("third-write"),
+        )
+        .await;
+    assert_eq!(next.status, StatusCode::OK, "{:?}", next.body);
+    assert_eq!(sim.requests(SimRoute::IntegrationCreate), 2);
+    harness.stop().await;
+}
