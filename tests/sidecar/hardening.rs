@@ -761,11 +761,7 @@ async fn tls_roots_system_trusts_the_operating_systems_store_only() {
         } else {
             assert_error(&reply, StatusCode::BAD_GATEWAY, 10502);
         }
-        running.signal(nix::sys::signal::Signal::SIGTERM);
-        let (code, lines) = tokio::task::spawn_blocking(move || running.finish())
-            .await
-            .expect("join");
-        assert_eq!(code, Some(0), "{lines:#?}");
+        running.terminate().await;
     }
     assert_eq!(
         sim.handle().requests(SimRoute::ReferenceGet),

@@ -310,11 +310,7 @@ async fn no_reference_id_or_body_reaches_the_log() {
     sim.handle().fail_next(1, Fault::Reset);
     assert_cache_status_contains(&lookups.lookup(WRITTEN, TOKEN_B).await, "stored");
 
-    running.signal(nix::sys::signal::Signal::SIGTERM);
-    let (code, lines) = tokio::task::spawn_blocking(move || running.finish())
-        .await
-        .expect("join");
-    assert_eq!(code, Some(0), "{lines:#?}");
+    let lines = running.terminate().await;
     let events = lines.iter().filter(|line| line.contains("latency_us"));
     assert_eq!(events.count(), 6, "one event per request: {lines:#?}");
     for marker in [
@@ -375,11 +371,7 @@ async fn config_reloads_are_counted_by_result() {
     process.wait_for_line("configuration rejected");
     assert_eq!(reloads(&scrape().await), ["1", "1"]);
 
-    process.signal(nix::sys::signal::Signal::SIGTERM);
-    let (code, _) = tokio::task::spawn_blocking(move || process.finish())
-        .await
-        .expect("join");
-    assert_eq!(code, Some(0));
+    process.terminate().await;
     let _ = std::fs::remove_dir_all(&dir);
     sim.shutdown().await;
 }
