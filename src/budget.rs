@@ -494,6 +494,32 @@ mod tests {
         assert!(budget.cool_downs.lock().expect("lock").is_empty());
     }
 
+    /// Housekeeping drops only what is over: a cool-down still in force survives it (and still
+    /// refuses), and one that ends exactly now is gone.
+    #[tokio::test(start_paused = true)]
+    async fn housekeeping_keeps_cool_downs_in_force_and_drops_those_just_ended() {
+        let budget = LocalBudget::new(policy(1000, 300, 50));
+        let (short, long) = (partition("short"), partition("long"));
+        budget.cool_down(short, Duration::from_secs(1)).await;
+        budget.cool_down(long, Duration::from_secs(10)).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        budget.housekeeping(Instant::now());
+        let kept: Vec<Partition> = budget
+            .cool_downs
+            .lock()
+            .expect("lock")
+            .keys()
+            .copied()
+            .collect();
+        assert_eq!(kept, [long]);
+        assert_eq!(
+            budget.admit(long, Work::Caller).await,
+            Admission::CoolingDown {
+                retry_after: Duration::from_secs(9)
+            }
+        );
+    }
+
     /// The schedule, not just the sweep: the tables are trimmed on every `HOUSEKEEPING_EVERY`th
     /// admission, and not before. A schedule that never runs (or runs on every call but that one)
     /// fails here.
