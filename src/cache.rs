@@ -686,6 +686,42 @@ mod tests {
         );
     }
 
+    /// The bytes charged against the cache bound, term by term: the body, each relayed header's
+    /// name and value, the reference id (a lookup by integration id adds nothing), and the fixed
+    /// allowance. Pins the arithmetic of `CacheEntry::weight`, which the byte-bound tests only
+    /// see through the store.
+    #[test]
+    fn an_entrys_weight_is_its_body_headers_reference_and_allowance() {
+        let mut weighed = entry("0123456789", 60);
+        weighed.answer = Arc::new(UpstreamAnswer {
+            status: StatusCode::OK,
+            headers: vec![
+                (
+                    http::HeaderName::from_static("cf-ray"),
+                    http::HeaderValue::from_static("abc"),
+                ),
+                (
+                    http::HeaderName::from_static("ratelimit-policy"),
+                    http::HeaderValue::from_static("q=1"),
+                ),
+            ],
+            body: bytes::Bytes::from_static(b"0123456789"),
+        });
+        let by_reference = key("t", A1, "reference-12");
+        let (body, headers, reference, allowance) = (10, 6 + 3 + 16 + 3, 12, 768);
+        assert_eq!(
+            weighed.weight(&by_reference),
+            body + headers + reference + allowance
+        );
+        let by_id = CacheKey {
+            subject: Subject::Integration(
+                IntegrationId::parse("182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e").expect("id"),
+            ),
+            ..by_reference
+        };
+        assert_eq!(weighed.weight(&by_id), body + headers + allowance);
+    }
+
     #[tokio::test]
     async fn the_byte_bound_evicts_and_reports_the_cause() {
         let causes = Arc::new(std::sync::Mutex::new(Vec::new()));
