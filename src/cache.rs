@@ -722,6 +722,41 @@ mod tests {
         assert_eq!(weighed.weight(&by_id), body + headers + allowance);
     }
 
+    /// A credential's 401 or 403 drops that credential's entries for the account, and nothing else.
+    #[test]
+    fn a_partition_scope_matches_one_credentials_entries_in_one_account() {
+        let scope = PurgeScope::Partition {
+            partition: key("t1", A1, "r").partition,
+            account_id: AccountId::parse(A1).expect("account"),
+        };
+        let stored = entry("{}", 60);
+        assert!(scope.matches(&key("t1", A1, "r"), &stored));
+        assert!(scope.matches(&key("t1", A1, "other"), &stored));
+        assert!(
+            !scope.matches(&key("t2", A1, "r"), &stored),
+            "another credential"
+        );
+        assert!(
+            !scope.matches(&key("t1", A2, "r"), &stored),
+            "another account"
+        );
+    }
+
+    /// The byte bound is enforced per shard, so every shard must hold the largest answer
+    /// Cloudflare may send (1 MiB) with its allowance: a store of 16 MiB keeps one. Fails when the
+    /// shards are sized smaller than that (the answer is then evicted as it is inserted).
+    #[tokio::test]
+    async fn the_largest_answer_fits_in_a_store_of_a_few_shards() {
+        let store = LocalStore::new(16 * 1024 * 1024);
+        let body: &'static str = Box::leak(
+            "x".repeat(crate::upstream::MAX_UPSTREAM_BODY_BYTES)
+                .into_boxed_str(),
+        );
+        let largest = key("t", A1, "largest");
+        store.insert(largest.clone(), entry(body, 60)).await;
+        assert!(store.get(&largest).await.is_some());
+    }
+
     #[tokio::test]
     async fn the_byte_bound_evicts_and_reports_the_cause() {
         let causes = Arc::new(std::sync::Mutex::new(Vec::new()));
