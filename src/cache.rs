@@ -743,18 +743,21 @@ mod tests {
     }
 
     /// The byte bound is enforced per shard, so every shard must hold the largest answer
-    /// Cloudflare may send (1 MiB) with its allowance: a store of 16 MiB keeps one. Fails when the
-    /// shards are sized smaller than that (the answer is then evicted as it is inserted).
+    /// Cloudflare may send (1 MiB) with its allowance: a store of 16 MiB keeps one, and so does one
+    /// of a size that is not a multiple of the shard size. Fails when the shards are sized smaller
+    /// than that (the answer is then evicted as it is inserted).
     #[tokio::test]
     async fn the_largest_answer_fits_in_a_store_of_a_few_shards() {
-        let store = LocalStore::new(16 * 1024 * 1024);
         let body: &'static str = Box::leak(
             "x".repeat(crate::upstream::MAX_UPSTREAM_BODY_BYTES)
                 .into_boxed_str(),
         );
-        let largest = key("t", A1, "largest");
-        store.insert(largest.clone(), entry(body, 60)).await;
-        assert!(store.get(&largest).await.is_some());
+        for max_bytes in [16 << 20, (8 << 20) + 16] {
+            let store = LocalStore::new(max_bytes);
+            let largest = key("t", A1, "largest");
+            store.insert(largest.clone(), entry(body, 60)).await;
+            assert!(store.get(&largest).await.is_some(), "{max_bytes}");
+        }
     }
 
     #[tokio::test]
