@@ -722,4 +722,40 @@ mod tests {
             Some(ID.to_owned())
         );
     }
+
+    /// An id Cloudflare returned (already decoded) passes the same rules as one from a path: not
+    /// empty, at most 1024 bytes, no control characters, not a dot segment.
+    #[test]
+    fn decoded_reference_ids_are_validated() {
+        let longest = "r".repeat(MAX_REFERENCE_ID_BYTES);
+        for valid in [
+            "okta-production",
+            "team a/okta+1",
+            ".hidden",
+            "...",
+            longest.as_str(),
+        ] {
+            assert_eq!(
+                ReferenceId::from_decoded(valid)
+                    .as_ref()
+                    .map(ReferenceId::as_str),
+                Some(valid),
+                "{valid:?}"
+            );
+        }
+        let too_long = "r".repeat(MAX_REFERENCE_ID_BYTES + 1);
+        for invalid in ["", too_long.as_str(), "a\u{7}b", "line\n", ".", ".."] {
+            assert!(ReferenceId::from_decoded(invalid).is_none(), "{invalid:?}");
+        }
+    }
+
+    /// An account id's `Debug` names the type and shows the id (it is not a secret).
+    #[test]
+    fn account_ids_debug_as_their_hex() {
+        let account = AccountId::parse("023e105f4ecef8ad9ca31a8372d0c353").expect("account");
+        assert_eq!(
+            format!("{account:?}"),
+            "AccountId(023e105f4ecef8ad9ca31a8372d0c353)"
+        );
+    }
 }
