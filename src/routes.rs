@@ -758,4 +758,37 @@ mod tests {
             "AccountId(023e105f4ecef8ad9ca31a8372d0c353)"
         );
     }
+
+    /// What the request path reads off a route: its template (the log's and the metrics' `route`),
+    /// whether it writes, and a lookup's reference id; and an integration id's `Debug`.
+    #[test]
+    fn routes_name_their_template_writes_and_reference_id() {
+        const ACCOUNT: &str = "023e105f4ecef8ad9ca31a8372d0c353";
+        const ID: &str = "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e";
+        let base = format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations");
+        let by_reference = format!("{base}/reference_id/okta");
+        let by_id = format!("{base}/{ID}");
+        for (method, path, template, writes) in [
+            (Method::GET, by_reference.as_str(), REFERENCE_ROUTE, false),
+            (Method::GET, by_id.as_str(), INTEGRATION_ROUTE, false),
+            (Method::GET, base.as_str(), INTEGRATIONS_ROUTE, false),
+            (Method::POST, base.as_str(), INTEGRATIONS_ROUTE, true),
+            (Method::PUT, by_id.as_str(), INTEGRATION_ROUTE, true),
+            (Method::DELETE, by_id.as_str(), INTEGRATION_ROUTE, true),
+        ] {
+            let routed = route(&method, path).expect("routed");
+            assert_eq!(routed.template(), template, "{method} {path}");
+            assert_eq!(routed.is_write(), writes, "{method} {path}");
+        }
+        let Ok(Route::Lookup(lookup)) = route(&Method::GET, &by_reference) else {
+            panic!("a lookup");
+        };
+        assert_eq!(lookup.reference_id().map(ReferenceId::as_str), Some("okta"));
+        let Ok(Route::Lookup(lookup)) = route(&Method::GET, &by_id) else {
+            panic!("a lookup");
+        };
+        assert_eq!(lookup.reference_id(), None);
+        let id = IntegrationId::parse(ID).expect("id");
+        assert_eq!(format!("{id:?}"), format!("IntegrationId({ID})"));
+    }
 }
