@@ -527,6 +527,97 @@ pub(crate) mod tests {
         assert!(budget.cool_downs.lock().expect("lock").is_empty());
     }
 
+    /// Housekeeping drops only what is over: a cool-down still in force survives it (and still
+    /// refuses), and one that ends exactly now is gone.
+    #[tokio::test(start_paused = true)]
+    async fn housekeeping_keeps_cool_downs_in_force_and_drops_those_just_ended() {
+        let budget = LocalBudget::new(policy(1000, 300, 50));
+        let (short, long) = (partition("short"), partition("long"));
+        budget.cool_down(short, Duration::from_secs(1)).await;
+        budget.cool_down(long, Duration::from_secs(10)).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        budget.housekeeping(Instant::now());
+        let kept: Vec<Partition> = budget
+            .cool_downs
+            .lock()
+            .expect("lock")
+            .keys()
+            .copied()
+            .collect();
+        assert_eq!(kept, [long]);
+        assert_eq!(
+            budget.admit(long, Work::Caller).await,
+            Admission::CoolingDown {
+                retry_after: Duration::from_secs(9)
+            }
+        );
+    }
+
+    /// The schedule, not just the sweep: the tables are trimmed on every `HOUSEKEEPING_EVERY`th
+    /// admission, and not before. A schedule that never runs (or runs on every call but that one)
+    /// fails here.
+    #[tokio::test(start_paused = true)]
+    async fn the_tables_are_trimmed_every_housekeeping_interval_of_admissions() {
+        let budget = LocalBudget::new(policy(10, 10, 1));
+        let (idle, busy) = (partition("idle"), partition("busy"));
+        let cool_downs = |budget: &LocalBudget| budget.cool_downs.lock().expect("lock").len();
+        let quotas = |budget: &LocalBudget| budget.quotas.lock().expect("lock").len();
+        for round in 0..2 {
+            // An idle credential's cool-down and Cloudflare count both end; only a sweep drops them.
+            budget.cool_down(idle, Duration::from_secs(1)).await;
+            budget.observe(idle, reading(500, 1)).await;
+            tokio::time::advance(Duration::from_secs(2)).await;
+            for call in 1..HOUSEKEEPING_EVERY {
+                budget.admit(busy, Work::Caller).await;
+                assert_eq!(
+                    (cool_downs(&budget), quotas(&budget)),
+                    (1, 1),
+                    "round {round}: trimmed early, after {call} calls"
+                );
+            }
+            budget.admit(busy, Work::Caller).await;
+            assert_eq!(
+                (cool_downs(&budget), quotas(&budget)),
+                (0, 0),
+                "round {round}: not trimmed after {HOUSEKEEPING_EVERY} calls"
+            );
+        }
+    }
+
+    /// A later, longer 429 extends the cool-down in force (and, in the test above, a shorter one
+    /// does not shorten it).
+    #[tokio::test(start_paused = true)]
+    async fn a_later_longer_429_extends_the_cool_down() {
+        let budget = LocalBudget::new(policy(1000, 300, 50));
+        let a = partition("a");
+        budget.cool_down(a, Duration::from_secs(10)).await;
+        tokio::time::advance(Duration::from_secs(4)).await;
+        budget.cool_down(a, Duration::from_secs(30)).await;
+        assert_eq!(
+            budget.admit(a, Work::Caller).await,
+            Admission::CoolingDown {
+                retry_after: Duration::from_secs(30)
+            }
+        );
+        // An equally long one changes nothing either.
+        budget.cool_down(a, Duration::from_secs(30)).await;
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(
+            budget.admit(a, Work::Caller).await,
+            Admission::CoolingDown {
+                retry_after: Duration::from_secs(1)
+            }
+        );
+        // A wait past the maximum is capped.
+        budget.cool_down(a, Duration::from_secs(86_400)).await;
+        assert_eq!(
+            budget.admit(a, Work::Caller).await,
+            Admission::CoolingDown {
+                retry_after: MAX_COOL_DOWN
+            }
+        );
+    }
+
     /// Cloudflare's count: `remaining` of 1200 until a reset `reset_secs` from now.
     pub(crate) fn reading(remaining: u64, reset_secs: u64) -> QuotaReading {
         QuotaReading {

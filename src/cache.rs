@@ -749,6 +749,80 @@ mod tests {
         );
     }
 
+    /// The bytes charged against the cache bound, term by term: the body, each relayed header's
+    /// name and value, the reference id (a lookup by integration id adds nothing), and the fixed
+    /// allowance. Pins the arithmetic of `CacheEntry::weight`, which the byte-bound tests only
+    /// see through the store.
+    #[test]
+    fn an_entrys_weight_is_its_body_headers_reference_and_allowance() {
+        let mut weighed = entry("0123456789", 60);
+        weighed.answer = Arc::new(UpstreamAnswer {
+            status: StatusCode::OK,
+            headers: vec![
+                (
+                    http::HeaderName::from_static("cf-ray"),
+                    http::HeaderValue::from_static("abc"),
+                ),
+                (
+                    http::HeaderName::from_static("ratelimit-policy"),
+                    http::HeaderValue::from_static("q=1"),
+                ),
+            ],
+            body: bytes::Bytes::from_static(b"0123456789"),
+        });
+        let by_reference = key("t", A1, "reference-12");
+        let (body, headers, reference, allowance) = (10, 6 + 3 + 16 + 3, 12, 768);
+        assert_eq!(
+            weighed.weight(&by_reference),
+            body + headers + reference + allowance
+        );
+        let by_id = CacheKey {
+            subject: Subject::Integration(
+                IntegrationId::parse("182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e").expect("id"),
+            ),
+            ..by_reference
+        };
+        assert_eq!(weighed.weight(&by_id), body + headers + allowance);
+    }
+
+    /// A credential's 401 or 403 drops that credential's entries for the account, and nothing else.
+    #[test]
+    fn a_partition_scope_matches_one_credentials_entries_in_one_account() {
+        let scope = PurgeScope::Partition {
+            partition: key("t1", A1, "r").partition,
+            account_id: AccountId::parse(A1).expect("account"),
+        };
+        let stored = entry("{}", 60);
+        assert!(scope.matches(&key("t1", A1, "r"), &stored));
+        assert!(scope.matches(&key("t1", A1, "other"), &stored));
+        assert!(
+            !scope.matches(&key("t2", A1, "r"), &stored),
+            "another credential"
+        );
+        assert!(
+            !scope.matches(&key("t1", A2, "r"), &stored),
+            "another account"
+        );
+    }
+
+    /// The byte bound is enforced per shard, so every shard must hold the largest answer
+    /// Cloudflare may send (1 MiB) with its allowance: a store of 16 MiB keeps one, and so does one
+    /// of a size that is not a multiple of the shard size. Fails when the shards are sized smaller
+    /// than that (the answer is then evicted as it is inserted).
+    #[tokio::test]
+    async fn the_largest_answer_fits_in_a_store_of_a_few_shards() {
+        let body: &'static str = Box::leak(
+            "x".repeat(crate::upstream::MAX_UPSTREAM_BODY_BYTES)
+                .into_boxed_str(),
+        );
+        for max_bytes in [16 << 20, (8 << 20) + 16] {
+            let store = LocalStore::new(max_bytes);
+            let largest = key("t", A1, "largest");
+            store.insert(largest.clone(), entry(body, 60)).await;
+            assert!(store.get(&largest).await.is_some(), "{max_bytes}");
+        }
+    }
+
     #[tokio::test]
     async fn the_byte_bound_evicts_and_reports_the_cause() {
         let causes = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -402,6 +402,29 @@ mod tests {
         assert_eq!(coalescer.in_flight(), 0);
     }
 
+    /// `total_followers` sums the callers waiting across keys (the proxy's `in_flight` reports it
+    /// to the integration tests' waits), and `detach_if` says how many fetches it detached.
+    /// Callers are registered with `join_or_start` itself, so no task has to run first; the
+    /// fetches never end (the runtime drops them with the test).
+    #[tokio::test]
+    async fn followers_are_summed_across_keys_and_detaching_counts_the_fetches() {
+        let coalescer: Coalescer<u8, u8> = Coalescer::default();
+        let never = std::future::pending::<u8>;
+        for key in [1, 2, 3] {
+            let (role, _receiver) = coalescer.join_or_start(key, never, Interest::Outcome);
+            assert_eq!(role, Role::Leader);
+        }
+        let mut waiting = Vec::new();
+        for key in [1, 1, 2] {
+            let (role, receiver) = coalescer.join_or_start(key, never, Interest::Outcome);
+            assert_eq!(role, Role::Follower);
+            waiting.push(receiver);
+        }
+        assert_eq!((coalescer.in_flight(), coalescer.total_followers()), (3, 3));
+        assert_eq!(coalescer.detach_if(|key| *key != 1), 2);
+        assert_eq!((coalescer.in_flight(), coalescer.total_followers()), (1, 2));
+    }
+
     #[tokio::test]
     async fn different_keys_do_not_coalesce() {
         let coalescer: Coalescer<u8, u8> = Coalescer::default();

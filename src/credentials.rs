@@ -380,6 +380,56 @@ mod tests {
         }
     }
 
+    /// Pins what each redacting `Debug`/`Display` prints: a placeholder naming the type, never the
+    /// secret and never nothing (a formatter replaced by an empty one, or one that leaks the value,
+    /// fails here).
+    #[test]
+    fn redacting_formatters_print_their_placeholders() {
+        let key = PartitionKey::random();
+        let secret = Secret::new("super-secret-token".into());
+        let fallback = FallbackToken::new(&secret).expect("valid");
+        assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
+        assert_eq!(format!("{secret}"), "<redacted>");
+        assert_eq!(format!("{fallback:?}"), "FallbackToken(<redacted>)");
+        assert_eq!(format!("{key:?}"), "PartitionKey(<redacted>)");
+
+        let credentials = extract(
+            &headers(&[
+                ("x-auth-email", "someone@example.com"),
+                ("x-auth-key", "super-secret-token"),
+            ]),
+            None,
+            &key,
+        )
+        .expect("credentials");
+        let partition = credentials.partition();
+        // The partition prints its top 32 bits (its first four big-endian bytes) as eight hex
+        // digits: short and one-way.
+        let top: String = partition.0.to_be_bytes()[..4]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        assert_eq!(format!("{partition:?}"), format!("Partition({top})"));
+        // The credentials print the header names and the partition, never the values.
+        assert_eq!(
+            format!("{credentials:?}"),
+            format!(
+                "Credentials {{ headers: [\"x-auth-email\", \"x-auth-key\"], partition: {partition:?} }}"
+            )
+        );
+    }
+
+    /// Two credentials' partitions print differently, so a debug log can tell them apart (a
+    /// formatter that printed the same bits for every partition, e.g. the low end shifted away,
+    /// fails here; two random 32-bit prefixes collide once in four billion runs).
+    #[test]
+    fn different_partitions_print_differently() {
+        let key = PartitionKey::random();
+        let a = partition(&[("authorization", "Bearer token-a")], &key);
+        let b = partition(&[("authorization", "Bearer token-b")], &key);
+        assert_ne!(format!("{a:?}"), format!("{b:?}"));
+    }
+
     #[test]
     fn fallback_token_errors_do_not_echo_the_token() {
         let error =

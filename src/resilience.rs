@@ -390,6 +390,114 @@ mod tests {
         assert_eq!(breaker.call(), Pass::Allowed);
     }
 
+    /// A reloaded policy takes effect on the next call and result, and the state is kept: a
+    /// `set_policy` that did nothing fails here.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_breaker_policy_takes_effect_and_keeps_the_state() {
+        let breaker = Breaker::new(POLICY);
+        let pass = breaker.call();
+        breaker.record(pass, Health::Unhealthy);
+        assert_eq!(breaker.state(), closed(1));
+        // A threshold of 2 now opens it on the second consecutive failure (the old one needed 3),
+        // for the new cool-down.
+        breaker.set_policy(BreakerPolicy {
+            failure_threshold: 2,
+            cool_down: Duration::from_secs(40),
+        });
+        let pass = breaker.call();
+        breaker.record(pass, Health::Unhealthy);
+        assert_eq!(breaker.state().as_str(), "open");
+        assert_eq!(
+            breaker.call(),
+            Pass::Rejected {
+                retry_after: Duration::from_secs(40)
+            }
+        );
+        // Turning the breaker off lets every call through, even while it was open.
+        breaker.set_policy(BreakerPolicy {
+            failure_threshold: 0,
+            ..POLICY
+        });
+        assert_eq!(breaker.call(), Pass::Allowed);
+    }
+
+    /// A writer for a test's own tracing subscriber: everything logged lands in one buffer.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What `log_transition` writes for one transition, as a plain-text log.
+    fn logged(before: BreakerState, after: BreakerState) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            log_transition(before, after, &POLICY);
+        });
+        let bytes = captured
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// ARCHITECTURE.md: the breaker opening and closing are logged once each at `warn` (an
+    /// operator reading only warnings sees the outage), a failed probe at `info`, and nothing
+    /// else. The log lines of the real binary are checked in `operations.rs`; this pins each
+    /// arm of the transition table.
+    #[test]
+    fn breaker_transitions_are_logged_at_their_levels() {
+        let open = BreakerState::Open {
+            until: Instant::now(),
+        };
+        let probing = BreakerState::HalfOpen {
+            probe_in_flight: true,
+        };
+        for (before, after, expected) in [
+            (closed(4), open, Some(" WARN ")),
+            (probing, open, Some(" INFO ")),
+            (probing, closed(0), Some(" WARN ")),
+            (open, closed(0), Some(" WARN ")),
+            (closed(0), closed(1), None),
+            (open, probing, None),
+        ] {
+            let text = logged(before, after);
+            let message = match after {
+                BreakerState::Open { .. } if before.as_str() == "closed" => {
+                    "circuit breaker opened"
+                }
+                BreakerState::Open { .. } => "circuit breaker probe failed",
+                _ => "circuit breaker closed",
+            };
+            match expected {
+                Some(level) => assert!(
+                    text.lines().count() == 1 && text.contains(level) && text.contains(message),
+                    "{before:?} -> {after:?}: {text:?}"
+                ),
+                None => assert_eq!(text, "", "{before:?} -> {after:?}"),
+            }
+        }
+    }
+
     #[test]
     fn what_counts_and_what_is_retried() {
         let status = |code: u16| Ok(StatusCode::from_u16(code).expect("status"));

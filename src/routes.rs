@@ -722,4 +722,73 @@ mod tests {
             Some(ID.to_owned())
         );
     }
+
+    /// An id Cloudflare returned (already decoded) passes the same rules as one from a path: not
+    /// empty, at most 1024 bytes, no control characters, not a dot segment.
+    #[test]
+    fn decoded_reference_ids_are_validated() {
+        let longest = "r".repeat(MAX_REFERENCE_ID_BYTES);
+        for valid in [
+            "okta-production",
+            "team a/okta+1",
+            ".hidden",
+            "...",
+            longest.as_str(),
+        ] {
+            assert_eq!(
+                ReferenceId::from_decoded(valid)
+                    .as_ref()
+                    .map(ReferenceId::as_str),
+                Some(valid),
+                "{valid:?}"
+            );
+        }
+        let too_long = "r".repeat(MAX_REFERENCE_ID_BYTES + 1);
+        for invalid in ["", too_long.as_str(), "a\u{7}b", "line\n", ".", ".."] {
+            assert!(ReferenceId::from_decoded(invalid).is_none(), "{invalid:?}");
+        }
+    }
+
+    /// An account id's `Debug` names the type and shows the id (it is not a secret).
+    #[test]
+    fn account_ids_debug_as_their_hex() {
+        let account = AccountId::parse("023e105f4ecef8ad9ca31a8372d0c353").expect("account");
+        assert_eq!(
+            format!("{account:?}"),
+            "AccountId(023e105f4ecef8ad9ca31a8372d0c353)"
+        );
+    }
+
+    /// What the request path reads off a route: its template (the log's and the metrics' `route`),
+    /// whether it writes, and a lookup's reference id; and an integration id's `Debug`.
+    #[test]
+    fn routes_name_their_template_writes_and_reference_id() {
+        const ACCOUNT: &str = "023e105f4ecef8ad9ca31a8372d0c353";
+        const ID: &str = "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e";
+        let base = format!("/client/v4/accounts/{ACCOUNT}/zt_risk_scoring/integrations");
+        let by_reference = format!("{base}/reference_id/okta");
+        let by_id = format!("{base}/{ID}");
+        for (method, path, template, writes) in [
+            (Method::GET, by_reference.as_str(), REFERENCE_ROUTE, false),
+            (Method::GET, by_id.as_str(), INTEGRATION_ROUTE, false),
+            (Method::GET, base.as_str(), INTEGRATIONS_ROUTE, false),
+            (Method::POST, base.as_str(), INTEGRATIONS_ROUTE, true),
+            (Method::PUT, by_id.as_str(), INTEGRATION_ROUTE, true),
+            (Method::DELETE, by_id.as_str(), INTEGRATION_ROUTE, true),
+        ] {
+            let routed = route(&method, path).expect("routed");
+            assert_eq!(routed.template(), template, "{method} {path}");
+            assert_eq!(routed.is_write(), writes, "{method} {path}");
+        }
+        let Ok(Route::Lookup(lookup)) = route(&Method::GET, &by_reference) else {
+            panic!("a lookup");
+        };
+        assert_eq!(lookup.reference_id().map(ReferenceId::as_str), Some("okta"));
+        let Ok(Route::Lookup(lookup)) = route(&Method::GET, &by_id) else {
+            panic!("a lookup");
+        };
+        assert_eq!(lookup.reference_id(), None);
+        let id = IntegrationId::parse(ID).expect("id");
+        assert_eq!(format!("{id:?}"), format!("IntegrationId({ID})"));
+    }
 }

@@ -716,3 +716,158 @@ async fn tls_to_the_upstream_verifies_against_the_configured_roots() {
     let _ = std::fs::remove_dir_all(&dir);
     sim.shutdown().await;
 }
+
+/// README: `tls_roots = "system"` verifies Cloudflare's certificate against the operating
+/// system's store (rustls-native-certs, which reads the store from `SSL_CERT_FILE` when that is
+/// set, as OpenSSL does). The real binary, with its own test CA made the system's store, connects
+/// and answers; with another CA as the store, and with the host's own store, the test CA is
+/// unknown and the handshake is refused (502, code 10502, nothing reaches the upstream). The
+/// host's store must load for the binary to start at all. Fails when `system` uses the compiled-in
+/// roots instead, or when an unknown CA is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_roots_system_trusts_the_operating_systems_store_only() {
+    let sim = start_simulator().await;
+    sim.handle()
+        .insert_integration(ACCOUNT, "tls-system", TENANT);
+    let pki = make_pki("system");
+    let front = tls_front(&pki, sim.addr()).await;
+    let dir = tempdir();
+    let right_store = dir.join("right-store.pem");
+    std::fs::write(&right_store, &pki.ca_pem).expect("write");
+    let wrong_store = dir.join("wrong-store.pem");
+    std::fs::write(&wrong_store, make_pki("other").ca_pem).expect("write");
+    let https_base = format!("https://127.0.0.1:{}/client/v4", front.port());
+    let right_store = right_store.to_str().expect("utf-8");
+    let wrong_store = wrong_store.to_str().expect("utf-8");
+    for (store, answered) in [
+        (Some(right_store), true),
+        (Some(wrong_store), false),
+        (None, false),
+    ] {
+        let env: Vec<(&str, &str)> = store
+            .map(|file| vec![("SSL_CERT_FILE", file)])
+            .unwrap_or_default();
+        let mut running = SidecarProcess::start_in_front_of(
+            &https_base,
+            &["--tls-roots", "system", "--upstream-retries", "0"],
+            &env,
+        );
+        let lookups = Endpoint::new(running.listening_addr());
+        let reply = lookups
+            .get_as(&lookup_path(ACCOUNT, "tls-system"), TOKEN_A)
+            .await;
+        if answered {
+            assert_eq!(reply.status, StatusCode::OK, "{store:?}: {reply:?}");
+        } else {
+            assert_error(&reply, StatusCode::BAD_GATEWAY, 10502);
+        }
+        running.terminate().await;
+    }
+    assert_eq!(
+        sim.handle().requests(SimRoute::ReferenceGet),
+        1,
+        "no request crossed a refused handshake"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    sim.shutdown().await;
+}
+
+/// SECURITY.md: HTTP/2 streams per connection and the flow-control windows are "set
+/// deliberately", from `http2_max_concurrent_streams`, `http2_stream_window` and
+/// `http2_connection_window`. A raw cleartext HTTP/2 client reads what the server announces: its
+/// SETTINGS (`MAX_CONCURRENT_STREAMS`, `INITIAL_WINDOW_SIZE`) and the connection window's
+/// `WINDOW_UPDATE` past the protocol's 65,535 bytes. Fails when `server.rs` stops passing any of
+/// the three to hyper (its own defaults differ from these values).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_and_windows_are_announced_as_configured() {
+    const STREAMS: u32 = 7;
+    const STREAM_WINDOW: u32 = 100_000;
+    const CONNECTION_WINDOW: u32 = 1_000_000;
+    let running = AppHarness::start(|config| {
+        config.server_limits.http2_max_concurrent_streams = STREAMS;
+        config.server_limits.http2_stream_window = STREAM_WINDOW;
+        config.server_limits.http2_connection_window = CONNECTION_WINDOW;
+    })
+    .await;
+    let mut stream = TcpStream::connect(running.addr).await.expect("connect");
+    // The client preface and an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream.write_all(&hello).await.expect("preface");
+
+    let mut settings: Option<Vec<(u16, u32)>> = None;
+    let mut connection_window_increment = None;
+    let mut received = Vec::new();
+    let read_frames = async {
+        while settings.is_none() || connection_window_increment.is_none() {
+            let mut buffer = [0u8; 4096];
+            let read = stream.read(&mut buffer).await.expect("read");
+            assert!(
+                read > 0,
+                "the server closed the connection before announcing both: {settings:?}, {connection_window_increment:?}"
+            );
+            received.extend_from_slice(&buffer[..read]);
+            // Parse every whole frame received so far: a 9-byte header, then the payload.
+            while received.len() >= 9 {
+                let length = usize::from(received[0]) << 16
+                    | usize::from(received[1]) << 8
+                    | usize::from(received[2]);
+                if received.len() < 9 + length {
+                    break;
+                }
+                let (kind, flags) = (received[3], received[4]);
+                let stream_id =
+                    u32::from_be_bytes([received[5], received[6], received[7], received[8]])
+                        & 0x7fff_ffff;
+                let payload: Vec<u8> = received.drain(..9 + length).skip(9).collect();
+                match (kind, flags & 1, stream_id) {
+                    // SETTINGS, not an acknowledgement: six bytes per setting.
+                    (4, 0, 0) => {
+                        settings = Some(
+                            payload
+                                .chunks_exact(6)
+                                .map(|entry| {
+                                    (
+                                        u16::from_be_bytes([entry[0], entry[1]]),
+                                        u32::from_be_bytes([
+                                            entry[2], entry[3], entry[4], entry[5],
+                                        ]),
+                                    )
+                                })
+                                .collect(),
+                        );
+                    }
+                    // WINDOW_UPDATE of the connection.
+                    (8, _, 0) => {
+                        connection_window_increment = Some(
+                            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                                & 0x7fff_ffff,
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WAIT_LIMIT, read_frames)
+        .await
+        .expect("the server's SETTINGS and connection WINDOW_UPDATE within the wait limit");
+    let settings = settings.expect("SETTINGS");
+    let announced = |id: u16| {
+        settings
+            .iter()
+            .rev()
+            .find(|(key, _)| *key == id)
+            .map(|(_, value)| *value)
+    };
+    // 0x3: SETTINGS_MAX_CONCURRENT_STREAMS; 0x4: SETTINGS_INITIAL_WINDOW_SIZE (RFC 9113, 6.5.2).
+    assert_eq!(announced(0x3), Some(STREAMS), "{settings:?}");
+    assert_eq!(announced(0x4), Some(STREAM_WINDOW), "{settings:?}");
+    assert_eq!(
+        connection_window_increment,
+        Some(CONNECTION_WINDOW - 65_535),
+        "the connection window starts at 65,535 bytes and is raised to the configured size"
+    );
+    drop(stream);
+    running.stop().await;
+}

@@ -223,6 +223,11 @@ async fn an_upstream_answer_with_too_many_headers_is_a_bad_answer_and_not_retrie
         upstream_requests.load(std::sync::atomic::Ordering::SeqCst),
         1
     );
+    assert_eq!(
+        harness.metric("zt_sidecar_upstream_requests_total{status=\"upstream-invalid-answer\"}"),
+        1.0
+    );
+    assert_eq!(harness.metric("zt_sidecar_upstream_retries_total"), 0.0);
     // It counts for the breaker: one failure recorded.
     assert_eq!(
         harness.proxy.breaker().state(),

@@ -327,6 +327,12 @@ async fn a_hundred_concurrent_identical_lookups_make_one_upstream_request() {
         Some(&99),
         "{statuses:?}"
     );
+    // README's metrics: each caller that joined the fetch is a coalesced waiter.
+    assert_eq!(harness.metric("zt_sidecar_coalesced_waiters_total"), 99.0);
+    assert_eq!(
+        harness.metric("zt_sidecar_upstream_requests_total{status=\"200\"}"),
+        1.0
+    );
     harness.stop().await;
 }
 
@@ -706,6 +712,13 @@ async fn upstream_down_is_a_fast_502() {
         started.elapsed() < down.config.connect_timeout,
         "refused connections fail without waiting"
     );
+    // Every attempt is counted under its failure, the retries among them.
+    let retries = down.metric("zt_sidecar_upstream_retries_total");
+    assert_eq!(retries, f64::from(down.config.upstream_retries));
+    assert_eq!(
+        down.metric("zt_sidecar_upstream_requests_total{status=\"upstream-connect-failed\"}"),
+        1.0 + retries
+    );
     down.stop().await;
     drop(reserved);
     harness.stop().await;
@@ -724,6 +737,12 @@ async fn a_hanging_upstream_is_a_504_at_the_request_timeout() {
     let elapsed = started.elapsed();
     assert_error(&reply, StatusCode::GATEWAY_TIMEOUT, 10504);
     assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
+    // A timeout has spent the deadline: counted once, never retried.
+    assert_eq!(
+        harness.metric("zt_sidecar_upstream_requests_total{status=\"upstream-timeout\"}"),
+        1.0
+    );
+    assert_eq!(harness.metric("zt_sidecar_upstream_retries_total"), 0.0);
     harness.handle().set_fault(None);
     harness.stop().await;
 }
@@ -737,9 +756,17 @@ async fn reset_connections_and_oversized_bodies_are_502() {
     sim.fail_next(1, Fault::Reset);
     let reset = harness.get_as(&path, TOKEN_A).await;
     assert_error(&reset, StatusCode::BAD_GATEWAY, 10502);
+    assert_eq!(
+        harness.metric("zt_sidecar_upstream_requests_total{status=\"upstream-unreachable\"}"),
+        1.0
+    );
     sim.fail_next(1, Fault::OversizedBody(1024 * 1024 + 1));
     let big = harness.get_as(&path, TOKEN_A).await;
     assert_error(&big, StatusCode::BAD_GATEWAY, 10506);
+    assert_eq!(
+        harness.metric("zt_sidecar_upstream_requests_total{status=\"upstream-body-too-large\"}"),
+        1.0
+    );
     let fine = harness.get_as(&path, TOKEN_A).await;
     assert_eq!(fine.status, StatusCode::OK);
     harness.stop().await;

@@ -247,6 +247,15 @@ async fn a_429_storm_makes_one_upstream_request_per_credential_per_retry_after_w
     let later = harness.lookup("storm-x", TOKEN_A).await;
     assert_eq!(later.header("retry-after"), Some("50"));
     assert!(later.header("x-should-retry").is_none());
+    // README's metrics: Cloudflare's two 429s, and every local refusal while cooling down.
+    assert_eq!(
+        harness.metric("zt_sidecar_upstream_requests_total{status=\"429\"}"),
+        2.0
+    );
+    assert_eq!(
+        harness.metric("zt_sidecar_local_rate_limited_total{reason=\"rate-limited\"}"),
+        101.0
+    );
     // After the window, one call per credential goes upstream again.
     advance(Duration::from_secs(50)).await;
     assert_eq!(
@@ -314,6 +323,17 @@ async fn gateway_failures_are_retried_with_backoff_and_every_retry_spends_budget
         3,
         "one call and two retries"
     );
+    // README's metrics: every attempt counted by what came back, the retries apart.
+    assert_eq!(harness.metric("zt_sidecar_upstream_retries_total"), 2.0);
+    for (status, calls) in [("502", 1.0), ("upstream-unreachable", 1.0), ("200", 1.0)] {
+        assert_eq!(
+            harness.metric(&format!(
+                "zt_sidecar_upstream_requests_total{{status=\"{status}\"}}"
+            )),
+            calls,
+            "{status}"
+        );
+    }
     // Two jittered backoffs: 50-100 ms, then 100-200 ms.
     let waited = started.elapsed();
     assert!(
@@ -327,10 +347,15 @@ async fn gateway_failures_are_retried_with_backoff_and_every_retry_spends_budget
         StatusCode::INTERNAL_SERVER_ERROR
     );
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 4);
+    assert_eq!(harness.metric("zt_sidecar_upstream_retries_total"), 2.0);
     // The retries spent the budget: the next new lookup is refused locally.
     let refused = harness.lookup("third", TOKEN_A).await;
-    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_error(&refused, StatusCode::TOO_MANY_REQUESTS, 971);
     assert_eq!(sim.requests(SimRoute::ReferenceGet), 4);
+    assert_eq!(
+        harness.metric("zt_sidecar_local_rate_limited_total{reason=\"budget-exhausted\"}"),
+        1.0
+    );
     harness.stop().await;
 }
 

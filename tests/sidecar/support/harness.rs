@@ -232,3 +232,19 @@ impl Deref for AppHarness {
         &self.lookups
     }
 }
+
+impl Harness {
+    /// The value of one series of the sidecar's metrics, named as the exposition spells it
+    /// (`family_total{label="value"}`). Every series exists from the start, so one that is not
+    /// there is a mistake in the test and fails it.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .proxy
+            .metrics()
+            .encode(zt_risk_sidecar::metrics::Exposition::OpenMetrics);
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+    }
+}
