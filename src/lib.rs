@@ -81,6 +81,8 @@ pub enum ReloadError {
     Build(#[from] BuildError),
     #[error(transparent)]
     LogFilter(#[from] LogFilterError),
+    #[error("cannot apply tls_extra_ca_file: {0}")]
+    Roots(#[from] ClientBuildError),
 }
 
 /// A reload's outcome: what changed, and the configuration now in force (restart-only keys keep
@@ -228,6 +230,10 @@ impl App {
         let plan = plan_reload(running, &new);
         let config = new.keeping_restart_values(running)?;
         let settings = live_settings(&config)?;
+        // First of what can fail, so that a rejected CA file leaves everything as it was.
+        if plan.applied.contains(&"tls_extra_ca_file") {
+            self.proxy.upstream().reload_roots(&config.tls)?;
+        }
         if plan.applied.contains(&"log_level") {
             if let Some(logs) = logs {
                 logs.apply(config.log_level.as_deref())?;

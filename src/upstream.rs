@@ -13,9 +13,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
-use rustls::RootCertStore;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{ServerName, UnixTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
@@ -224,6 +228,80 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileE
     Ok(certificates)
 }
 
+/// The server-certificate verifier of the upstream client, whose roots a reload can replace: the
+/// token, admin token and CA files are rotated the same way (a watched file, SIGHUP or
+/// `POST /reload`), and a rotated corporate egress CA must not need a restart. Each handshake
+/// asks the verifier in force at its start; connections already verified stay in the pool.
+#[derive(Debug)]
+struct LiveRoots {
+    verifier: arc_swap::ArcSwap<WebPkiServerVerifier>,
+}
+
+impl LiveRoots {
+    fn new(
+        tls: &TlsSettings,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<LiveRoots, ClientBuildError> {
+        Ok(LiveRoots {
+            verifier: arc_swap::ArcSwap::new(verifier(tls, provider)?),
+        })
+    }
+}
+
+fn verifier(
+    tls: &TlsSettings,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, ClientBuildError> {
+    WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(tls)?), Arc::clone(provider))
+        .build()
+        .map_err(|error| ClientBuildError::Tls(rustls::Error::General(error.to_string())))
+}
+
+impl ServerCertVerifier for LiveRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.verifier.load().verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier
+            .load()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier
+            .load()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.verifier.load().supported_verify_schemes()
+    }
+}
+
 fn root_store(tls: &TlsSettings) -> Result<RootCertStore, ClientBuildError> {
     let mut store = match tls.roots {
         TlsRoots::Webpki => RootCertStore {
@@ -418,6 +496,8 @@ pub struct Upstream {
     failure_log: Arc<LogThrottle>,
     /// One permit per request in flight. hyper-util's pool caps idle connections, not open ones.
     in_flight: Arc<Semaphore>,
+    roots: Arc<LiveRoots>,
+    provider: Arc<CryptoProvider>,
 }
 
 /// How often a failure to reach Cloudflare is logged at `warn` during an outage.
@@ -430,11 +510,14 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(settings.connect_timeout));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        // Safe default protocol versions are TLS 1.2 and 1.3.
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
+        let roots = Arc::new(LiveRoots::new(&settings.tls, &provider)?);
+        // Safe default protocol versions are TLS 1.2 and 1.3. The verifier is webpki's, over the
+        // configured roots; "dangerous" is only rustls's name for supplying one's own.
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(ClientBuildError::Tls)?
-            .with_root_certificates(root_store(&settings.tls)?)
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::clone(&roots) as Arc<dyn ServerCertVerifier>)
             .with_no_client_auth();
         // ALPN offers h2, then http/1.1.
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -466,7 +549,16 @@ impl Upstream {
             user_agent,
             failure_log: Arc::new(LogThrottle::new(FAILURE_LOG_EVERY)),
             in_flight: Arc::new(Semaphore::new(settings.max_connections.get())),
+            roots,
+            provider,
         })
+    }
+
+    /// Verifies new connections against `tls`'s roots from now on (a reload of the extra CA
+    /// file). On error the roots in force stay.
+    pub fn reload_roots(&self, tls: &TlsSettings) -> Result<(), ClientBuildError> {
+        self.roots.verifier.store(verifier(tls, &self.provider)?);
+        Ok(())
     }
 
     /// The configured whole-request timeout; callers derive their deadline from it.

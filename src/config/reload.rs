@@ -18,8 +18,8 @@ pub struct ReloadPlan {
 /// Pure: which keys changed, split into those a reload applies and those that need a restart.
 /// Besides the settings, the two tokens count as keys (`token`, `admin_token`): their files can
 /// change under an unchanged setting, and the sidecar's token can come from the environment.
-/// So can the extra CA file, whose new content needs a restart like its path (`upstream.rs`
-/// builds the TLS client, and its pooled connections, once).
+/// So can the extra CA file, whose new content is applied like a new path: new connections to
+/// Cloudflare verify against the new roots.
 pub fn plan_reload(running: &Config, new: &Config) -> ReloadPlan {
     let mut plan = ReloadPlan::default();
     for (key, reload) in new.settings.changed_since(&running.settings) {
@@ -34,8 +34,8 @@ pub fn plan_reload(running: &Config, new: &Config) -> ReloadPlan {
     if running.admin_token != new.admin_token {
         plan.applied.push("admin_token");
     }
-    if running.extra_ca != new.extra_ca && !plan.needs_restart.contains(&"tls_extra_ca_file") {
-        plan.needs_restart.push("tls_extra_ca_file");
+    if running.extra_ca != new.extra_ca && !plan.applied.contains(&"tls_extra_ca_file") {
+        plan.applied.push("tls_extra_ca_file");
     }
     plan
 }
@@ -48,13 +48,12 @@ impl Config {
     pub fn keeping_restart_values(self, running: &Config) -> Result<Config, ConfigError> {
         let mut settings = self.settings;
         settings.keep_restart_values(&running.settings);
-        // The CA in force is the running one until a restart, like every restart-only value, and
-        // the fleet's secrets are read at start only.
+        // The fleet's secrets are read at start only, like every restart-only value.
         let running_fleet = running.fleet.as_ref();
         let secrets = Secrets {
             token: self.token,
             admin_token: self.admin_token,
-            extra_ca: running.extra_ca,
+            extra_ca: self.extra_ca,
             redis_password: running_fleet.and_then(|fleet| fleet.redis_password.clone()),
             fleet_key: running_fleet.map(|fleet| fleet.fleet_key.clone()),
         };

@@ -56,8 +56,8 @@ settings! {
     max_request_headers: NonZeroUsize = "64", Live, "N";
     /// Roots for Cloudflare's TLS: `webpki` (Mozilla's, built in) or `system`.
     tls_roots: TlsRoots = "webpki", Restart, "ROOTS";
-    /// Extra PEM roots, e.g. a TLS-inspecting egress; watched, and a changed file is checked and logged as needing a restart.
-    tls_extra_ca_file: Option<PathBuf> = unset("none"), Restart, "PATH";
+    /// Extra PEM roots, e.g. a TLS-inspecting egress; watched, and re-read on change or reload (new connections verify against the new roots).
+    tls_extra_ca_file: Option<PathBuf> = unset("none"), Live, "PATH";
     /// `http://[user:pass@]host:port` (or `host:port`) to tunnel (CONNECT) to Cloudflare through; `https_proxy` is read when `HTTPS_PROXY` is unset.
     https_proxy: Option<ProxyUrl> = unset("none"), Restart, "URL", env = "HTTPS_PROXY";
     /// Hosts reached without `https_proxy`: comma-separated names (each also matching its subdomains, with or without a leading dot) or `*`; `no_proxy` is read when `NO_PROXY` is unset.

@@ -157,6 +157,11 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         &self.shared.store
     }
 
+    /// The upstream client, whose TLS roots a reload may replace.
+    pub fn upstream(&self) -> &Upstream {
+        &self.shared.upstream
+    }
+
     pub fn breaker(&self) -> &Breaker {
         &self.shared.breaker
     }

@@ -619,40 +619,47 @@ async fn sighup_applies_the_log_level() {
     sim.shutdown().await;
 }
 
-/// A self-signed CA certificate in PEM.
-fn ca_pem(name: &str) -> String {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.self_signed(&key).expect("certificate").pem()
-}
-
-/// The extra CA file is watched too. Its roots are built into the upstream client once, so a
-/// changed file is checked and logged as needing a restart; one without a certificate is
-/// rejected.
+/// The extra CA file is watched too, and a new one applies to new connections without a restart
+/// (a rotated corporate egress CA): the lookup that failed its handshake against the old roots is
+/// answered once the file holds the front's CA; a file without a certificate is rejected and the
+/// roots in force stay. Fails when the roots are built once (a changed file only logged as
+/// needing a restart, as before): the second lookup is then still a 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_ca_file_is_checked_and_logged_as_needing_a_restart() {
+async fn a_rotated_ca_file_applies_to_new_connections_without_a_restart() {
     let sim = start_simulator().await;
+    sim.handle()
+        .insert_integration(ACCOUNT, "behind-tls", TENANT);
+    let pki = make_pki("rotated");
+    let front = tls_front(&pki, sim.addr()).await;
     let dir = tempdir();
     let ca = dir.join("extra-ca.pem");
-    std::fs::write(&ca, ca_pem("first test CA")).expect("ca");
+    std::fs::write(&ca, make_pki("old").ca_pem).expect("ca");
+    let upstream = format!("https://127.0.0.1:{}/client/v4", front.port());
     let mut process = SidecarProcess::start_in_front_of(
-        &sim.base_url(),
+        &upstream,
         &[
             "--log-format",
             "json",
+            "--upstream-retries",
+            "0",
             "--tls-extra-ca-file",
             path_text(&ca),
         ],
         &[],
     );
-    process.listening_addr();
-    std::fs::write(&ca, ca_pem("second test CA")).expect("ca");
-    let restart = process.wait_for_warning("file change: these changes need a restart");
-    assert!(restart.contains("tls_extra_ca_file"), "{restart}");
+    let sidecar = Endpoint::new(process.listening_addr());
+    let path = lookup_path(ACCOUNT, "behind-tls");
+    let refused = sidecar.get_as(&path, TOKEN_A).await;
+    assert_error(&refused, StatusCode::BAD_GATEWAY, 10502);
+    assert_eq!(sim.handle().requests(SimRoute::ReferenceGet), 0);
+
+    std::fs::write(&ca, &pki.ca_pem).expect("ca");
+    let reloaded = process.wait_for_warning("file change: configuration reloaded");
+    assert!(reloaded.contains("tls_extra_ca_file"), "{reloaded}");
+    let answered = sidecar.get_as(&path, TOKEN_A).await;
+    assert_eq!(answered.status, StatusCode::OK, "{:?}", answered.body);
+    assert_eq!(sim.handle().requests(SimRoute::ReferenceGet), 1);
+
     std::fs::write(&ca, "not a certificate\n").expect("ca");
     let rejected = process.wait_for_warning("file change: configuration rejected");
     assert!(rejected.contains("tls_extra_ca_file"), "{rejected}");

@@ -10,6 +10,7 @@ mod harness;
 mod metrics;
 mod process;
 mod redis;
+mod tls;
 mod wait;
 
 pub use assertions::*;
@@ -19,6 +20,7 @@ pub use metrics::*;
 pub use process::*;
 // `self::` because the `redis` crate has the same name.
 pub use self::redis::*;
+pub use tls::*;
 pub use wait::*;
 
 /// The simulated Cloudflare API's names, imported here once for every test module: when the
