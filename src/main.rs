@@ -93,6 +93,7 @@ fn run(cli: Cli) -> ExitCode {
             }
         };
     let (logs, log_writer, warning) = telemetry::init(config.log_format, log_filter.as_deref());
+    telemetry::log_panics();
     if let Some(warning) = warning {
         tracing::warn!("{warning}");
     }

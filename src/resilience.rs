@@ -421,43 +421,9 @@ mod tests {
         assert_eq!(breaker.call(), Pass::Allowed);
     }
 
-    /// A writer for a test's own tracing subscriber: everything logged lands in one buffer.
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// What `log_transition` writes for one transition, as a plain-text log.
     fn logged(before: BreakerState, after: BreakerState) -> String {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .without_time()
-            .with_max_level(tracing::Level::TRACE)
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            log_transition(before, after, &POLICY);
-        });
-        let bytes = captured
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        String::from_utf8_lossy(&bytes).into_owned()
+        crate::telemetry::captured::logged(|| log_transition(before, after, &POLICY))
     }
 
     /// ARCHITECTURE.md: the breaker opening and closing are logged once each at `warn` (an

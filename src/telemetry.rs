@@ -166,6 +166,72 @@ pub fn init(
     (LogControl { set_filter }, log_writer, warning)
 }
 
+/// Logs every panic as an `error` event (its message and where it happened) through the
+/// subscriber, so that a 500 (code 10500, "the cause is logged, never sent") has its cause in the
+/// log, in the log's own format: the default hook's plain text on stderr would break a JSON log.
+/// The caller only ever gets the envelope; the panic's payload never reaches a response.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|location| format!("{}:{}", location.file(), location.line()));
+        tracing::error!(
+            panic = message,
+            location = location.as_deref().unwrap_or("unknown"),
+            "a bug: a task panicked (its request, if any, was answered 500 with code 10500)"
+        );
+    }));
+}
+
+/// For tests that read what their own code logs.
+#[cfg(test)]
+pub(crate) mod captured {
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    /// A writer for a test's own tracing subscriber: everything logged lands in one buffer.
+    #[derive(Clone, Default)]
+    pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What `run` logs at any level, as a plain-text log without times.
+    pub(crate) fn logged(run: impl FnOnce()) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        let bytes = captured
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +308,21 @@ mod tests {
         drop(log_writer);
         let written = written.lock().expect("output").clone();
         assert_eq!(String::from_utf8_lossy(&written), "first\nsecond\n");
+    }
+
+    /// README: a 500 (10500) is "a bug in the sidecar (the cause is logged, never sent)". With
+    /// the hook, a panic is an `error` event holding its message and location. Fails without
+    /// the hook (the default one writes to stderr, not through the subscriber).
+    #[test]
+    fn a_panic_is_logged_as_an_error_event_with_its_cause() {
+        log_panics();
+        let text = captured::logged(|| {
+            let outcome = std::panic::catch_unwind(|| panic!("the cause of a 10500"));
+            assert!(outcome.is_err());
+        });
+        let _default = std::panic::take_hook();
+        assert!(text.contains("ERROR"), "{text}");
+        assert!(text.contains("panic=\"the cause of a 10500\""), "{text}");
+        assert!(text.contains("src/telemetry.rs"), "{text}");
     }
 }
