@@ -51,6 +51,7 @@ fn entry(body: &'static str) -> CacheEntry {
         fresh_for: Duration::from_secs(60),
         retain_for: Duration::from_secs(120),
         integration: None,
+        fetch_time: Duration::ZERO,
     }
 }
 
@@ -109,6 +110,48 @@ async fn an_entry_stored_by_one_sidecar_is_a_fleet_hit_on_another() {
             assert!(!text.contains("answer-1"), "{name} holds the body in clear");
         }
     }
+}
+
+/// A sidecar that wins the lease to refresh a key first re-reads Redis: when another sidecar has
+/// just stored a newer entry (and let the lease go), it takes that one and lets the lease go
+/// without fetching; when Redis holds the same entry as its own copy, it fetches.
+#[tokio::test]
+async fn a_lease_winner_takes_the_newer_entry_another_sidecar_just_stored() {
+    let server = RedisServer::start();
+    let settings = settings(&server, &[b'a'; 32], Duration::from_secs(2));
+    let (one, fleet) = sidecar(&settings);
+    let (two, _) = sidecar(&settings);
+    let key = key(&fleet.keys.partition_key(), "user-1");
+    let deadline = Instant::now() + PATIENCE;
+    let mut older = entry("answer-1");
+    older.stored_at = Instant::now() - Duration::from_secs(1);
+    let FetchClaim::Fetch(ticket) = one.claim_fetch(&key, deadline).await else {
+        panic!("the first claim fetches");
+    };
+    assert!(one.store_fetched(key.clone(), Some(older), ticket).await);
+    assert_eq!(
+        two.lookup(&key).await.map(|(_, tier)| tier),
+        Some(Tier::Fleet)
+    );
+    // Redis holds what the second sidecar holds: its refresh is due, and it fetches.
+    let FetchClaim::Fetch(ticket) = two.claim_fetch(&key, deadline).await else {
+        panic!("the same entry as its own copy: fetch");
+    };
+    assert!(!two.store_fetched(key.clone(), None, ticket).await);
+    // The first sidecar refreshes the key; the second one's refresh then takes its entry.
+    assert!(fetch_and_store(&one, &key, "answer-2").await);
+    match two.claim_fetch(&key, deadline).await {
+        FetchClaim::Filled(newer) => assert_eq!(newer.answer.body, "answer-2"),
+        other => panic!("expected the newer entry, got {other:?}"),
+    }
+    let (copy, tier) = two.lookup(&key).await.expect("kept");
+    assert_eq!(copy.answer.body, "answer-2");
+    assert_eq!(tier, Tier::Local);
+    // And it let the lease go: the next claim fetches at once.
+    let claimed = one
+        .claim_fetch(&key, Instant::now() + Duration::from_millis(1))
+        .await;
+    assert!(matches!(claimed, FetchClaim::Fetch(_)), "{claimed:?}");
 }
 
 #[tokio::test]
