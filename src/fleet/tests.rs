@@ -57,13 +57,16 @@ fn entry(body: &'static str) -> CacheEntry {
 
 /// Claims and stores `body` under `key` as a fetch would.
 async fn fetch_and_store(store: &FleetStore, key: &CacheKey, body: &'static str) -> bool {
+    fetch_and_store_entry(store, key, entry(body)).await
+}
+
+/// Claims and stores `entry` under `key` as a fetch would.
+async fn fetch_and_store_entry(store: &FleetStore, key: &CacheKey, entry: CacheEntry) -> bool {
     let deadline = Instant::now() + PATIENCE;
     let FetchClaim::Fetch(ticket) = store.claim_fetch(key, deadline).await else {
         panic!("the first claim fetches");
     };
-    store
-        .store_fetched(key.clone(), Some(entry(body)), ticket)
-        .await
+    store.store_fetched(key.clone(), Some(entry), ticket).await
 }
 
 #[tokio::test]
@@ -125,10 +128,7 @@ async fn a_lease_winner_takes_the_newer_entry_another_sidecar_just_stored() {
     let deadline = Instant::now() + PATIENCE;
     let mut older = entry("answer-1");
     older.stored_at = Instant::now() - Duration::from_secs(1);
-    let FetchClaim::Fetch(ticket) = one.claim_fetch(&key, deadline).await else {
-        panic!("the first claim fetches");
-    };
-    assert!(one.store_fetched(key.clone(), Some(older), ticket).await);
+    assert!(fetch_and_store_entry(&one, &key, older).await);
     assert_eq!(
         two.lookup(&key).await.map(|(_, tier)| tier),
         Some(Tier::Fleet)
