@@ -460,7 +460,7 @@ impl AnswerStore for FleetStore {
         };
         match l2.claim(key, deadline).await {
             ClaimOutcome::Leased { token, generation } => {
-                let ticket = FleetTicket {
+                let mut ticket = FleetTicket {
                     lease_token: Some(token),
                     generation: Some(generation),
                     renewal: None,
@@ -478,7 +478,7 @@ impl AnswerStore for FleetStore {
                     self.keep_copy(l2, key, &shared, purges_before).await;
                     return FetchClaim::Filled(shared);
                 }
-                let mut ticket = ticket;
+                // Renewed from here on, while the fetch runs.
                 ticket.renewal = ticket
                     .lease_token
                     .as_deref()
