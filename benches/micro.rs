@@ -115,6 +115,7 @@ fn entry(answer: &Arc<UpstreamAnswer>) -> CacheEntry {
         fresh_for: Duration::from_secs(3600),
         retain_for: Duration::from_secs(7200),
         integration: answered_integration(&answer.body).map(|answered| answered.id),
+        fetch_time: Duration::ZERO,
     }
 }
 

@@ -64,6 +64,9 @@ pub struct CacheEntry {
     /// The integration the stored answer names (none for "not found"), so that a write to it can
     /// drop every entry that returned it.
     pub integration: Option<IntegrationId>,
+    /// How long the upstream fetch that produced the answer took (its retries included): the
+    /// recompute time XFetch weighs an early refresh against. Zero when unknown.
+    pub fetch_time: Duration,
 }
 
 impl CacheEntry {
@@ -644,6 +647,7 @@ mod tests {
             fresh_for: Duration::from_secs(fresh_secs),
             retain_for: Duration::from_secs(fresh_secs),
             integration: answered_integration(body.as_bytes()).map(|answered| answered.id),
+            fetch_time: Duration::ZERO,
         }
     }
 

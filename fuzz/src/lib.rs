@@ -797,6 +797,7 @@ pub fn check_purge_scope_input(data: &[u8]) {
                 fresh_for: Duration::from_secs(10),
                 retain_for: Duration::from_secs(10),
                 integration: None,
+                fetch_time: Duration::ZERO,
             };
             let key = CacheKey::new(credentials.partition(), &lookup);
             assert!(scope.matches(&key, &entry));

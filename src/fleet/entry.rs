@@ -1,6 +1,6 @@
 //! An answer as the fleet stores it in Redis (before encryption): wall-clock fetched-at,
 //! fresh-until and stale-until (epoch milliseconds, so that `Age`, `ttl` and stale serving hold on
-//! any host), status, the relayed headers, the integration it names, and the body; and the pure
+//! any host), the fetch's duration (XFetch's recompute time), status, the relayed headers, the integration it names, and the body; and the pure
 //! conversions between that and a [`CacheEntry`] on Tokio's clock. Decoding never panics: bytes
 //! that are not an entry are `None`. It must not do I/O.
 
@@ -16,8 +16,11 @@ use crate::cache::CacheEntry;
 use crate::routes::IntegrationId;
 use crate::upstream::UpstreamAnswer;
 
-/// The layout's version, first byte of every encoded entry.
-const LAYOUT: u8 = 1;
+/// The layout's version, first byte of every encoded entry. Layout 2 adds the fetch's duration
+/// after the times; layout 1 (without it) is still read, so that entries written before the
+/// upgrade stay hits, and its fetch time is unknown (zero: no early refresh for it).
+const LAYOUT: u8 = 2;
+const LAYOUT_WITHOUT_FETCH_TIME: u8 = 1;
 
 /// Milliseconds since the Unix epoch of `time` (0 before it).
 pub fn epoch_ms(time: SystemTime) -> u64 {
@@ -79,6 +82,8 @@ pub fn encode(entry: &CacheEntry, times: WallTimes) -> Vec<u8> {
     out.extend_from_slice(&times.fetched_at_ms.to_le_bytes());
     out.extend_from_slice(&times.fresh_until_ms.to_le_bytes());
     out.extend_from_slice(&times.stale_until_ms.to_le_bytes());
+    let fetch_ms = u32::try_from(entry.fetch_time.as_millis()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&fetch_ms.to_le_bytes());
     out.extend_from_slice(&answer.status.as_u16().to_le_bytes());
     match entry.integration {
         Some(id) => {
@@ -146,18 +151,24 @@ pub struct Decoded {
     pub answer: UpstreamAnswer,
     pub integration: Option<IntegrationId>,
     pub times: WallTimes,
+    pub fetch_time: Duration,
 }
 
 /// Pure: the entry in `bytes`, or `None` for anything that is not one of this layout.
 pub fn decode(bytes: &[u8]) -> Option<Decoded> {
     let mut reader = Reader { rest: bytes };
-    if reader.u8()? != LAYOUT {
+    let layout = reader.u8()?;
+    if layout != LAYOUT && layout != LAYOUT_WITHOUT_FETCH_TIME {
         return None;
     }
     let times = WallTimes {
         fetched_at_ms: reader.u64()?,
         fresh_until_ms: reader.u64()?,
         stale_until_ms: reader.u64()?,
+    };
+    let fetch_time = match layout {
+        LAYOUT => Duration::from_millis(u64::from(reader.u32()?)),
+        _ => Duration::ZERO,
     };
     if times.fresh_until_ms < times.fetched_at_ms || times.stale_until_ms < times.fresh_until_ms {
         return None;
@@ -189,6 +200,7 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded> {
         },
         integration,
         times,
+        fetch_time,
     })
 }
 
@@ -202,6 +214,7 @@ impl Decoded {
             fresh_for,
             retain_for,
             integration: self.integration,
+            fetch_time: self.fetch_time,
         }
     }
 }
@@ -224,6 +237,7 @@ mod tests {
             fresh_for: Duration::from_secs(60),
             retain_for: Duration::from_secs(90),
             integration: IntegrationId::parse("182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e"),
+            fetch_time: Duration::from_millis(37),
         }
     }
 
@@ -242,12 +256,29 @@ mod tests {
         assert_eq!(decoded.times, times);
         assert_eq!(decoded.integration, original.integration);
         assert_eq!(decoded.answer, *original.answer);
+        assert_eq!(decoded.fetch_time, Duration::from_millis(37));
         // Another host, 3 s later by both its clocks: the entry is 13 s old there.
         let there = Instant::now() + Duration::from_secs(100);
         let copy = decoded.into_entry(there, now_ms + 3_000);
         assert_eq!(there - copy.stored_at, Duration::from_secs(13));
         assert_eq!(copy.fresh_for, Duration::from_secs(60));
         assert_eq!(copy.retain_for, Duration::from_secs(90));
+        assert_eq!(copy.fetch_time, Duration::from_millis(37));
+    }
+
+    #[test]
+    fn an_entry_of_the_layout_before_the_fetch_time_still_reads() {
+        let now = Instant::now();
+        let original = entry(now);
+        let times = WallTimes::of(&original, now, 1_000_000);
+        let mut bytes = encode(&original, times);
+        // Layout 1 is layout 2 without the four bytes of the fetch time after the three times.
+        bytes.drain(25..29);
+        bytes[0] = LAYOUT_WITHOUT_FETCH_TIME;
+        let decoded = decode(&bytes).expect("layout 1 decodes");
+        assert_eq!(decoded.times, times);
+        assert_eq!(decoded.answer, *original.answer);
+        assert_eq!(decoded.fetch_time, Duration::ZERO, "unknown");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The fleet-wide fetch lease's pure parts: the owner token, how long a waiter waits before it
-//! looks again or gives up, and the early-refresh decision (XFetch). Redis calls live in
-//! `store.rs`; this file must not do I/O.
+//! looks again or gives up, the early-refresh decision (XFetch), and whether a lease holder takes
+//! the fleet's entry instead of fetching. Redis calls live in `store.rs`; this file must not do
+//! I/O.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::cache::{CacheEntry, Freshness};
 
 /// A random owner token: only the sidecar that set the lease may renew or release it.
 pub fn owner_token() -> String {
@@ -53,9 +56,112 @@ pub fn refresh_early(remaining: Duration, fetch_time: Duration, random: f64) -> 
     gap >= remaining.as_secs_f64()
 }
 
+/// Pure: whether a hit on `entry` at `now` starts an early refresh: XFetch with the entry's own
+/// measured fetch time as the recompute time. A fixed guess would be wrong both ways: far longer
+/// than a fast fetch, it makes nearly every hit on a short-lived entry refresh it (and the fresh
+/// entry is at once due again); far shorter than a slow one, callers wait at expiry. A stale entry
+/// is not this decision's (stale-while-revalidate refreshes it).
+pub fn early_refresh_due(entry: &CacheEntry, now: Instant, random: f64) -> bool {
+    match entry.freshness(now) {
+        Freshness::Fresh { remaining } => refresh_early(remaining, entry.fetch_time, random),
+        Freshness::Stale { .. } => false,
+    }
+}
+
+/// How far apart this host's clock may put two copies of one fetch's entry: the fleet keeps
+/// wall-clock milliseconds, and each conversion reads both clocks at slightly different moments.
+/// Two different fetches of a key are at least one fetch apart, and in steady state about a TTL.
+pub const SAME_FETCH: Duration = Duration::from_millis(20);
+
+/// Pure: whether a sidecar that has just won the lease for a fetch takes the fleet's entry
+/// instead: it is fresh, and this sidecar's own copy is missing, no longer fresh, or older (from
+/// an earlier fetch). That is the case when another sidecar refreshed the key a moment ago and
+/// let the lease go: fetching again would only repeat its upstream call.
+pub fn takes_shared(own: Option<&CacheEntry>, shared: Option<&CacheEntry>, now: Instant) -> bool {
+    let Some(shared) = shared else {
+        return false;
+    };
+    if !matches!(shared.freshness(now), Freshness::Fresh { .. }) {
+        return false;
+    }
+    match own {
+        Some(own) if matches!(own.freshness(now), Freshness::Fresh { .. }) => {
+            shared.stored_at > own.stored_at + SAME_FETCH
+        }
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use crate::upstream::UpstreamAnswer;
+
+    fn entry(stored_at: Instant, fresh_for: Duration, fetch_time: Duration) -> CacheEntry {
+        CacheEntry {
+            answer: Arc::new(UpstreamAnswer {
+                status: http::StatusCode::OK,
+                headers: Vec::new(),
+                body: bytes::Bytes::from_static(b"{}"),
+            }),
+            stored_at,
+            fresh_for,
+            retain_for: fresh_for * 2,
+            integration: None,
+            fetch_time,
+        }
+    }
+
+    /// How many of `draws` evenly spread draws start an early refresh of `entry` at `now`.
+    fn refreshes(entry: &CacheEntry, now: Instant, draws: u32) -> usize {
+        (1..=draws)
+            .filter(|i| early_refresh_due(entry, now, f64::from(*i) / f64::from(draws)))
+            .count()
+    }
+
+    #[test]
+    fn early_refresh_weighs_the_entry_s_measured_fetch_time() {
+        let now = Instant::now();
+        let ttl = Duration::from_secs(2);
+        // A 2 s entry fetched in 5 ms: just stored, or half-way, no draw refreshes it (it would
+        // take a draw below e^-200); 5 ms from expiry, about e^-1 of them do.
+        let fast = entry(now, ttl, Duration::from_millis(5));
+        assert_eq!(refreshes(&fast, now, 10_000), 0);
+        assert_eq!(refreshes(&fast, now + Duration::from_secs(1), 10_000), 0);
+        let near = refreshes(&fast, now + ttl - Duration::from_millis(5), 10_000);
+        assert!((3_500..3_900).contains(&near), "{near}");
+        // The same entry fetched in 1 s: refreshed earlier and more often, so that a slow fetch
+        // still ends before expiry (half-way: e^-1 of the draws).
+        let slow = entry(now, ttl, Duration::from_secs(1));
+        let half_way = refreshes(&slow, now + Duration::from_secs(1), 10_000);
+        assert!((3_500..3_900).contains(&half_way), "{half_way}");
+        // Expired: stale-while-revalidate's, not XFetch's.
+        assert!(!early_refresh_due(&slow, now + ttl, 0.000_001));
+    }
+
+    #[test]
+    fn a_lease_holder_takes_a_newer_fleet_entry_instead_of_fetching() {
+        let now = Instant::now();
+        let ttl = Duration::from_secs(2);
+        let fetch = Duration::from_millis(5);
+        let own = entry(now - Duration::from_millis(1_990), ttl, fetch);
+        // Another sidecar refreshed the key 30 ms ago.
+        let newer = entry(now - Duration::from_millis(30), ttl, fetch);
+        assert!(takes_shared(Some(&own), Some(&newer), now));
+        // This sidecar's copy expired, or it has none: any fresh entry of the fleet will do.
+        let expired = entry(now - Duration::from_secs(3), ttl, fetch);
+        assert!(takes_shared(Some(&expired), Some(&own), now));
+        assert!(takes_shared(None, Some(&own), now));
+        // The same fetch read back (a few ms apart on this clock) is what is due: fetch.
+        let same = entry(own.stored_at + Duration::from_millis(3), ttl, fetch);
+        assert!(!takes_shared(Some(&own), Some(&same), now));
+        assert!(!takes_shared(Some(&newer), Some(&own), now), "older");
+        // Nothing fresh in the fleet: fetch.
+        assert!(!takes_shared(Some(&own), None, now));
+        assert!(!takes_shared(None, Some(&expired), now));
+    }
 
     #[test]
     fn a_waiter_waits_for_the_lease_but_never_past_its_deadline() {

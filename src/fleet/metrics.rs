@@ -96,16 +96,25 @@ pub enum LeaseWait {
     TimedOut,
     /// The lease expired or was let go without an entry: this sidecar fetched.
     TookOver,
+    /// The lease was free, but another sidecar had just stored a newer entry: this sidecar took
+    /// it and let the lease go without fetching.
+    Newer,
 }
 
 impl LeaseWait {
-    pub const ALL: [LeaseWait; 3] = [LeaseWait::Filled, LeaseWait::TimedOut, LeaseWait::TookOver];
+    pub const ALL: [LeaseWait; 4] = [
+        LeaseWait::Filled,
+        LeaseWait::TimedOut,
+        LeaseWait::TookOver,
+        LeaseWait::Newer,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             LeaseWait::Filled => "filled",
             LeaseWait::TimedOut => "timed_out",
             LeaseWait::TookOver => "took_over",
+            LeaseWait::Newer => "newer",
         }
     }
 }
@@ -198,7 +207,7 @@ impl FleetMetrics {
         let lease_waits = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "fleet_lease_waits",
-            "Waits for another sidecar's fetch of the same key, by outcome",
+            "Waits for another sidecar's fetch of the same key (and fetches skipped for its newer entry), by outcome",
             lease_waits.clone(),
         );
         create_outcomes(&lease_waits, LeaseWait::ALL.map(LeaseWait::as_str));

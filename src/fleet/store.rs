@@ -460,13 +460,31 @@ impl AnswerStore for FleetStore {
         };
         match l2.claim(key, deadline).await {
             ClaimOutcome::Leased { token, generation } => {
-                let renewal = l2.start_renewal(key, &token);
+                let mut ticket = FleetTicket {
+                    lease_token: Some(token),
+                    generation: Some(generation),
+                    renewal: None,
+                };
+                // Another sidecar may have refreshed the key a moment ago and let the lease go:
+                // its newer entry is then taken instead of a second upstream call.
+                let purges_before = l2.purges.load(Ordering::SeqCst);
+                let own = self.local.get(key).await;
+                let (shared, _) = l2.read(key).await;
+                if let Some(shared) = shared.filter(|shared| {
+                    lease::takes_shared(own.as_ref(), Some(shared), Instant::now())
+                }) {
+                    l2.store(key, None, &ticket).await;
+                    l2.fleet.redis.metrics().record_lease_wait(LeaseWait::Newer);
+                    self.keep_copy(l2, key, &shared, purges_before).await;
+                    return FetchClaim::Filled(shared);
+                }
+                // Renewed from here on, while the fetch runs.
+                ticket.renewal = ticket
+                    .lease_token
+                    .as_deref()
+                    .map(|token| l2.start_renewal(key, token));
                 FetchClaim::Fetch(FetchTicket {
-                    fleet: Some(FleetTicket {
-                        lease_token: Some(token),
-                        generation: Some(generation),
-                        renewal: Some(renewal),
-                    }),
+                    fleet: Some(ticket),
                 })
             }
             ClaimOutcome::Filled {

@@ -51,18 +51,22 @@ fn entry(body: &'static str) -> CacheEntry {
         fresh_for: Duration::from_secs(60),
         retain_for: Duration::from_secs(120),
         integration: None,
+        fetch_time: Duration::ZERO,
     }
 }
 
 /// Claims and stores `body` under `key` as a fetch would.
 async fn fetch_and_store(store: &FleetStore, key: &CacheKey, body: &'static str) -> bool {
+    fetch_and_store_entry(store, key, entry(body)).await
+}
+
+/// Claims and stores `entry` under `key` as a fetch would.
+async fn fetch_and_store_entry(store: &FleetStore, key: &CacheKey, entry: CacheEntry) -> bool {
     let deadline = Instant::now() + PATIENCE;
     let FetchClaim::Fetch(ticket) = store.claim_fetch(key, deadline).await else {
         panic!("the first claim fetches");
     };
-    store
-        .store_fetched(key.clone(), Some(entry(body)), ticket)
-        .await
+    store.store_fetched(key.clone(), Some(entry), ticket).await
 }
 
 #[tokio::test]
@@ -109,6 +113,45 @@ async fn an_entry_stored_by_one_sidecar_is_a_fleet_hit_on_another() {
             assert!(!text.contains("answer-1"), "{name} holds the body in clear");
         }
     }
+}
+
+/// A sidecar that wins the lease to refresh a key first re-reads Redis: when another sidecar has
+/// just stored a newer entry (and let the lease go), it takes that one and lets the lease go
+/// without fetching; when Redis holds the same entry as its own copy, it fetches.
+#[tokio::test]
+async fn a_lease_winner_takes_the_newer_entry_another_sidecar_just_stored() {
+    let server = RedisServer::start();
+    let settings = settings(&server, &[b'a'; 32], Duration::from_secs(2));
+    let (one, fleet) = sidecar(&settings);
+    let (two, _) = sidecar(&settings);
+    let key = key(&fleet.keys.partition_key(), "user-1");
+    let deadline = Instant::now() + PATIENCE;
+    let mut older = entry("answer-1");
+    older.stored_at = Instant::now() - Duration::from_secs(1);
+    assert!(fetch_and_store_entry(&one, &key, older).await);
+    assert_eq!(
+        two.lookup(&key).await.map(|(_, tier)| tier),
+        Some(Tier::Fleet)
+    );
+    // Redis holds what the second sidecar holds: its refresh is due, and it fetches.
+    let FetchClaim::Fetch(ticket) = two.claim_fetch(&key, deadline).await else {
+        panic!("the same entry as its own copy: fetch");
+    };
+    assert!(!two.store_fetched(key.clone(), None, ticket).await);
+    // The first sidecar refreshes the key; the second one's refresh then takes its entry.
+    assert!(fetch_and_store(&one, &key, "answer-2").await);
+    match two.claim_fetch(&key, deadline).await {
+        FetchClaim::Filled(newer) => assert_eq!(newer.answer.body, "answer-2"),
+        other => panic!("expected the newer entry, got {other:?}"),
+    }
+    let (copy, tier) = two.lookup(&key).await.expect("kept");
+    assert_eq!(copy.answer.body, "answer-2");
+    assert_eq!(tier, Tier::Local);
+    // And it let the lease go: the next claim fetches at once.
+    let claimed = one
+        .claim_fetch(&key, Instant::now() + Duration::from_millis(1))
+        .await;
+    assert!(matches!(claimed, FetchClaim::Fetch(_)), "{claimed:?}");
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use crate::cache::{
 use crate::credentials::Credentials;
 use crate::error::ApiError;
 use crate::error::X_SHOULD_RETRY;
-use crate::fleet::lease::refresh_early;
+use crate::fleet::lease::early_refresh_due;
 use crate::proxy::cache_status::{CacheStatus, StaleReason};
 use crate::proxy::limits::Slot;
 use crate::proxy::response::{relay, AnswerFrom, Served, RATELIMIT};
@@ -75,10 +75,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
             match entry.freshness(now) {
                 Freshness::Fresh { remaining } => {
                     // In a fleet, a hot key is refreshed shortly before it expires by one
-                    // sidecar (XFetch; the lease picks the one), not by all of them at expiry.
-                    if shared.store.is_shared()
-                        && refresh_early(remaining, EARLY_REFRESH_FETCH_TIME, rand::random())
-                    {
+                    // sidecar (XFetch on the entry's measured fetch time; the lease picks the
+                    // one), not by all of them at expiry.
+                    if shared.store.is_shared() && early_refresh_due(&entry, now, rand::random()) {
                         self.refresh_in_background(key, lookup, credentials, Recheck::Skip);
                     }
                     return match tier {
@@ -290,6 +289,8 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             FetchClaim::Filled(entry) => return Fetched::FleetFilled(entry),
             FetchClaim::TimedOut => return Fetched::Failed(UpstreamError::Timeout),
         };
+        // The fetch's own time, without the wait for the lease: XFetch's recompute time.
+        let fetch_started = Instant::now();
         let answer = match self
             .fetch_upstream(&key, &lookup, &credentials, work, deadline, &settings)
             .await
@@ -317,6 +318,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             fresh_for,
             retain_for: ttl.retain_for(fresh_for),
             integration: answered_integration(&answer.body).map(|answered| answered.id),
+            fetch_time: fetch_started.elapsed(),
         };
         let accepted = self
             .store
@@ -411,10 +413,6 @@ enum Recheck {
     Store,
     Skip,
 }
-
-/// What XFetch takes a fetch to cost when it decides on an early refresh: about one upstream
-/// round trip with its retries' backoff. Refreshes start within a few seconds of expiry.
-const EARLY_REFRESH_FETCH_TIME: Duration = Duration::from_secs(1);
 
 /// Pure: how a lookup's upstream call went for the breaker. As for any call, plus: a 200 or 404
 /// whose body is not a Cloudflare envelope (an HTML error page, a captive portal, garbage) is no
