@@ -231,6 +231,18 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::{oneshot, Barrier};
 
+    /// Yields while `waiting` holds, a bounded number of turns: a broken coalescer fails the
+    /// test here rather than spinning until the runner's limit.
+    async fn yield_while(condition: &str, mut waiting: impl FnMut() -> bool) {
+        for _ in 0..100_000 {
+            if !waiting() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("still true after 100,000 turns: {condition}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_callers_share_one_fetch() {
         let coalescer: Coalescer<&'static str, u32> = Coalescer::default();
@@ -260,9 +272,10 @@ mod tests {
         }
         barrier.wait().await;
         // The one fetch is held until the 49 other callers have joined it.
-        while coalescer.followers(&"key") < 49 {
-            tokio::task::yield_now().await;
-        }
+        yield_while(r#"coalescer.followers(&"key") < 49"#, || {
+            coalescer.followers(&"key") < 49
+        })
+        .await;
         release.send(()).expect("fetch waiting");
         let mut leaders = 0;
         for task in tasks {
@@ -292,16 +305,18 @@ mod tests {
                     .await
             })
         };
-        while coalescer.in_flight() == 0 {
-            tokio::task::yield_now().await;
-        }
+        yield_while(r#"coalescer.in_flight() == 0"#, || {
+            coalescer.in_flight() == 0
+        })
+        .await;
         let follower = {
             let coalescer = coalescer.clone();
             tokio::spawn(async move { coalescer.run(1, || async { "second fetch" }).await })
         };
-        while coalescer.followers(&1) == 0 {
-            tokio::task::yield_now().await;
-        }
+        yield_while(r#"coalescer.followers(&1) == 0"#, || {
+            coalescer.followers(&1) == 0
+        })
+        .await;
         leader.abort();
         assert!(leader.await.expect_err("aborted").is_cancelled());
         release.send(()).expect("fetch still running");
@@ -346,9 +361,10 @@ mod tests {
             let coalescer = coalescer.clone();
             tokio::spawn(async move { coalescer.run(1, || async { 7 }).await })
         };
-        while coalescer.followers(&1) == 0 {
-            tokio::task::yield_now().await;
-        }
+        yield_while(r#"coalescer.followers(&1) == 0"#, || {
+            coalescer.followers(&1) == 0
+        })
+        .await;
         release.send(()).expect("fetch waiting");
         assert_eq!(joined.await.expect("joined"), (Role::Follower, Ok(5)));
     }
@@ -368,9 +384,10 @@ mod tests {
                     .await
             })
         };
-        while coalescer.in_flight() == 0 {
-            tokio::task::yield_now().await;
-        }
+        yield_while(r#"coalescer.in_flight() == 0"#, || {
+            coalescer.in_flight() == 0
+        })
+        .await;
         assert_eq!(coalescer.detach_if(|key| *key == 1), 1);
         let (release_new, new_released) = oneshot::channel::<()>();
         let late = {
@@ -384,9 +401,10 @@ mod tests {
                     .await
             })
         };
-        while coalescer.in_flight() == 0 {
-            tokio::task::yield_now().await;
-        }
+        yield_while(r#"coalescer.in_flight() == 0"#, || {
+            coalescer.in_flight() == 0
+        })
+        .await;
         // The old fetch ends first; it must not remove the new fetch's entry.
         release_old.send(()).expect("old fetch waiting");
         assert_eq!(

@@ -1242,7 +1242,11 @@ async fn held_requests_wait_for_the_gate_and_keep_their_fault() {
         async move { status_of(&client, uri).await }
     });
     harness.sim.wait_for_requests(2).await;
+    // Bounded: a gate that lost a request fails here instead of spinning.
+    let mut turns = 0;
     while harness.sim.held() != 2 {
+        turns += 1;
+        assert!(turns < 100_000, "the second request was never held");
         tokio::task::yield_now().await;
     }
     assert!(!first.is_finished() && !second.is_finished());
