@@ -161,6 +161,18 @@ mod tests {
         // Nothing fresh in the fleet: fetch.
         assert!(!takes_shared(Some(&own), None, now));
         assert!(!takes_shared(None, Some(&expired), now));
+        // Exactly `SAME_FETCH` apart still counts as the same fetch.
+        let edge = entry(own.stored_at + SAME_FETCH, ttl, fetch);
+        assert!(!takes_shared(Some(&own), Some(&edge), now));
+        // An own copy that is no longer fresh yields to a fresh fleet entry however close their
+        // fetches were (here the fleet's was stored with a longer freshness, 10 ms later).
+        let short = entry(
+            now - Duration::from_millis(1_500),
+            Duration::from_secs(1),
+            fetch,
+        );
+        let longer = entry(short.stored_at + Duration::from_millis(10), ttl, fetch);
+        assert!(takes_shared(Some(&short), Some(&longer), now));
     }
 
     #[test]
