@@ -37,7 +37,10 @@ DOCKERIGNORE = ROOT / "deploy" / "Dockerfile.dockerignore"
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 UNIT = ROOT / "deploy" / "systemd" / "zt-risk-sidecar.service"
 DEFAULT_CONFIG = ROOT / "config" / "sidecar.toml"
-BINARY_PATH = "/usr/bin/zt-risk-sidecar"
+# The Debian package (and so the systemd unit) installs to /usr/bin; the container image keeps
+# /usr/local/bin, where a binary not owned by a distribution package belongs.
+UNIT_BINARY_PATH = "/usr/bin/zt-risk-sidecar"
+IMAGE_BINARY_PATH = "/usr/local/bin/zt-risk-sidecar"
 ADMIN_PORT = 14481
 
 failures = 0
@@ -168,8 +171,8 @@ def check_dockerfile() -> None:
     rule(not any(k == "EXPOSE" for k, _ in instructions), "no EXPOSE (the listeners are loopback)")
     entrypoints = [a for k, a in final if k == "ENTRYPOINT"]
     rule(
-        bool(entrypoints) and BINARY_PATH in entrypoints[-1],
-        f"ENTRYPOINT runs {BINARY_PATH}",
+        bool(entrypoints) and IMAGE_BINARY_PATH in entrypoints[-1],
+        f"ENTRYPOINT runs {IMAGE_BINARY_PATH}",
     )
     copies = [a for k, a in final if k == "COPY" and "--from=" not in a]
     rule(
@@ -381,7 +384,9 @@ def check_systemd() -> None:
         return settings.get(key, [None])[-1]
 
     exec_start = last("ExecStart") or ""
-    rule(exec_start.startswith(BINARY_PATH + " "), f"ExecStart runs {BINARY_PATH}")
+    rule(
+        exec_start.startswith(UNIT_BINARY_PATH + " "), f"ExecStart runs {UNIT_BINARY_PATH}"
+    )
     rule("--config /etc/zt-risk-sidecar/sidecar.toml" in exec_start, "--config /etc/zt-risk-sidecar/sidecar.toml")
     credential = (last("LoadCredential") or "").split(":", 1)[0]
     rule(
