@@ -77,7 +77,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                     // In a fleet, a hot key is refreshed shortly before it expires by one
                     // sidecar (XFetch on the entry's measured fetch time; the lease picks the
                     // one), not by all of them at expiry.
-                    if shared.store.is_shared() && early_refresh_due(&entry, now, rand::random()) {
+                    if shared.store.is_shared() && early_refresh_due(&entry, now, rand::random) {
                         self.refresh_in_background(key, lookup, credentials, Recheck::Skip);
                     }
                     return match tier {
