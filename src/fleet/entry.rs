@@ -54,7 +54,8 @@ impl WallTimes {
     }
 }
 
-fn millis(duration: Duration) -> u64 {
+/// A duration in whole milliseconds, saturating (the fleet's times and Redis's `PX` are in ms).
+pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -56,24 +56,22 @@ pub fn refresh_early(remaining: Duration, fetch_time: Duration, random: f64) -> 
     gap >= remaining.as_secs_f64()
 }
 
-/// Pure: whether a hit on `entry` at `now` starts an early refresh: XFetch with the entry's own
-/// measured fetch time as the recompute time. A fixed guess would be wrong both ways: far longer
+/// Pure: whether a fresh hit, `remaining` before its entry expires, starts an early refresh:
+/// XFetch with the entry's own measured `fetch_time` as the recompute time. A fixed guess would be wrong both ways: far longer
 /// than a fast fetch, it makes nearly every hit on a short-lived entry refresh it (and the fresh
-/// entry is at once due again); far shorter than a slow one, callers wait at expiry. A stale entry
-/// is not this decision's (stale-while-revalidate refreshes it).
+/// entry is at once due again); far shorter than a slow one, callers wait at expiry. Only fresh
+/// hits ask (stale-while-revalidate refreshes a stale entry).
 ///
 /// `draw` is only called when a draw could matter: no draw (at least `f64::MIN_POSITIVE`) reaches
 /// further than about 708 fetch times, so an entry with more freshness left than that, which is
 /// nearly every hit, costs no random number.
-pub fn early_refresh_due(entry: &CacheEntry, now: Instant, draw: impl FnOnce() -> f64) -> bool {
-    match entry.freshness(now) {
-        Freshness::Fresh { remaining } => {
-            let furthest = entry.fetch_time.as_secs_f64() * -f64::MIN_POSITIVE.ln();
-            remaining.as_secs_f64() <= furthest
-                && refresh_early(remaining, entry.fetch_time, draw())
-        }
-        Freshness::Stale { .. } => false,
-    }
+pub fn early_refresh_due(
+    remaining: Duration,
+    fetch_time: Duration,
+    draw: impl FnOnce() -> f64,
+) -> bool {
+    let furthest = fetch_time.as_secs_f64() * -f64::MIN_POSITIVE.ln();
+    remaining.as_secs_f64() <= furthest && refresh_early(remaining, fetch_time, draw())
 }
 
 /// How far apart this host's clock may put two copies of one fetch's entry: the fleet keeps
@@ -123,9 +121,17 @@ mod tests {
     }
 
     /// How many of `draws` evenly spread draws start an early refresh of `entry` at `now`.
+    /// What the lookup asks on a fresh hit at `now` (a test entry here is always fresh).
+    fn due(entry: &CacheEntry, now: Instant, draw: impl FnOnce() -> f64) -> bool {
+        match entry.freshness(now) {
+            Freshness::Fresh { remaining } => early_refresh_due(remaining, entry.fetch_time, draw),
+            Freshness::Stale { .. } => panic!("early refresh is asked only on a fresh hit"),
+        }
+    }
+
     fn refreshes(entry: &CacheEntry, now: Instant, draws: u32) -> usize {
         (1..=draws)
-            .filter(|i| early_refresh_due(entry, now, || f64::from(*i) / f64::from(draws)))
+            .filter(|i| due(entry, now, || f64::from(*i) / f64::from(draws)))
             .count()
     }
 
@@ -146,15 +152,12 @@ mod tests {
         let half_way = refreshes(&slow, now + Duration::from_secs(1), 10_000);
         assert!((3_500..3_900).contains(&half_way), "{half_way}");
         // Expired: stale-while-revalidate's, not XFetch's.
-        assert!(!early_refresh_due(&slow, now + ttl, || 0.000_001));
         // Further from expiry than any draw reaches (708 fetch times of 1 ms): no draw is made at
         // all, and none is needed to say no; within reach, the smallest draw says yes.
         let quick = entry(now, ttl, Duration::from_millis(1));
-        assert!(!early_refresh_due(&quick, now, || panic!(
-            "a draw that cannot matter"
-        )));
+        assert!(!due(&quick, now, || panic!("a draw that cannot matter")));
         let within = now + ttl - Duration::from_millis(700);
-        assert!(early_refresh_due(&quick, within, || f64::MIN_POSITIVE));
+        assert!(due(&quick, within, || f64::MIN_POSITIVE));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::cache::{
 };
 use crate::routes::Subject;
 
-use super::entry::{self, epoch_ms, WallTimes};
+use super::entry::{self, epoch_ms, millis, WallTimes};
 use super::invalidation::{self, INVALIDATE_SCRIPT};
 use super::lease::{self, WaitStep};
 use super::metrics::{L2Read, LeaseWait};
@@ -402,10 +402,6 @@ enum ClaimOutcome {
 
 fn is_fresh(entry: &CacheEntry) -> bool {
     matches!(entry.freshness(Instant::now()), Freshness::Fresh { .. })
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl AnswerStore for FleetStore {

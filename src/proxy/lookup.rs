@@ -77,7 +77,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                     // In a fleet, a hot key is refreshed shortly before it expires by one
                     // sidecar (XFetch on the entry's measured fetch time; the lease picks the
                     // one), not by all of them at expiry.
-                    if shared.store.is_shared() && early_refresh_due(&entry, now, rand::random) {
+                    if shared.store.is_shared()
+                        && early_refresh_due(remaining, entry.fetch_time, rand::random)
+                    {
                         self.refresh_in_background(key, lookup, credentials, Recheck::Skip);
                     }
                     return match tier {
@@ -86,7 +88,7 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                             let cache = CacheStatus::FleetHit {
                                 ttl: remaining.as_secs(),
                             };
-                            Served::from_fleet(&entry, remaining, now, cache)
+                            Served::cached(&entry, now, cache)
                         }
                     };
                 }
@@ -149,13 +151,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
                 Served::local(ApiError::Overloaded, None, None)
             }
             (Fetched::FleetFilled(entry), _) => {
-                let remaining = match entry.freshness(now) {
-                    Freshness::Fresh { remaining } => remaining,
-                    Freshness::Stale { .. } => Duration::ZERO,
-                };
                 let fwd_status = entry.answer.status;
                 let cache = CacheStatus::FleetCollapsed { fwd_status };
-                Served::from_fleet(&entry, remaining, now, cache)
+                Served::cached(&entry, now, cache)
             }
             (Fetched::AlreadyCached(entry), _) => {
                 let remaining = match entry.freshness(now) {
@@ -291,17 +289,16 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
         };
         // The fetch's own time, without the wait for the lease: XFetch's recompute time.
         let fetch_started = Instant::now();
-        let answer = match self
+        let (answer, decision) = match self
             .fetch_upstream(&key, &lookup, &credentials, work, deadline, &settings)
             .await
         {
-            Ok(answer) => answer,
+            Ok(fetched) => fetched,
             Err(fetched) => {
                 self.store.store_fetched(key, None, ticket).await;
                 return fetched;
             }
         };
-        let decision = storability(answer.status, &answer.body);
         let failure = is_refresh_failure(answer.status, decision);
         let ttl = &settings.ttl;
         let Some(fresh_for) = decision.fresh_for(ttl) else {
@@ -338,8 +335,9 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
     }
 
     /// The upstream calls of one fetch: within the budget, the breaker and the deadline,
-    /// retried on connection failures and 502/503/504. `Err`: what the waiters get instead of
-    /// an answer.
+    /// retried on connection failures and 502/503/504. `Ok`: the answer and whether it may be
+    /// stored (its body parsed once, for the breaker and the store alike); `Err`: what the
+    /// waiters get instead of an answer.
     async fn fetch_upstream(
         &self,
         key: &CacheKey,
@@ -348,30 +346,34 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
         work: Work,
         deadline: Instant,
         settings: &LiveSettings,
-    ) -> Result<Arc<UpstreamAnswer>, Fetched> {
+    ) -> Result<(Arc<UpstreamAnswer>, Storability), Fetched> {
         let path = lookup.upstream_path();
         let partition = credentials.partition();
         let mut retries = 0;
-        let mut last: Option<Result<UpstreamAnswer, UpstreamError>> = None;
-        let result = loop {
+        let mut last: Option<Attempt> = None;
+        let attempt = loop {
             // A retry that the breaker or the budget refuses ends with the last attempt's result.
             let pass = self.breaker.call();
             if let Pass::Rejected { retry_after } = pass {
                 match last {
-                    Some(result) => break result,
+                    Some(attempt) => break attempt,
                     None => return Err(Fetched::Refused(Refusal::UpstreamDown { retry_after })),
                 }
             }
             if let Some(refusal) = self.admit_for(partition, work).await {
                 self.breaker.record(pass, Health::NotCalled);
                 match last {
-                    Some(result) => break result,
+                    Some(attempt) => break attempt,
                     None => return Err(Fetched::Refused(refusal)),
                 }
             }
             let attempt_started = Instant::now();
             let result = self.upstream.get(&path, credentials, deadline).await;
-            let health = lookup_health(&result);
+            let decision = result
+                .as_ref()
+                .ok()
+                .map(|answer| storability(answer.status, &answer.body));
+            let health = lookup_health(&result, decision);
             let summary = self
                 .settle_with_health(
                     pass,
@@ -383,11 +385,11 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
                 )
                 .await;
             if !is_retryable(&summary) || retries >= settings.max_retries {
-                break result;
+                break (result, decision);
             }
             let delay = backoff(retries, rand::random::<f64>());
             if Instant::now() + delay >= deadline {
-                break result;
+                break (result, decision);
             }
             tracing::debug!(
                 retry = retries + 1,
@@ -397,11 +399,15 @@ impl<S: AnswerStore, B: UpstreamBudget> Shared<S, B> {
             tokio::time::sleep(delay).await;
             self.metrics.record_retry();
             retries += 1;
-            last = Some(result);
+            last = Some((result, decision));
         };
-        match result {
-            Ok(answer) => Ok(Arc::new(answer)),
-            Err(error) => Err(Fetched::Failed(error)),
+        match attempt {
+            (Ok(answer), decision) => {
+                // Every answer's decision is made with it, above; this never parses again.
+                let decision = decision.unwrap_or_else(|| storability(answer.status, &answer.body));
+                Ok((Arc::new(answer), decision))
+            }
+            (Err(error), _) => Err(Fetched::Failed(error)),
         }
     }
 }
@@ -417,16 +423,18 @@ enum Recheck {
 /// Pure: how a lookup's upstream call went for the breaker. As for any call, plus: a 200 or 404
 /// whose body is not a Cloudflare envelope (an HTML error page, a captive portal, garbage) is no
 /// healthy answer, even though its status looks like one.
-fn lookup_health(result: &Result<UpstreamAnswer, UpstreamError>) -> Health {
-    if let Ok(answer) = result {
-        let not_an_envelope =
-            storability(answer.status, &answer.body) == Storability::No(NOT_AN_ENVELOPE);
-        if not_an_envelope {
-            return Health::Unhealthy;
-        }
+fn lookup_health(
+    result: &Result<UpstreamAnswer, UpstreamError>,
+    decision: Option<Storability>,
+) -> Health {
+    if decision == Some(Storability::No(NOT_AN_ENVELOPE)) {
+        return Health::Unhealthy;
     }
     health_of(&status_of(result))
 }
+
+/// One upstream attempt: its result, and for an answer whether it may be stored.
+type Attempt = (Result<UpstreamAnswer, UpstreamError>, Option<Storability>);
 
 /// The answer as the cache keeps it: the body (shared, not copied) and only the headers a replay
 /// sends. `Ratelimit` is never replayed and `Retry-After` never comes with a cacheable answer, so

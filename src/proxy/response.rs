@@ -70,25 +70,19 @@ impl Served {
     }
 
     pub(super) fn hit(entry: &CacheEntry, remaining: Duration, now: Instant) -> Served {
-        Served {
-            response: hit_response(entry, remaining, now),
-            cache: CacheStatus::Hit {
-                ttl: remaining.as_secs(),
-            },
-            account_id: None,
-            route: None,
-        }
+        let cache = CacheStatus::Hit {
+            ttl: remaining.as_secs(),
+        };
+        Served::cached(entry, now, cache)
     }
 
-    /// A fresh entry another sidecar of the fleet stored: `cache` says how it came
-    /// ([`CacheStatus::FleetHit`] or [`CacheStatus::FleetCollapsed`]).
-    pub(super) fn from_fleet(
-        entry: &CacheEntry,
-        remaining: Duration,
-        now: Instant,
-        cache: CacheStatus,
-    ) -> Served {
-        Served::answered(hit_response(entry, remaining, now), cache)
+    /// A fresh entry answering: its stored answer with `Age`, and `cache` as `Cache-Status`
+    /// (a local [`CacheStatus::Hit`], or how another sidecar of the fleet stored it:
+    /// [`CacheStatus::FleetHit`], [`CacheStatus::FleetCollapsed`]).
+    pub(super) fn cached(entry: &CacheEntry, now: Instant, cache: CacheStatus) -> Served {
+        let mut response = relay(&entry.answer, AnswerFrom::Cache);
+        set_age(&mut response, entry, now);
+        Served::answered(response, cache)
     }
 
     /// A stale entry standing in. `Cache-Status` gives a negative `ttl` (seconds past expiry) and
@@ -121,13 +115,7 @@ pub fn hit_response(
     remaining: Duration,
     now: Instant,
 ) -> Response<ResponseBody> {
-    let mut response = relay(&entry.answer, AnswerFrom::Cache);
-    set_age(&mut response, entry, now);
-    let cache = CacheStatus::Hit {
-        ttl: remaining.as_secs(),
-    };
-    set_cache_status(&mut response, &cache);
-    response
+    Served::hit(entry, remaining, now).response
 }
 
 /// Where an answer being sent comes from, which decides whether its quota reading is current.
