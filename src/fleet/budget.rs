@@ -18,7 +18,7 @@ use crate::budget::{
 };
 use crate::credentials::Partition;
 use crate::fleet::{Fleet, FleetKeys, FleetRedis};
-use crate::ratelimit::{QuotaReading, Work, DEFAULT_QUOTA};
+use crate::ratelimit::{QuotaReading, Reserves, Work, DEFAULT_QUOTA};
 
 /// The admission: cool-down, Cloudflare's count, then the GCRA, in one round trip.
 static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("budget.lua")));
@@ -263,8 +263,8 @@ struct ScriptLimits {
     refresh_interval_micros: u64,
     refresh_burst: u32,
     period_micros: u64,
-    caller_reserve_per_mille: u16,
-    refresh_reserve_per_mille: u16,
+    /// What callers and refreshes leave of Cloudflare's count, as the local pacing keeps it.
+    reserves: Reserves,
 }
 
 impl ScriptLimits {
@@ -282,16 +282,12 @@ impl ScriptLimits {
             refresh_interval_micros: refresh.map_or(0, |(requests, _)| interval(requests)),
             refresh_burst: refresh.map_or(0, |(_, burst)| burst.get()),
             period_micros: u64::try_from(policy.period.as_micros()).unwrap_or(u64::MAX),
-            caller_reserve_per_mille: policy.reserves.share_for(Work::Caller).as_per_mille(),
-            refresh_reserve_per_mille: policy.reserves.share_for(Work::Refresh).as_per_mille(),
+            reserves: policy.reserves,
         }
     }
 
     fn reserve_per_mille(&self, work: Work) -> u16 {
-        match work {
-            Work::Caller => self.caller_reserve_per_mille,
-            Work::Refresh => self.refresh_reserve_per_mille,
-        }
+        self.reserves.share_for(work).as_per_mille()
     }
 }
 
@@ -355,10 +351,11 @@ mod tests {
                 refresh_interval_micros: 400_000,
                 refresh_burst: 6,
                 period_micros: 300_000_000,
-                caller_reserve_per_mille: 100,
-                refresh_reserve_per_mille: 250,
+                reserves: policy(1000, 300, 8).reserves,
             }
         );
+        assert_eq!(limits.reserve_per_mille(Work::Caller), 100);
+        assert_eq!(limits.reserve_per_mille(Work::Refresh), 250);
         // A refresh reserve of 100 % leaves refreshes nothing.
         let mut everything = policy(1000, 300, 8);
         everything.reserves.refresh = Share::per_mille(1000).expect("100%");
