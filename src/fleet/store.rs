@@ -52,7 +52,7 @@ if ARGV[1] ~= '' and generation == ARGV[3] then
   end
   stored = 1
 end
-if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
+if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return stored
 ";
@@ -84,12 +84,12 @@ pub(crate) struct L2 {
     pub(crate) invalidate: redis::Script,
 }
 
-/// A leader's standing in the fleet for one fetch: the lease it holds (if Redis granted one) and
-/// the write generation the fetch began under. Dropping it stops the lease's renewal.
+/// A leader's standing in the fleet for one fetch: the lease Redis granted it and the write
+/// generation the fetch began under. Dropping it stops the lease's renewal.
 #[derive(Debug)]
 pub struct FleetTicket {
-    lease_token: Option<String>,
-    generation: Option<String>,
+    lease_token: String,
+    generation: String,
     renewal: Option<tokio::task::AbortHandle>,
 }
 
@@ -348,9 +348,6 @@ impl L2 {
             }
             None => (Vec::new(), 1, Vec::new()),
         };
-        let Some(generation) = &ticket.generation else {
-            return L2Write::Unavailable;
-        };
         let mut invocation = self.store.prepare_invoke();
         invocation
             .key(&names.entry)
@@ -363,8 +360,8 @@ impl L2 {
         invocation
             .arg(sealed)
             .arg(ttl_ms)
-            .arg(generation)
-            .arg(ticket.lease_token.as_deref().unwrap_or(""))
+            .arg(&ticket.generation)
+            .arg(&ticket.lease_token)
             .arg(self.fleet.keys.filled_channel())
             .arg(&names.hash);
         match self.fleet.redis.invoke::<i64>("set", &invocation).await {
@@ -457,8 +454,8 @@ impl AnswerStore for FleetStore {
         match l2.claim(key, deadline).await {
             ClaimOutcome::Leased { token, generation } => {
                 let mut ticket = FleetTicket {
-                    lease_token: Some(token),
-                    generation: Some(generation),
+                    lease_token: token,
+                    generation,
                     renewal: None,
                 };
                 // Another sidecar may have refreshed the key a moment ago and let the lease go:
@@ -475,10 +472,7 @@ impl AnswerStore for FleetStore {
                     return FetchClaim::Filled(shared);
                 }
                 // Renewed from here on, while the fetch runs.
-                ticket.renewal = ticket
-                    .lease_token
-                    .as_deref()
-                    .map(|token| l2.start_renewal(key, token));
+                ticket.renewal = Some(l2.start_renewal(key, &ticket.lease_token));
                 FetchClaim::Fetch(FetchTicket {
                     fleet: Some(ticket),
                 })
