@@ -92,7 +92,14 @@ fn run(cli: Cli) -> ExitCode {
                 return ExitCode::from(INVALID_CONFIGURATION);
             }
         };
-    let (logs, log_writer, warning) = telemetry::init(config.log_format, log_filter.as_deref());
+    let (logs, log_writer, warning) =
+        match telemetry::init(config.log_format, log_filter.as_deref()) {
+            Ok(logging) => logging,
+            Err(error) => {
+                eprintln!("zt-risk-sidecar: cannot start the log writer thread: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
     telemetry::log_panics();
     if let Some(warning) = warning {
         tracing::warn!("{warning}");
