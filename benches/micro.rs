@@ -484,6 +484,81 @@ fn hit_path(c: &mut Criterion) {
     drop(sim);
 }
 
+/// The access log's request event (issue 13), as `Proxy::handle` logs it: made by telemetry's
+/// `PlainFormat` (the default when standard output is not a terminal) beside tracing-subscriber's
+/// own `Full` format (what a terminal gets, and what every line used before), each queued to the
+/// log writer's thread as the sidecar queues it (that thread writes to `io::sink`); the same
+/// without the queue (formatting alone); and the event when the filter is at `warn`.
+fn access_log(c: &mut Criterion) {
+    use tracing_subscriber::fmt::format::Format;
+    use zt_risk_sidecar::proxy::RequestEvent;
+    use zt_risk_sidecar::telemetry::{
+        queued_writer, PlainFormat, FLUSH_INTERVAL, LOG_BUFFER_BYTES,
+    };
+
+    let mut group = c.benchmark_group("access_log");
+    let method = Method::GET;
+    let account_id = routes::AccountId::parse(DEV_ACCOUNT_ID);
+    let event = RequestEvent {
+        method: &method,
+        route: Some(routes::REFERENCE_ROUTE),
+        account_id,
+        status: 200,
+        cache: "hit",
+        stale_reason: None,
+        upstream_status: None,
+        cf_ray: Some("8a1b2c3d4e5f6a7b-SJC"),
+        latency: Duration::from_micros(187),
+    };
+    let queued = || {
+        queued_writer(std::io::sink(), LOG_BUFFER_BYTES, FLUSH_INTERVAL)
+            .expect("the log writer thread starts")
+    };
+    let (queue, _plain_writer) = queued();
+    let plain = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_writer(queue)
+            .with_ansi(false)
+            .event_format(PlainFormat::default())
+            .finish(),
+    );
+    let (queue, _stock_writer) = queued();
+    let stock = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_writer(queue)
+            .with_ansi(false)
+            .event_format(Format::default().with_target(true))
+            .finish(),
+    );
+    let unqueued = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_writer(std::io::sink)
+            .with_ansi(false)
+            .event_format(PlainFormat::default())
+            .finish(),
+    );
+    let off = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_env_filter("warn")
+            .with_writer(std::io::sink)
+            .finish(),
+    );
+    for (name, dispatch) in [
+        ("PlainFormat, queued (the default)", &plain),
+        ("tracing-subscriber Full format, queued", &stock),
+        ("PlainFormat, no queue (formatting only)", &unqueued),
+        ("filtered out (--log-level warn)", &off),
+    ] {
+        tracing::dispatcher::with_default(dispatch, || {
+            group.bench_function(name, |b| b.iter(|| black_box(&event).log()));
+        });
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -494,6 +569,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = micro;
     config = config();
-    targets = route, partition, cache_key, cache_hit, response, hit_path
+    targets = route, partition, cache_key, cache_hit, response, hit_path, access_log
 }
 criterion_main!(micro);

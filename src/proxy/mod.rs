@@ -192,26 +192,22 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
         if cache.fetch_role() == Some(Role::Follower) {
             metrics.record_coalesced();
         }
-        // The fields are evaluated only when the filter enables the event, and none allocates:
-        // they are numbers, static strings, values written straight into the line (`%`), and
-        // Cloudflare's `cf-ray` borrowed from the answer. The line is formatted here, on the
-        // worker, but written by the log writer's thread (telemetry.rs).
-        tracing::info!(
-            method = %parts.method,
-            route = served.route.unwrap_or("unrouted"),
-            account_id = %OrDash(served.account_id),
-            status = status.as_u16(),
-            cache = cache.as_str(),
-            stale_reason = stale_reason.map(StaleReason::as_str),
-            upstream_status = cache.fwd_status().map(|s| s.as_u16()),
-            cf_ray = served
+        RequestEvent {
+            method: &parts.method,
+            route: served.route,
+            account_id: served.account_id,
+            status: status.as_u16(),
+            cache: cache.as_str(),
+            stale_reason: stale_reason.map(StaleReason::as_str),
+            upstream_status: cache.fwd_status().map(|s| s.as_u16()),
+            cf_ray: served
                 .response
                 .headers()
                 .get(CF_RAY)
                 .and_then(|value| value.to_str().ok()),
-            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            "request"
-        );
+            latency: elapsed,
+        }
+        .log();
         let mut response = served.response;
         if parts.method == Method::HEAD {
             // Same headers as GET (Content-Length included), no body.
@@ -318,6 +314,45 @@ impl<S: AnswerStore, B: UpstreamBudget> Proxy<S, B> {
 }
 
 /// Formats an optional value for the log line without allocating: the value, or `-`.
+/// What the access log says about one request: one `info` event, `request`, per request.
+pub struct RequestEvent<'a> {
+    pub method: &'a Method,
+    /// The route's template, when the path matched one.
+    pub route: Option<&'static str>,
+    pub account_id: Option<AccountId>,
+    pub status: u16,
+    /// `Cache-Status`'s outcome: `hit`, `miss`, `stale`, ...
+    pub cache: &'static str,
+    pub stale_reason: Option<&'static str>,
+    /// Cloudflare's status, when Cloudflare answered this request.
+    pub upstream_status: Option<u16>,
+    /// Cloudflare's `cf-ray`, borrowed from the answer.
+    pub cf_ray: Option<&'a str>,
+    pub latency: std::time::Duration,
+}
+
+impl RequestEvent<'_> {
+    /// Logs the event. The fields are evaluated only when the filter enables it (otherwise this
+    /// costs a branch), and none allocates: numbers, static strings, values written straight into
+    /// the line (`%`), and the borrowed `cf-ray`. The line is made on the calling worker (by
+    /// telemetry's `PlainFormat` unless the output is a terminal or JSON) and written by the log
+    /// writer's thread.
+    pub fn log(&self) {
+        tracing::info!(
+            method = %self.method,
+            route = self.route.unwrap_or("unrouted"),
+            account_id = %OrDash(self.account_id),
+            status = self.status,
+            cache = self.cache,
+            stale_reason = self.stale_reason,
+            upstream_status = self.upstream_status,
+            cf_ray = self.cf_ray,
+            latency_us = u64::try_from(self.latency.as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+    }
+}
+
 struct OrDash<T>(Option<T>);
 
 impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
