@@ -3,13 +3,16 @@
 # settings (the access log at info, appended to a file) side by side in front of one simulated
 # Cloudflare API (UPSTREAM_LATENCY_MS per call), and ROUNDS interleaved rounds send CLIENTS
 # concurrent first lookups of a fresh key to each. The machine may be shared, so only figures from
-# the same run are compared.
+# the same run are compared. A third row is the floor: the static ceiling (load-ceiling) with
+# --gate-ms UPSTREAM_LATENCY_MS, answering every request of a burst at once when the gate opens,
+# with no cache, routing or upstream work: what this machine's sockets and scheduler alone cost.
 #
 #   bash benches/load/coalesce-ab.sh BEFORE_BIN AFTER_BIN     # about a minute
 #
 # Knobs (environment): ROUNDS (5), CLIENTS (1000), UPSTREAM_LATENCY_MS (50), EXTRA_FLAGS (added to
 # both sidecars, e.g. "--log-level warn"). Prints one line per round and the medians; needs the
-# load tools built (cargo build --release -p zt-loadtest --bin load-upstream --bin load-driver).
+# load tools built (cargo build --release -p zt-loadtest --bin load-upstream --bin load-ceiling
+# --bin load-driver).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -50,7 +53,7 @@ wait_for() { # what, command...
   exit 1
 }
 
-read -r UPSTREAM_PORT COUNTERS_PORT A_PORT A_ADMIN B_PORT B_ADMIN <<<"$(free_ports 6)"
+read -r UPSTREAM_PORT COUNTERS_PORT A_PORT A_ADMIN B_PORT B_ADMIN FLOOR_PORT <<<"$(free_ports 7)"
 "$ROOT/target/release/load-upstream" --port "$UPSTREAM_PORT" --counters-port "$COUNTERS_PORT" \
   --latency-ms "$UPSTREAM_LATENCY_MS" --keys $((2 * ROUNDS + 10)) --token "$TOKEN" \
   --account "$ACCOUNT" >"$RUN/upstream.out" 2>&1 &
@@ -67,9 +70,18 @@ for i in 0 1; do
   wait_for "sidecar $i" curl -sf "http://127.0.0.1:${ADMINS[$i]}/healthz"
 done
 
+# The floor answers with a body of a hit's size (397 bytes, like Cloudflare's).
+head -c 397 /dev/zero | tr '\0' 'x' >"$RUN/floor.body"
+"$ROOT/target/release/load-ceiling" --port "$FLOOR_PORT" --body-file "$RUN/floor.body" \
+  --header 'content-type: application/json' --gate-ms "$UPSTREAM_LATENCY_MS" >"$RUN/floor.out" 2>&1 &
+PIDS+=($!)
+wait_for "the gated ceiling" grep -q '^READY' "$RUN/floor.out"
+PORTS+=("$FLOOR_PORT")
+NAMES=("${BINS[@]}" "floor: load-ceiling --gate-ms $UPSTREAM_LATENCY_MS")
+
 key=0
 for round in $(seq 1 "$ROUNDS"); do
-  for i in 0 1; do
+  for i in 0 1 2; do
     reference=$(printf 'ref-%07d' "$key")
     key=$((key + 1))
     "$ROOT/target/release/load-driver" coalesce --url "http://127.0.0.1:${PORTS[$i]}$LOOKUP_PATH$reference" \
@@ -77,7 +89,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$RUN" "$ROUNDS" "${BINS[@]}" <<'PY'
+python3 - "$RUN" "$ROUNDS" "${NAMES[@]}" <<'PY'
 import json, statistics, sys
 run, rounds, bins = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 for i, name in enumerate(bins):
