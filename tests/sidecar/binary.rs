@@ -326,6 +326,30 @@ async fn the_request_event_at_the_default_level_names_its_fields_and_no_secret()
                 };
                 assert_eq!(event["upstream_status"], upstream_status, "{event}");
             } else {
+                // The whole line, as tracing-subscriber's `Full` format writes it (the sidecar's
+                // own formatter for files and pipes must not change a byte of it).
+                let (time, rest) = event.split_at(27);
+                assert!(
+                    time.len() == 27
+                        && time.ends_with('Z')
+                        && humantime::parse_rfc3339(time).is_ok(),
+                    "no RFC 3339 time to the microsecond in: {event}"
+                );
+                let (line, latency) = rest.rsplit_once(" latency_us=").expect("latency last");
+                assert!(latency.parse::<u64>().is_ok(), "{event}");
+                let upstream_status = if cache == "miss" {
+                    " upstream_status=200"
+                } else {
+                    ""
+                };
+                assert_eq!(
+                    line,
+                    format!(
+                        "  INFO zt_risk_sidecar::proxy: request method=GET route=\"{REFERENCE_ROUTE}\" \
+                         account_id={ACCOUNT} status=200 cache=\"{cache}\"{upstream_status} \
+                         cf_ray=\"{ray}\""
+                    )
+                );
                 for field in [
                     " INFO ".to_owned(),
                     "method=GET".to_owned(),
@@ -351,23 +375,27 @@ async fn every_request_event_before_sigterm_reaches_the_output() {
     const AT_ONCE: usize = 50;
     let sim = simulator_with("ref-last").await;
     let upstream = sim.base_url();
-    let mut running = SidecarProcess::start_in_front_of(&upstream, &["--log-format", "json"], &[]);
-    let lookups = Endpoint::new(running.listening_addr());
-    for _ in 0..REQUESTS / AT_ONCE {
-        let replies = join_all((0..AT_ONCE).map(|_| lookups.lookup("ref-last", TOKEN_A))).await;
-        for reply in replies {
-            assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    for format in ["json", "pretty"] {
+        let mut running =
+            SidecarProcess::start_in_front_of(&upstream, &["--log-format", format], &[]);
+        let lookups = Endpoint::new(running.listening_addr());
+        for _ in 0..REQUESTS / AT_ONCE {
+            let replies = join_all((0..AT_ONCE).map(|_| lookups.lookup("ref-last", TOKEN_A))).await;
+            for reply in replies {
+                assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+            }
         }
+        // No wait for the log: the signal follows the last answer at once, well within the
+        // writer's 10 ms between writes.
+        let lines = stop_with_sigterm(running).await;
+        let events = request_events(&lines);
+        assert_eq!(events.len(), REQUESTS, "{format}: lines lost at exit");
+        assert!(
+            lines.last().is_some_and(|line| line.contains("stopped")),
+            "{format}: \"stopped\" is the last line: {:?}",
+            lines.last()
+        );
     }
-    // No wait for the log: the signal follows the last answer at once.
-    let lines = stop_with_sigterm(running).await;
-    let events = request_events(&lines);
-    assert_eq!(events.len(), REQUESTS, "lines lost at exit");
-    assert!(
-        lines.last().is_some_and(|line| line.contains("stopped")),
-        "\"stopped\" is the last line: {:?}",
-        lines.last()
-    );
     sim.shutdown().await;
 }
 
