@@ -160,6 +160,8 @@ impl PlainFields<'_> {
 
     /// `name=` after a space unless it is the first field.
     fn write_name(&mut self, field: &Field) {
+        #[cfg(test)]
+        tests::WRITTEN_HERE.with(|written| written.set(written.get() + 1));
         if self.is_empty {
             self.is_empty = false;
         } else {
@@ -420,6 +422,60 @@ mod tests {
         assert!(agreed, "the stock clock and ours disagree on the second");
     }
 
+    thread_local! {
+        /// Fields this module wrote itself on this thread (the rest went to `DefaultVisitor`):
+        /// both make the same bytes, so only this tells the cheap path is taken.
+        pub(super) static WRITTEN_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn written_here(ansi: bool, events: impl Fn()) -> usize {
+        WRITTEN_HERE.with(|written| written.set(0));
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_ansi(ansi)
+            .with_max_level(tracing::Level::TRACE)
+            .event_format(PlainFormat::default())
+            .finish();
+        tracing::subscriber::with_default(subscriber, events);
+        WRITTEN_HERE.with(std::cell::Cell::get)
+    }
+
+    #[test]
+    fn the_request_event_is_made_here_and_what_tracing_subscriber_escapes_is_left_to_it() {
+        let request = || {
+            tracing::info!(
+                method = %http::Method::GET,
+                route = "/client/v4/accounts/{account_id}",
+                status = 200_u16,
+                cache = "hit",
+                stale_reason = None::<&str>,
+                latency_us = 187_u64,
+                negative = -1_i64,
+                ok = true,
+                "request"
+            );
+        };
+        // Every field but the message (and the absent one).
+        assert_eq!(written_here(false, request), 7);
+        // Colours: tracing-subscriber's own format, whole.
+        assert_eq!(written_here(true, request), 0);
+        // Inside a span: the same.
+        assert_eq!(
+            written_here(false, || tracing::info_span!("outer").in_scope(request)),
+            0
+        );
+        // Strings `Debug` would escape go to `DefaultVisitor`; `r#type` from tracing's macros is
+        // named `type` already, and written here.
+        assert_eq!(
+            written_here(false, || tracing::info!(
+                a = "tab\t",
+                b = "quote\"",
+                r#type = 1_u64
+            )),
+            1
+        );
+    }
+
     #[test]
     fn numbers_and_plain_strings_are_written_here_and_the_rest_is_escaped_as_debug_escapes() {
         assert!(is_plain("GET /client/v4 {x}"));
@@ -429,6 +485,10 @@ mod tests {
         assert!(!is_plain("tab\t"));
         assert!(!is_plain("café"));
         assert!(!is_plain("\u{7f}"));
+        // Two awkward bytes are no better than one.
+        assert!(!is_plain("\t\t"));
+        assert!(!is_plain("a\"b\"c"));
+        assert!(!is_plain("\\\\"));
         assert_eq!(level_text(&Level::INFO), " INFO ");
         assert_eq!(level_text(&Level::ERROR), "ERROR ");
     }
