@@ -266,6 +266,7 @@ mod tests {
 
     #[test]
     fn lines_that_do_not_fit_are_dropped_counted_and_exported_and_the_rest_kept_in_order() {
+        const CAPACITY: usize = 12;
         let (entered, writes_entered) = mpsc::channel();
         let (release, released) = mpsc::channel();
         let written = Output::default();
@@ -274,7 +275,7 @@ mod tests {
             release: released,
             written: written.clone(),
         };
-        let (queue, log_writer) = queued_writer(output, 8, FLUSH_INTERVAL).expect("thread");
+        let (queue, log_writer) = queued_writer(output, CAPACITY, FLUSH_INTERVAL).expect("thread");
         let metrics = Metrics::new();
         let dropped = log_writer.dropped_lines();
         metrics.count_dropped_log_lines(move || dropped.count());
@@ -283,27 +284,59 @@ mod tests {
         writes_entered
             .recv_timeout(Duration::from_secs(10))
             .expect("the writer thread took the first line and is stalled writing it");
-        log(&queue, "second\n");
-        // 7 of 8 bytes are taken: these find no room and must not wait.
-        log(&queue, "third\n");
-        log(&queue, "fourth\n");
+        // 3 + 4 + 5 bytes fill the buffer exactly; it grows as they come, never past its bound
+        // (Vec's own doubling would take it to 16).
+        for line in ["ab\n", "cde\n", "fghi\n"] {
+            log(&queue, line);
+            let pending = queue.0.pending.lock().expect("not poisoned");
+            assert!(pending.capacity() <= CAPACITY, "{}", pending.capacity());
+        }
+        // No room left: these must not wait.
+        log(&queue, "j\n");
+        log(&queue, "k\n");
         assert_eq!(log_writer.dropped_lines().count(), 2);
+        assert_eq!(
+            format!("{:?}", log_writer.dropped_lines()),
+            "DroppedLines(2)"
+        );
         let exposition = metrics.encode(Exposition::OpenMetrics);
         assert!(
             exposition.contains("zt_sidecar_log_lines_dropped_total 2"),
             "{exposition}"
         );
-        {
-            let pending = queue.0.pending.lock().expect("not poisoned");
-            assert!(pending.capacity() <= 8, "{}", pending.capacity());
-        }
 
         // Released, the writer writes what it kept; dropping it waits for the rest, in order.
         for _ in 0..2 {
             let _ = release.send(());
         }
         drop(log_writer);
-        assert_eq!(written.text(), "first\nsecond\n");
+        assert_eq!(written.text(), "first\nab\ncde\nfghi\n");
+    }
+
+    #[test]
+    fn lines_gather_for_the_interval_and_a_stop_cuts_the_pause_short() {
+        let output = Output::default();
+        let interval = Duration::from_secs(30);
+        let (queue, log_writer) = queued_writer(output.clone(), 1024, interval).expect("thread");
+        log(&queue, "first\n");
+        wait_for(&output, "first\n");
+        // Written once, the writer pauses for the interval: the next line waits in the buffer
+        // (it wakes the writer, which goes back to its pause).
+        log(&queue, "second\n");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            output.text(),
+            "first\n",
+            "written before the interval was over"
+        );
+        // A stop does not wait out the pause.
+        let started = Instant::now();
+        drop(log_writer);
+        assert!(
+            started.elapsed() < STOP_WAIT,
+            "the stop waited out its bound"
+        );
+        assert_eq!(output.text(), "first\nsecond\n");
     }
 
     #[test]
