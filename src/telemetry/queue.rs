@@ -314,6 +314,25 @@ mod tests {
     }
 
     #[test]
+    fn a_small_buffer_never_grows_past_its_bound_even_from_empty() {
+        // Below 8 bytes, Vec's first growth alone (to 8) would pass the bound.
+        let shared = Shared {
+            pending: Mutex::new(Vec::new()),
+            capacity: 6,
+            dropped: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            writer: OnceLock::new(),
+        };
+        shared.append(b"ab\n");
+        shared.append(b"cd\n");
+        shared.append(b"e\n");
+        let pending = shared.pending.lock().expect("not poisoned");
+        assert_eq!(pending.as_slice(), b"ab\ncd\n");
+        assert!(pending.capacity() <= 6, "{}", pending.capacity());
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
     fn lines_gather_for_the_interval_and_a_stop_cuts_the_pause_short() {
         let output = Output::default();
         let interval = Duration::from_secs(30);
