@@ -178,16 +178,17 @@ impl PlainFields<'_> {
 
     /// The field as `DefaultVisitor` writes it (on a `Writer` that sanitizes and has no colours,
     /// as the one given to `format_event` was checked to be).
-    fn stock(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+    fn stock(&mut self, field: &Field, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
         if self.result.is_err() {
             return;
         }
         let mut visitor = DefaultVisitor::new(Writer::new(&mut *self.line), self.is_empty);
         record(&mut visitor);
         self.result = visitor.finish();
-        // `DefaultVisitor` writes every field this module sends it (it skips only `log.` ones,
-        // which are sent to it only when nothing was written yet, and then nothing changes).
-        self.is_empty = false;
+        // `DefaultVisitor` writes every field but a `log.` one, which it skips.
+        if !field.name().starts_with("log.") {
+            self.is_empty = false;
+        }
     }
 }
 
@@ -208,7 +209,7 @@ impl Visit for PlainFields<'_> {
             self.line.push_str(value);
             self.line.push('"');
         } else {
-            self.stock(|visitor| visitor.record_str(field, value));
+            self.stock(field, |visitor| visitor.record_str(field, value));
         }
     }
 
@@ -216,7 +217,7 @@ impl Visit for PlainFields<'_> {
         if self.takes(field) {
             self.write_number(field, value);
         } else {
-            self.stock(|visitor| visitor.record_u64(field, value));
+            self.stock(field, |visitor| visitor.record_u64(field, value));
         }
     }
 
@@ -224,7 +225,7 @@ impl Visit for PlainFields<'_> {
         if self.takes(field) {
             self.write_number(field, value);
         } else {
-            self.stock(|visitor| visitor.record_i64(field, value));
+            self.stock(field, |visitor| visitor.record_i64(field, value));
         }
     }
 
@@ -233,12 +234,12 @@ impl Visit for PlainFields<'_> {
             self.write_name(field);
             self.line.push_str(if value { "true" } else { "false" });
         } else {
-            self.stock(|visitor| visitor.record_bool(field, value));
+            self.stock(field, |visitor| visitor.record_bool(field, value));
         }
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.stock(|visitor| visitor.record_error(field, value));
+        self.stock(field, |visitor| visitor.record_error(field, value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -247,7 +248,7 @@ impl Visit for PlainFields<'_> {
             self.write_name(field);
             self.result = write!(self.line, "{value:?}");
         } else {
-            self.stock(|visitor| visitor.record_debug(field, value));
+            self.stock(field, |visitor| visitor.record_debug(field, value));
         }
     }
 }
@@ -349,6 +350,8 @@ mod tests {
         );
         tracing::trace!(list = ?["a", "b"], unicode = "café", empty = "", "debug values");
         tracing::info!("no fields");
+        // `log.` fields are skipped, and a skipped first field leaves the next one first.
+        tracing::info!(log.origin = 2_u64, after = 3_u64);
         tracing::warn!(target: "zt_risk_sidecar::other", spaced = "a b c", "another target");
         let span = tracing::info_span!("outer", id = 7);
         span.in_scope(|| tracing::info!(inside = 1_u64, "in a span"));
@@ -375,7 +378,7 @@ mod tests {
             })
             .collect();
         assert_eq!(stopped, "2026-11-30T17:21:17.012345Z ");
-        assert_eq!(ours.lines().count(), 11, "{ours}");
+        assert_eq!(ours.lines().count(), 12, "{ours}");
         assert_eq!(ours, stock);
     }
 
