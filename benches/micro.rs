@@ -491,9 +491,10 @@ fn hit_path(c: &mut Criterion) {
 /// without the queue (formatting alone); and the event when the filter is at `warn`.
 fn access_log(c: &mut Criterion) {
     use tracing_subscriber::fmt::format::Format;
+    use zt_risk_sidecar::config::LogFormat;
     use zt_risk_sidecar::proxy::RequestEvent;
     use zt_risk_sidecar::telemetry::{
-        queued_writer, PlainFormat, FLUSH_INTERVAL, LOG_BUFFER_BYTES,
+        self, queued_writer, PlainFormat, FLUSH_INTERVAL, LOG_BUFFER_BYTES,
     };
 
     let mut group = c.benchmark_group("access_log");
@@ -510,20 +511,16 @@ fn access_log(c: &mut Criterion) {
         cf_ray: Some("8a1b2c3d4e5f6a7b-SJC"),
         latency: Duration::from_micros(187),
     };
-    let queued = || {
-        queued_writer(std::io::sink(), LOG_BUFFER_BYTES, FLUSH_INTERVAL)
+    // The sidecar's own subscriber, as `main` builds it for a file or a pipe (reloadable filter,
+    // PlainFormat, the log buffer and its thread).
+    let sidecar = |filter| {
+        telemetry::subscriber(LogFormat::Pretty, Some(filter), std::io::sink(), false)
             .expect("the log writer thread starts")
     };
-    let (queue, _plain_writer) = queued();
-    let plain = tracing::Dispatch::new(
-        tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_writer(queue)
-            .with_ansi(false)
-            .event_format(PlainFormat::default())
-            .finish(),
-    );
-    let (queue, _stock_writer) = queued();
+    let (plain, _plain_writer, _) = sidecar("info");
+    let (off, _off_writer, _) = sidecar("warn");
+    let (queue, _stock_writer) = queued_writer(std::io::sink(), LOG_BUFFER_BYTES, FLUSH_INTERVAL)
+        .expect("the log writer thread starts");
     let stock = tracing::Dispatch::new(
         tracing_subscriber::fmt()
             .with_env_filter("info")
@@ -540,17 +537,11 @@ fn access_log(c: &mut Criterion) {
             .event_format(PlainFormat::default())
             .finish(),
     );
-    let off = tracing::Dispatch::new(
-        tracing_subscriber::fmt()
-            .with_env_filter("warn")
-            .with_writer(std::io::sink)
-            .finish(),
-    );
     for (name, dispatch) in [
-        ("PlainFormat, queued (the default)", &plain),
+        ("PlainFormat, queued (the default)", plain.dispatch()),
         ("tracing-subscriber Full format, queued", &stock),
         ("PlainFormat, no queue (formatting only)", &unqueued),
-        ("filtered out (--log-level warn)", &off),
+        ("filtered out (--log-level warn)", off.dispatch()),
     ] {
         tracing::dispatcher::with_default(dispatch, || {
             group.bench_function(name, |b| b.iter(|| black_box(&event).log()));
